@@ -1,0 +1,25 @@
+//! Vireo device models.
+//!
+//! Every device here is a pure model: it is handed its backends (an output
+//! writer, an interrupt line, an exit handler) and never opens files, sockets
+//! or taps by path. The VMM places devices on its port-I/O or MMIO bus and
+//! forwards guest accesses through [`BusDevice`].
+//!
+//! ```text
+//!  vCPU exit (port I/O / MMIO) ──► vmm Bus ──► BusDevice::read / write
+//!                                                 │
+//!                          ┌──────────────────────┼──────────────────────┐
+//!                     Serial8250               I8042               DebugExit
+//!                  (vm-superio, IRQ 4)     (reset line 0xFE)     (status byte)
+//!                          │                      └──────┬───────────────┘
+//!                   IrqLine (irqfd)              ExitHandler (VM lifecycle)
+//! ```
+
+pub mod bus;
+pub mod exit;
+pub mod irq;
+pub mod legacy;
+
+pub use bus::BusDevice;
+pub use exit::{ExitHandler, GuestExitRequest};
+pub use irq::IrqLine;

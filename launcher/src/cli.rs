@@ -1,0 +1,175 @@
+//! Command-line flags, parsed with clap into a [`VmConfig`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use vireo_vmm::{PayloadConfig, SerialConfig, VmConfig};
+
+use crate::exit_code;
+
+/// Vireo: a lean KVM virtual machine monitor.
+#[derive(Debug, Parser)]
+#[command(name = "vireo", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a VM from command-line flags and run it until it stops.
+    Run(RunArgs),
+    /// Boot a VM from a JSON launch spec (as the Kubernetes controller renders it).
+    Launch(LaunchArgs),
+}
+
+/// Flags of `vireo run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kernel to boot: bzImage, ELF vmlinux, or a Vireo user-mode ELF.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u8,
+    /// Guest memory: a number of MiB, or a size with a K, M, G or T suffix (e.g. 512M, 2G).
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_memory_mib)]
+    pub memory: u64,
+    /// Serial console: stdio, file=PATH, unix=PATH, or off.
+    #[arg(long, value_name = "MODE", default_value = "stdio", value_parser = parse_serial)]
+    pub serial: SerialConfig,
+}
+
+/// Flags of `vireo launch`.
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// Path of the JSON launch spec.
+    #[arg(long, value_name = "FILE")]
+    pub spec: PathBuf,
+}
+
+impl RunArgs {
+    /// The launch spec these flags describe.
+    pub fn into_config(self) -> Result<VmConfig> {
+        Ok(VmConfig {
+            vcpus: self.cpus,
+            memory_mib: self.memory,
+            payload: PayloadConfig {
+                kernel: self.kernel,
+                initramfs: self.initramfs,
+                cmdline: self.cmdline,
+            },
+            serial: self.serial,
+        })
+    }
+}
+
+/// Parses a memory size into MiB: `512` (MiB), `512M`, `512MiB`, `2G`, `4096K`, `1T`.
+pub fn parse_memory_mib(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (expected e.g. 512M or 2G)"))?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let kib: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" | "M" => 1024,
+        "K" => 1,
+        "G" => 1024 * 1024,
+        "T" => 1024 * 1024 * 1024,
+        _ => return Err(format!("unknown size unit in '{s}' (use K, M, G or T)")),
+    };
+    let total_kib = n
+        .checked_mul(kib)
+        .ok_or_else(|| format!("size '{s}' is too large"))?;
+    if total_kib % 1024 != 0 {
+        return Err(format!("size '{s}' is not a whole number of MiB"));
+    }
+    Ok(total_kib / 1024)
+}
+
+/// Parses `--serial`: `stdio`, `off`, `file=PATH` or `unix=PATH`.
+pub fn parse_serial(s: &str) -> Result<SerialConfig, String> {
+    let nonempty = |p: &str| {
+        if p.is_empty() {
+            Err(format!("'{s}' needs a path after '='"))
+        } else {
+            Ok(PathBuf::from(p))
+        }
+    };
+    match s.split_once('=') {
+        None if s == "stdio" => Ok(SerialConfig::Stdio),
+        None if s == "off" || s == "none" => Ok(SerialConfig::Off),
+        Some(("file", p)) => Ok(SerialConfig::File { path: nonempty(p)? }),
+        Some(("unix", p)) => Ok(SerialConfig::Unix { path: nonempty(p)? }),
+        _ => Err(format!(
+            "unknown serial form '{s}' (expected stdio, file=PATH, unix=PATH or off)"
+        )),
+    }
+}
+
+/// Prints a clap error as one line (help and version print normally) and
+/// returns the usage exit code.
+pub fn report_usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = e.print();
+        return ExitCode::from(exit_code::USAGE);
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    eprintln!("vireo: {first} (see vireo --help)");
+    ExitCode::from(exit_code::USAGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory_mib("512"), Ok(512));
+        assert_eq!(parse_memory_mib("512M"), Ok(512));
+        assert_eq!(parse_memory_mib("512MiB"), Ok(512));
+        assert_eq!(parse_memory_mib("2G"), Ok(2048));
+        assert_eq!(parse_memory_mib("2gb"), Ok(2048));
+        assert_eq!(parse_memory_mib("4096K"), Ok(4));
+        assert_eq!(parse_memory_mib("0"), Ok(0));
+        assert!(parse_memory_mib("1K").is_err());
+        assert!(parse_memory_mib("lots").is_err());
+        assert!(parse_memory_mib("5X").is_err());
+        assert!(parse_memory_mib("99999999999999999999T").is_err());
+    }
+
+    #[test]
+    fn serial_forms() {
+        assert_eq!(parse_serial("stdio"), Ok(SerialConfig::Stdio));
+        assert_eq!(parse_serial("off"), Ok(SerialConfig::Off));
+        assert_eq!(
+            parse_serial("unix=/tmp/s"),
+            Ok(SerialConfig::Unix { path: "/tmp/s".into() })
+        );
+        assert_eq!(
+            parse_serial("file=out.log"),
+            Ok(SerialConfig::File { path: "out.log".into() })
+        );
+        for bad in ["tcp=1", "unix=", "file", "pty", ""] {
+            assert!(parse_serial(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! `vireo`: runs one virtual machine per process.
+//!
+//! - `vireo run --kernel PATH …` builds a VM from flags (local use);
+//! - `vireo launch --spec FILE` builds it from a JSON launch spec (pods).
+//!
+//! Logs go to stderr through `tracing` (filter with `VIREO_LOG`, default
+//! `info`); the guest's serial console owns stdout. The exit status says how
+//! the VM ended: see [`exit_code`].
+
+mod cli;
+mod exit_code;
+mod run;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return cli::report_usage_error(e),
+    };
+    init_logging();
+    let result = match cli.command {
+        Command::Run(args) => args.into_config().and_then(run::run_vm),
+        Command::Launch(args) => run::load_spec(&args.spec).and_then(run::run_vm),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vireo: error: {e:#}");
+            ExitCode::from(exit_code::VMM_ERROR)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("VIREO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,39 @@
+//! Fixed guest-physical addresses of the structures the VMM writes at boot.
+//!
+//! ```text
+//!  0x0000_0500  GDT
+//!  0x0000_9000  PML4            (user-mode boot page tables)
+//!  0x0000_a000  PDPT
+//!  0x0001_0000  page directories, one 4 KiB page per mapped GiB
+//!  0x0007_0000  command line    (up to 64 KiB)
+//!  0x0009_f000  initial stack top, growing down to 0x8_0000
+//!  0x0010_0000  lowest address a payload segment may occupy
+//!  0xc000_0000  PCI MMIO hole (see `memory`)
+//!  0xfec0_0000  IOAPIC (in-kernel)        0xfee0_0000  LAPIC (in-kernel)
+//!  0xfffb_c000  KVM identity-map page     0xfffb_d000  KVM TSS (3 pages)
+//! ```
+
+/// Where the GDT is written.
+pub const GDT_ADDR: u64 = 0x500;
+/// Root of the identity page tables (PML4).
+pub const PML4_ADDR: u64 = 0x9000;
+/// The single page-directory-pointer table.
+pub const PDPT_ADDR: u64 = 0xa000;
+/// First page directory; one follows per GiB mapped.
+pub const PD_START: u64 = 0x1_0000;
+/// End (exclusive) of the page-directory area.
+pub const PD_END: u64 = 0x7_0000;
+/// Where the command line is written.
+pub const CMDLINE_ADDR: u64 = 0x7_0000;
+/// The most bytes of command line the user-mode boot accepts (with NUL).
+pub const CMDLINE_MAX: u64 = 0x1_0000;
+/// Initial stack pointer (16-byte aligned) for user-mode boot.
+pub const STACK_TOP: u64 = 0x9_f000;
+/// Lowest address a loaded payload segment may occupy.
+pub const PAYLOAD_MIN_ADDR: u64 = 0x10_0000;
+/// Address KVM uses for its real-mode TSS (three pages).
+pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
+/// Address of KVM's identity-map page.
+pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
+/// Base of the in-kernel IOAPIC.
+pub const IOAPIC_ADDR: u64 = 0xfec0_0000;

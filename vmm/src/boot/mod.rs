@@ -1,0 +1,183 @@
+//! Loading a payload (kernel, command line) into guest memory and deciding
+//! where the boot vCPU starts.
+//!
+//! The kernel's format is probed from its bytes, never from its file name:
+//!
+//! | format                                   | protocol                      |
+//! |------------------------------------------|-------------------------------|
+//! | ELF64 with a `Vireo` note (type 1)       | ring-3 user-mode boot ([`user_elf`]) |
+//! | ELF without that note (Linux `vmlinux`)  | PVH — not implemented yet     |
+//! | bzImage (`HdrS` at 0x202)                | Linux boot protocol — not yet |
+//!
+//! Anything else is refused as not a loadable kernel.
+
+pub mod user_elf;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::arch::x86_64::paging::PagingError;
+use crate::arch::x86_64::InitialCpuState;
+use crate::config::PayloadConfig;
+use crate::memory::GuestMemory;
+
+/// What a kernel image turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// An ELF carrying Vireo's user-mode note: started directly in ring 3.
+    UserModeElf,
+    /// Any other ELF (a Linux `vmlinux`, booted through PVH).
+    Elf,
+    /// A Linux bzImage.
+    BzImage,
+}
+
+/// Why a payload could not be loaded.
+#[derive(Debug, Error)]
+pub enum BootError {
+    /// The kernel file could not be read.
+    #[error("cannot read kernel {path}: {source}")]
+    KernelRead {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The kernel file is larger than guest memory.
+    #[error("kernel {path} is {size} bytes, more than the guest's {memory} bytes of memory")]
+    KernelTooLarge {
+        /// The path given.
+        path: PathBuf,
+        /// File size.
+        size: u64,
+        /// Guest memory size.
+        memory: u64,
+    },
+    /// The file is neither an ELF executable nor a bzImage.
+    #[error("{path} is not a loadable kernel: expected an x86_64 ELF or a bzImage")]
+    NotAKernel {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A recognised format this build cannot boot yet.
+    #[error("{path}: {what} is not supported: {reason}")]
+    Unsupported {
+        /// The path given.
+        path: PathBuf,
+        /// The format found.
+        what: &'static str,
+        /// Why it cannot be booted.
+        reason: &'static str,
+    },
+    /// The ELF is malformed or unsuitable.
+    #[error("{path}: invalid ELF: {reason}")]
+    InvalidElf {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The command line does not fit.
+    #[error("command line is {len} bytes; at most {max} are allowed")]
+    CmdlineTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit (without the terminating NUL).
+        max: usize,
+    },
+    /// Building page tables failed.
+    #[error(transparent)]
+    Paging(#[from] PagingError),
+    /// Writing boot data into guest memory failed.
+    #[error("cannot write {what} into guest memory: {source}")]
+    GuestWrite {
+        /// What was being written.
+        what: &'static str,
+        /// The memory error.
+        source: vm_memory::GuestMemoryError,
+    },
+}
+
+/// The outcome of loading a payload: how the boot vCPU starts and which
+/// protocol-defined devices the guest expects.
+#[derive(Debug, Clone)]
+pub struct BootPlan {
+    /// Initial state of vCPU 0.
+    pub boot_cpu: InitialCpuState,
+    /// The protocol reports results through the debug exit port.
+    pub debug_exit: bool,
+    /// The format that was loaded.
+    pub format: KernelFormat,
+}
+
+/// Identifies a kernel image from its first bytes.
+pub fn probe(bytes: &[u8]) -> Option<KernelFormat> {
+    if bytes.starts_with(b"\x7fELF") {
+        return Some(if user_elf::has_vireo_note(bytes) {
+            KernelFormat::UserModeElf
+        } else {
+            KernelFormat::Elf
+        });
+    }
+    if bytes.get(0x202..0x206) == Some(b"HdrS") && bytes.get(0x1fe..0x200) == Some(&[0x55, 0xaa])
+    {
+        return Some(KernelFormat::BzImage);
+    }
+    None
+}
+
+fn read_kernel(path: &Path, memory_size: u64) -> Result<Vec<u8>, BootError> {
+    let read_err = |source| BootError::KernelRead {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let size = file.metadata().map_err(read_err)?.len();
+    if size > memory_size {
+        return Err(BootError::KernelTooLarge {
+            path: path.to_owned(),
+            size,
+            memory: memory_size,
+        });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(memory_size).read_to_end(&mut bytes).map_err(read_err)?;
+    Ok(bytes)
+}
+
+/// Loads `payload` into `mem` (of `memory_size` bytes) and plans the boot.
+pub fn load_payload(
+    mem: &GuestMemory,
+    memory_size: u64,
+    payload: &PayloadConfig,
+) -> Result<BootPlan, BootError> {
+    let path = payload.kernel.as_path();
+    let bytes = read_kernel(path, memory_size)?;
+    match probe(&bytes) {
+        Some(KernelFormat::UserModeElf) => {
+            if payload.initramfs.is_some() {
+                return Err(BootError::Unsupported {
+                    path: path.to_owned(),
+                    what: "an initramfs with a user-mode ELF",
+                    reason: "the user-mode boot protocol has no initramfs",
+                });
+            }
+            user_elf::load(mem, memory_size, path, &bytes, &payload.cmdline)
+        }
+        Some(KernelFormat::Elf) => Err(BootError::Unsupported {
+            path: path.to_owned(),
+            what: "an ELF kernel without a Vireo user-mode note",
+            reason: "PVH boot of Linux vmlinux images is not implemented yet",
+        }),
+        Some(KernelFormat::BzImage) => Err(BootError::Unsupported {
+            path: path.to_owned(),
+            what: "a bzImage",
+            reason: "the Linux boot protocol is not implemented yet",
+        }),
+        None => Err(BootError::NotAKernel {
+            path: path.to_owned(),
+        }),
+    }
+}

@@ -1,0 +1,224 @@
+//! Vireo's ring-3 user-mode boot protocol.
+//!
+//! Some hosts (KVM on PVM) run guest ring 3 natively but emulate guest ring
+//! 0 slowly, so test guests and firmware tests are started directly in ring
+//! 3. An image opts in with an ELF note: name `"Vireo"`, type
+//! [`VIREO_NOTE_USER_MODE`], a 4-byte little-endian protocol version (1).
+//!
+//! The protocol, version 1:
+//! - `PT_LOAD` segments are copied to their physical addresses (`p_paddr`),
+//!   which must lie in RAM at or above 1 MiB and below the MMIO hole; the
+//!   rest of each segment (`p_memsz - p_filesz`) is zeroed.
+//! - Guest-physical memory `[0, max(4 GiB, end of RAM))` is identity-mapped
+//!   with user-accessible 2 MiB pages, so RAM and device registers are
+//!   reachable from ring 3.
+//! - vCPU 0 starts at the ELF entry in 64-bit mode, CPL 3, IOPL 3, interrupts
+//!   disabled, no IDT, RSP just below 0x9_f000, with RDI = address of the
+//!   NUL-terminated command line, RSI = its length, RDX = guest RAM size in
+//!   bytes, RCX = 0 (the vCPU index). Other vCPUs wait for INIT/SIPI, which
+//!   ring-3 code cannot send, so they stay parked.
+//! - The debug exit port (0xf4) is present: writing a byte ends the VM with
+//!   that status.
+
+use std::path::Path;
+
+use goblin::elf::program_header::PT_LOAD;
+use goblin::elf::Elf;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::{BootError, BootPlan, KernelFormat};
+use crate::arch::x86_64::gdt::gdt_bytes;
+use crate::arch::x86_64::layout::{
+    CMDLINE_ADDR, CMDLINE_MAX, GDT_ADDR, PAYLOAD_MIN_ADDR, STACK_TOP,
+};
+use crate::arch::x86_64::{paging, InitialCpuState};
+use crate::memory::{ram_end, GuestMemory, MMIO_HOLE_END, MMIO_HOLE_START};
+
+/// ELF note type that marks an image for the user-mode boot protocol.
+pub const VIREO_NOTE_USER_MODE: u32 = 1;
+/// Protocol version implemented here.
+pub const PROTOCOL_VERSION: u32 = 1;
+const NOTE_NAME: &str = "Vireo";
+
+/// Whether `bytes` is an ELF with the Vireo user-mode note.
+pub fn has_vireo_note(bytes: &[u8]) -> bool {
+    Elf::parse(bytes)
+        .ok()
+        .and_then(|elf| note_version(&elf, bytes))
+        .is_some()
+}
+
+fn note_version(elf: &Elf<'_>, bytes: &[u8]) -> Option<u32> {
+    // goblin iterates PT_NOTE segments; stop at the first malformed note.
+    let notes = elf.iter_note_headers(bytes)?;
+    for note in notes {
+        let note = note.ok()?;
+        if note.n_type == VIREO_NOTE_USER_MODE && note.name == NOTE_NAME {
+            let desc: [u8; 4] = note.desc.get(..4)?.try_into().ok()?;
+            return Some(u32::from_le_bytes(desc));
+        }
+    }
+    None
+}
+
+fn invalid(path: &Path, reason: impl Into<String>) -> BootError {
+    BootError::InvalidElf {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Loads a user-mode ELF and returns the boot plan for it.
+pub fn load(
+    mem: &GuestMemory,
+    memory_size: u64,
+    path: &Path,
+    bytes: &[u8],
+    cmdline: &str,
+) -> Result<BootPlan, BootError> {
+    let elf = Elf::parse(bytes).map_err(|e| invalid(path, e.to_string()))?;
+    if !elf.is_64 || elf.header.e_machine != goblin::elf::header::EM_X86_64 {
+        return Err(invalid(path, "not an x86_64 ELF64 image"));
+    }
+    if elf.header.e_type != goblin::elf::header::ET_EXEC {
+        return Err(invalid(path, "not an executable (ET_EXEC) image"));
+    }
+    match note_version(&elf, bytes) {
+        Some(PROTOCOL_VERSION) => {}
+        Some(v) => return Err(invalid(path, format!("unsupported user-mode protocol version {v}"))),
+        None => return Err(invalid(path, "no Vireo user-mode note")),
+    }
+
+    let load_limit = ram_end(memory_size).min(MMIO_HOLE_START);
+    let entry = elf.entry;
+    let mut entry_in_code = false;
+    let mut loaded_any = false;
+    for ph in elf.program_headers.iter().filter(|ph| ph.p_type == PT_LOAD) {
+        let start = ph.p_paddr;
+        let end = start
+            .checked_add(ph.p_memsz)
+            .ok_or_else(|| invalid(path, "segment address overflows"))?;
+        if ph.p_filesz > ph.p_memsz {
+            return Err(invalid(path, "segment file size exceeds its memory size"));
+        }
+        if start < PAYLOAD_MIN_ADDR || end > load_limit {
+            return Err(invalid(
+                path,
+                format!(
+                    "segment {start:#x}..{end:#x} lies outside loadable RAM \
+                     {PAYLOAD_MIN_ADDR:#x}..{load_limit:#x}"
+                ),
+            ));
+        }
+        let file_range = usize::try_from(ph.p_offset)
+            .ok()
+            .zip(usize::try_from(ph.p_filesz).ok())
+            .and_then(|(off, len)| Some(off..off.checked_add(len)?))
+            .filter(|r| r.end <= bytes.len())
+            .ok_or_else(|| invalid(path, "segment data lies outside the file"))?;
+        let guest_write = |source| BootError::GuestWrite {
+            what: "an ELF segment",
+            source,
+        };
+        mem.write_slice(&bytes[file_range], GuestAddress(start))
+            .map_err(guest_write)?;
+        let zeroes = vec![0u8; (ph.p_memsz - ph.p_filesz) as usize];
+        mem.write_slice(&zeroes, GuestAddress(start + ph.p_filesz))
+            .map_err(guest_write)?;
+        loaded_any = true;
+        if ph.is_executable() && (start..end).contains(&entry) {
+            entry_in_code = true;
+        }
+    }
+    if !loaded_any {
+        return Err(invalid(path, "no loadable segments"));
+    }
+    if !entry_in_code {
+        return Err(invalid(path, format!("entry point {entry:#x} is not in an executable segment")));
+    }
+    let max = (CMDLINE_MAX - 1) as usize;
+    if cmdline.len() > max {
+        return Err(BootError::CmdlineTooLong {
+            len: cmdline.len(),
+            max,
+        });
+    }
+    let mut cmd = cmdline.as_bytes().to_vec();
+    cmd.push(0);
+    mem.write_slice(&cmd, GuestAddress(CMDLINE_ADDR))
+        .map_err(|source| BootError::GuestWrite {
+            what: "the command line",
+            source,
+        })?;
+    mem.write_slice(&gdt_bytes(), GuestAddress(GDT_ADDR))
+        .map_err(|source| BootError::GuestWrite {
+            what: "the GDT",
+            source,
+        })?;
+    let cr3 = paging::write_identity_tables(mem, ram_end(memory_size).max(MMIO_HOLE_END))?;
+    let boot_cpu = InitialCpuState::user_mode_long(
+        entry,
+        STACK_TOP,
+        cr3,
+        [CMDLINE_ADDR, cmdline.len() as u64, memory_size, 0],
+    );
+    Ok(BootPlan {
+        boot_cpu,
+        debug_exit: true,
+        format: KernelFormat::UserModeElf,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::probe;
+    use crate::memory::{create_guest_memory, MIB};
+
+    fn load_bytes(bytes: &[u8], mem_mib: u64) -> Result<BootPlan, BootError> {
+        let mem = create_guest_memory(mem_mib * MIB).expect("mem");
+        load(&mem, mem_mib * MIB, Path::new("guest.elf"), bytes, "hello")
+    }
+
+    #[test]
+    fn loads_the_test_guest_and_starts_at_its_entry() {
+        let elf = vireo_testguest::ELF;
+        assert_eq!(probe(elf), Some(KernelFormat::UserModeElf));
+        let plan = load_bytes(elf, 16).expect("load");
+        let parsed = Elf::parse(elf).expect("parse");
+        assert_eq!(plan.boot_cpu.regs.rip, parsed.entry);
+        assert_eq!(plan.boot_cpu.regs.rsi, 5);
+        assert!(plan.debug_exit);
+    }
+
+    #[test]
+    fn too_little_memory_for_the_segments_is_an_error() {
+        // 2 MiB of RAM cannot hold segments linked at 2 MiB.
+        let err = load_bytes(vireo_testguest::ELF, 2).expect_err("must fail");
+        assert!(err.to_string().contains("outside loadable RAM"), "{err}");
+    }
+
+    #[test]
+    fn truncated_and_corrupted_images_are_errors_not_panics() {
+        let elf = vireo_testguest::ELF;
+        for len in [0, 4, 63, 64, 100, 200, elf.len() / 2] {
+            let _ = load_bytes(&elf[..len], 16).map(|_| ()).expect_err("truncated");
+        }
+        // Flip bytes throughout the headers; every outcome must be an Ok or a
+        // typed error.
+        for i in 0..256 {
+            let mut bad = elf.to_vec();
+            bad[i] ^= 0xff;
+            let _ = load_bytes(&bad, 16);
+        }
+    }
+
+    #[test]
+    fn overlong_command_line_is_refused() {
+        let mem = create_guest_memory(16 * MIB).expect("mem");
+        let long = "x".repeat(CMDLINE_MAX as usize);
+        let err = load(&mem, 16 * MIB, Path::new("g"), vireo_testguest::ELF, &long)
+            .expect_err("too long");
+        assert!(matches!(err, BootError::CmdlineTooLong { .. }));
+    }
+}

@@ -1,0 +1,34 @@
+//! Vireo's VMM library: everything needed to run a KVM virtual machine.
+//!
+//! ```text
+//!   VmConfig (serde launch spec)
+//!       │  VmBuilder
+//!       ▼
+//!   Vm ── kvm (KvmContext) ── memory (GuestMemory, MMIO hole) ── boot (payload → BootPlan)
+//!    │
+//!    ├── device_manager: PIO/MMIO buses → vireo-devices models
+//!    ├── vstate::vcpu: one thread per vCPU, KVM_RUN loop, kick signal
+//!    └── lifecycle: Created → Running ⇄ Paused → Stopped, typed ExitReason
+//! ```
+//!
+//! Embedding: build a [`VmConfig`], turn it into a [`Vm`] with
+//! [`VmBuilder`], call [`Vm::start`], then [`Vm::pause`] / [`Vm::resume`] /
+//! [`Vm::shutdown`] as needed and [`Vm::wait`] for the [`ExitReason`].
+//! No method panics on guest-, file- or user-controlled input; failures are
+//! typed errors ([`VmError`]).
+
+pub mod arch;
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod device_manager;
+pub mod kvm;
+pub mod lifecycle;
+pub mod memory;
+pub mod vm;
+pub mod vstate;
+
+pub use arch::x86_64::InitialCpuState;
+pub use config::{PayloadConfig, SerialConfig, VmConfig};
+pub use lifecycle::{ExitReason, VmState};
+pub use vm::{Vm, VmBuilder, VmError};

@@ -1,0 +1,127 @@
+//! Guest physical memory: layout, allocation and registration with KVM.
+//!
+//! ```text
+//!  0 ─────────── RAM ─────────── 3 GiB ── PCI MMIO hole ── 4 GiB ── RAM (rest) ──►
+//!                                  (devices, ECAM, IOAPIC, LAPIC)
+//! ```
+//! RAM is anonymous `MAP_NORESERVE` memory, so pages the guest never touches
+//! cost the host nothing. Every region carries an [`AtomicBitmap`] so writes
+//! made by devices through `vm-memory` are tracked for live migration.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use thiserror::Error;
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestMemoryMmap};
+
+/// Guest memory with dirty-page tracking of device writes.
+pub type GuestMemory = GuestMemoryMmap<AtomicBitmap>;
+
+/// Start of the hole below 4 GiB reserved for PCI MMIO and platform devices.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// End (exclusive) of the MMIO hole.
+pub const MMIO_HOLE_END: u64 = 1 << 32;
+/// One MiB.
+pub const MIB: u64 = 1 << 20;
+
+/// Why guest memory could not be set up.
+#[derive(Debug, Error)]
+pub enum MemoryError {
+    /// The size does not fit in the host's address space.
+    #[error("guest memory size of {0} bytes is too large")]
+    TooLarge(u64),
+    /// Allocating the mapping failed.
+    #[error("cannot allocate guest memory: {0}")]
+    Allocate(#[source] vm_memory::mmap::FromRangesError),
+    /// KVM refused a memory slot.
+    #[error("cannot register guest memory slot {slot} with KVM: {source}")]
+    Register {
+        /// The slot number.
+        slot: u32,
+        /// The ioctl error.
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// The RAM ranges for `size` bytes of guest memory, split around the hole.
+pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
+    if size <= MMIO_HOLE_START {
+        vec![(GuestAddress(0), size)]
+    } else {
+        vec![
+            (GuestAddress(0), MMIO_HOLE_START),
+            (GuestAddress(MMIO_HOLE_END), size - MMIO_HOLE_START),
+        ]
+    }
+}
+
+/// The first guest physical address above all RAM.
+pub fn ram_end(size: u64) -> u64 {
+    ram_ranges(size)
+        .last()
+        .map(|(start, len)| start.0 + len)
+        .unwrap_or(0)
+}
+
+/// Allocates `size` bytes of guest RAM laid out around the MMIO hole.
+pub fn create_guest_memory(size: u64) -> Result<GuestMemory, MemoryError> {
+    let ranges = ram_ranges(size)
+        .into_iter()
+        .map(|(addr, len)| usize::try_from(len).map(|len| (addr, len)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| MemoryError::TooLarge(size))?;
+    GuestMemory::from_ranges(&ranges).map_err(MemoryError::Allocate)
+}
+
+/// Registers every region of `memory` as a KVM memory slot (slots 0, 1, …).
+pub fn register_with_kvm(vm: &VmFd, memory: &GuestMemory) -> Result<(), MemoryError> {
+    for (slot, region) in (0u32..).zip(memory.iter()) {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|_| MemoryError::TooLarge(region.len()))?;
+        let slot_desc = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mapping of exactly `memory_size` bytes
+        // owned by `memory`, which the VM keeps alive for as long as the VM fd
+        // exists (both live in `Vm`, and the fd is dropped first).
+        unsafe { vm.set_user_memory_region(slot_desc) }
+            .map_err(|source| MemoryError::Register { slot, source })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_memory_is_one_range_below_the_hole() {
+        assert_eq!(ram_ranges(512 * MIB), vec![(GuestAddress(0), 512 * MIB)]);
+        assert_eq!(ram_end(512 * MIB), 512 * MIB);
+    }
+
+    #[test]
+    fn large_memory_is_split_around_the_hole() {
+        let r = ram_ranges(4096 * MIB);
+        assert_eq!(r[0], (GuestAddress(0), MMIO_HOLE_START));
+        assert_eq!(r[1], (GuestAddress(MMIO_HOLE_END), 1024 * MIB));
+        assert_eq!(ram_end(4096 * MIB), MMIO_HOLE_END + 1024 * MIB);
+    }
+
+    #[test]
+    fn memory_is_allocated_lazily_and_tracks_writes() {
+        use vm_memory::bitmap::Bitmap;
+        use vm_memory::Bytes;
+        let mem = create_guest_memory(64 * MIB).expect("alloc");
+        mem.write_obj(0xdead_beefu32, GuestAddress(0x1000)).expect("write");
+        let v: u32 = mem.read_obj(GuestAddress(0x1000)).expect("read");
+        assert_eq!(v, 0xdead_beef);
+        let region = mem.iter().next().expect("region");
+        assert!(region.bitmap().dirty_at(0x1000), "device writes are tracked");
+    }
+}

@@ -1,0 +1,3 @@
+//! KVM vCPU state and the threads that run vCPUs.
+
+pub mod vcpu;
