@@ -1,0 +1,89 @@
+//! Helpers shared by the `vireo` binary's integration tests.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A scratch directory holding the test guest ELF.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub guest: PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let guest = dir.path().join("testguest.elf");
+        vireo_testguest::write_to(&guest).expect("write guest");
+        Self { dir, guest }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Makes the directory and guest world-readable (for runs as another user).
+    pub fn open_up(&self) {
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod dir");
+        std::fs::set_permissions(&self.guest, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod guest");
+    }
+}
+
+pub fn vireo() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vireo"));
+    c.env("VIREO_LOG", "info");
+    c
+}
+
+/// Runs `vireo run` with the test guest and `args`, with a timeout.
+pub fn run_guest(fx: &Fixture, args: &[&str]) -> Output {
+    let mut cmd = vireo();
+    cmd.arg("run").arg("--kernel").arg(&fx.guest).args(args);
+    run_with_timeout(cmd, Duration::from_secs(60))
+}
+
+pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vireo");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "vireo did not finish within {limit:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn wait_for_path(p: &Path, limit: Duration) {
+    let start = Instant::now();
+    while !p.exists() {
+        assert!(start.elapsed() < limit, "{} did not appear", p.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
