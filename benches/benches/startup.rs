@@ -68,8 +68,12 @@ fn main() {
     println!("vireo start-up, {RUNS} runs, {GUEST_MIB} MiB guest (median)");
     println!("| metric                                 | median   | target   |");
     println!("|----------------------------------------|----------|----------|");
-    println!("| process start → first UART byte        | {fb:>6.2} ms | ≤ {TARGET_FIRST_BYTE_MS} ms |");
-    println!("| VMM RSS after boot (guest pages excl.) | {rss:>5.2} MiB | ≤ {TARGET_RSS_MIB} MiB |");
+    println!(
+        "| process start → first UART byte        | {fb:>6.2} ms | ≤ {TARGET_FIRST_BYTE_MS} ms |"
+    );
+    println!(
+        "| VMM RSS after boot (guest pages excl.) | {rss:>5.2} MiB | ≤ {TARGET_RSS_MIB} MiB |"
+    );
     println!("| process RSS after boot (all)           | {total:>5.2} MiB |          |");
     println!(
         "min/max first byte: {:.2} / {:.2} ms",

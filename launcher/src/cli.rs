@@ -162,11 +162,15 @@ mod tests {
         assert_eq!(parse_serial("off"), Ok(SerialConfig::Off));
         assert_eq!(
             parse_serial("unix=/tmp/s"),
-            Ok(SerialConfig::Unix { path: "/tmp/s".into() })
+            Ok(SerialConfig::Unix {
+                path: "/tmp/s".into()
+            })
         );
         assert_eq!(
             parse_serial("file=out.log"),
-            Ok(SerialConfig::File { path: "out.log".into() })
+            Ok(SerialConfig::File {
+                path: "out.log".into()
+            })
         );
         for bad in ["tcp=1", "unix=", "file", "pty", ""] {
             assert!(parse_serial(bad).is_err(), "{bad}");

@@ -13,8 +13,7 @@ use crate::exit_code;
 pub fn load_spec(path: &Path) -> Result<VmConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read launch spec {}", path.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("invalid launch spec {}", path.display()))
+    serde_json::from_str(&text).with_context(|| format!("invalid launch spec {}", path.display()))
 }
 
 /// Builds, starts and waits for the VM; returns the exit status.

@@ -20,7 +20,7 @@ fn assert_clean_error(out: &Output, code: i32, needle: &str) {
 
 #[test]
 fn missing_kernel_file() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let mut cmd = vireo();
     cmd.args(["run", "--kernel"]).arg(fx.path("nope.elf"));
     let out = run_with_timeout(cmd, Duration::from_secs(30));
@@ -30,7 +30,7 @@ fn missing_kernel_file() {
 
 #[test]
 fn file_that_is_not_a_kernel() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let junk = fx.path("junk.bin");
     std::fs::write(&junk, b"#!/bin/sh\necho this is not a kernel\n").expect("write");
     let mut cmd = vireo();
@@ -41,7 +41,7 @@ fn file_that_is_not_a_kernel() {
 
 #[test]
 fn truncated_guest_elf() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let bad = fx.path("truncated.elf");
     std::fs::write(&bad, &vireo_testguest::ELF[..200]).expect("write");
     let mut cmd = vireo();
@@ -53,42 +53,42 @@ fn truncated_guest_elf() {
 
 #[test]
 fn zero_memory() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let out = run_guest(&fx, &["--memory", "0"]);
     assert_clean_error(&out, 1, "guest memory of 0 MiB is too small");
 }
 
 #[test]
 fn memory_larger_than_the_host() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let out = run_guest(&fx, &["--memory", "64T"]);
     assert_clean_error(&out, 1, "exceeds this host's");
 }
 
 #[test]
 fn malformed_memory_size() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let out = run_guest(&fx, &["--memory", "lots"]);
     assert_clean_error(&out, 2, "'lots' is not a size");
 }
 
 #[test]
 fn zero_cpus() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let out = run_guest(&fx, &["--cpus", "0"]);
     assert_clean_error(&out, 1, "at least 1 vCPU");
 }
 
 #[test]
 fn unknown_serial_form() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let out = run_guest(&fx, &["--serial", "tcp=127.0.0.1:4444"]);
     assert_clean_error(&out, 2, "unknown serial form 'tcp=127.0.0.1:4444'");
 }
 
 #[test]
 fn unknown_flag() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let out = run_guest(&fx, &["--frobnicate"]);
     assert_clean_error(&out, 2, "--frobnicate");
 }
@@ -96,7 +96,7 @@ fn unknown_flag() {
 #[test]
 fn no_access_to_dev_kvm() {
     // Run as an unprivileged user: /dev/kvm is root-only on this host.
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     fx.open_up();
     let bin_dir = tempfile::tempdir().expect("tempdir");
     let bin = bin_dir.path().join("vireo");
@@ -106,7 +106,10 @@ fn no_access_to_dev_kvm() {
         .expect("chmod");
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test drops privileges with setpriv and needs root");
+    assert_eq!(
+        euid, 0,
+        "this test drops privileges with setpriv and needs root"
+    );
     let mut cmd = std::process::Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&bin)
@@ -118,7 +121,7 @@ fn no_access_to_dev_kvm() {
 
 #[test]
 fn launch_spec_with_unknown_field() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let spec = fx.path("spec.json");
     std::fs::write(
         &spec,

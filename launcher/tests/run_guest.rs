@@ -13,16 +13,33 @@ use common::*;
 
 #[test]
 fn hello_prints_from_ring3_and_exits_zero() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let out = run_guest(&fx, &["--cmdline", "hello", "--memory", "64M"]);
     let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "stdout: {text}\nstderr: {}", stderr(&out));
-    assert!(text.starts_with("Hello from the Vireo test guest\n"), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {text}\nstderr: {}",
+        stderr(&out)
+    );
+    assert!(
+        text.starts_with("Hello from the Vireo test guest\n"),
+        "{text}"
+    );
     assert!(text.contains("cpl: 3\n"), "{text}");
     assert!(text.contains("memory: 64 MiB\n"), "{text}");
-    assert!(text.contains("pio: scratch register round trip ok"), "{text}");
-    assert!(text.contains("mmio: ioapic version 0x0000000000170011 ok"), "{text}");
-    assert!(text.contains("mmio: unclaimed read 0x00000000ffffffff ok"), "{text}");
+    assert!(
+        text.contains("pio: scratch register round trip ok"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mmio: ioapic version 0x0000000000170011 ok"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mmio: unclaimed read 0x00000000ffffffff ok"),
+        "{text}"
+    );
     assert!(text.contains("hello: PASS"), "{text}");
     // Logs stay on stderr, never in the serial stream.
     assert!(!text.contains("INFO"), "{text}");
@@ -31,7 +48,7 @@ fn hello_prints_from_ring3_and_exits_zero() {
 
 #[test]
 fn two_vcpus_boot_and_stop_cleanly() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let out = run_guest(&fx, &["--cmdline", "hello", "--cpus", "2"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("hello: PASS"));
@@ -39,27 +56,34 @@ fn two_vcpus_boot_and_stop_cleanly() {
 
 #[test]
 fn triple_fault_is_a_typed_exit_with_code_4() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let out = run_guest(&fx, &["--cmdline", "triple-fault"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stdout(&out).contains("triple-fault: ud2 with no IDT"));
-    assert!(stderr(&out).contains("triple fault on vCPU 0"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("triple fault on vCPU 0"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn emulation_failure_reports_the_instruction_with_code_5() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let out = run_guest(&fx, &["--cmdline", "emulation-failure"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(5), "{err}");
-    assert!(err.contains("emulation failure on vCPU 0 at rip 0x"), "{err}");
+    assert!(
+        err.contains("emulation failure on vCPU 0 at rip 0x"),
+        "{err}"
+    );
     // cmpxchg16b [rdi] = REX.W 0f c7 /1
     assert!(err.contains("instruction bytes 48 0f c7 0f"), "{err}");
 }
 
 #[test]
 fn i8042_reset_exits_with_code_3() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let out = run_guest(&fx, &["--cmdline", "reset"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("guest requested a reset"));
@@ -67,7 +91,7 @@ fn i8042_reset_exits_with_code_3() {
 
 #[test]
 fn guest_failure_status_exits_with_code_6() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let out = run_guest(&fx, &["--cmdline", "exit 9"]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("status 9"), "{}", stderr(&out));
@@ -75,19 +99,23 @@ fn guest_failure_status_exits_with_code_6() {
 
 #[test]
 fn serial_to_file() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let log = fx.path("serial.log");
     let arg = format!("file={}", log.display());
     let out = run_guest(&fx, &["--cmdline", "count 3 0", "--serial", &arg]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "", "nothing on stdout when serial goes to a file");
+    assert_eq!(
+        stdout(&out),
+        "",
+        "nothing on stdout when serial goes to a file"
+    );
     let text = std::fs::read_to_string(&log).expect("serial log");
     assert_eq!(text, "tick 0\ntick 1\ntick 2\ncount: done\n");
 }
 
 #[test]
 fn serial_input_over_unix_socket_reaches_the_guest() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let sock = fx.path("serial.sock");
     let mut child = vireo()
         .args(["run", "--cmdline", "echo", "--serial"])
@@ -108,7 +136,10 @@ fn serial_input_over_unix_socket_reaches_the_guest() {
     let mut writer = stream;
     let mut line = String::new();
     reader.read_line(&mut line).expect("ready line");
-    assert_eq!(line, "echo: ready\n", "output before connecting is replayed");
+    assert_eq!(
+        line, "echo: ready\n",
+        "output before connecting is replayed"
+    );
     // More than the 64-byte FIFO in one write: nothing may be dropped.
     let long = "x".repeat(100);
     writer
@@ -135,7 +166,7 @@ fn serial_input_over_unix_socket_reaches_the_guest() {
 
 #[test]
 fn launch_from_a_json_spec() {
-    let fx = Fixture::new();
+    let fx = Fixture::create();
     let spec = fx.path("spec.json");
     let log = fx.path("serial.log");
     let json = serde_json_spec(&fx.guest, &log);

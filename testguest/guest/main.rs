@@ -118,7 +118,11 @@ fn put_hex(v: u64) {
     puts("0x");
     for shift in (0..16).rev() {
         let nib = ((v >> (shift * 4)) & 0xf) as u8;
-        putc(if nib < 10 { b'0' + nib } else { b'a' + nib - 10 });
+        putc(if nib < 10 {
+            b'0' + nib
+        } else {
+            b'a' + nib - 10
+        });
     }
 }
 
@@ -439,7 +443,12 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     let mut i = 0;
     while i < n {
         // SAFETY: caller guarantees both ranges are valid.
-        let (x, y) = unsafe { (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i))) };
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
+        };
         if x != y {
             return i32::from(x) - i32::from(y);
         }

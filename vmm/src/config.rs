@@ -212,11 +212,20 @@ mod tests {
         c.vcpus = 0;
         assert_eq!(c.validate(&HOST), Err(ConfigError::NoVcpus));
         c.vcpus = 9;
-        assert!(matches!(c.validate(&HOST), Err(ConfigError::TooManyVcpus { .. })));
+        assert!(matches!(
+            c.validate(&HOST),
+            Err(ConfigError::TooManyVcpus { .. })
+        ));
         c.vcpus = 1;
         c.memory_mib = 0;
-        assert_eq!(c.validate(&HOST), Err(ConfigError::MemoryTooSmall { mib: 0 }));
+        assert_eq!(
+            c.validate(&HOST),
+            Err(ConfigError::MemoryTooSmall { mib: 0 })
+        );
         c.memory_mib = 8192;
-        assert!(matches!(c.validate(&HOST), Err(ConfigError::MemoryExceedsHost { .. })));
+        assert!(matches!(
+            c.validate(&HOST),
+            Err(ConfigError::MemoryExceedsHost { .. })
+        ));
     }
 }

@@ -28,7 +28,9 @@ const REQUIRED_CAPS: &[(Cap, &str)] = &[
 #[derive(Debug, Error)]
 pub enum KvmError {
     /// `/dev/kvm` does not exist.
-    #[error("/dev/kvm does not exist: KVM is not available on this host (is the kvm module loaded?)")]
+    #[error(
+        "/dev/kvm does not exist: KVM is not available on this host (is the kvm module loaded?)"
+    )]
     NotPresent,
     /// `/dev/kvm` exists but this user may not open it.
     #[error("permission denied opening /dev/kvm: run as root or add this user to the kvm group")]

@@ -166,7 +166,9 @@ pub(crate) struct Lifecycle {
 
 impl fmt::Debug for Lifecycle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Lifecycle").field("state", &self.state()).finish()
+        f.debug_struct("Lifecycle")
+            .field("state", &self.state())
+            .finish()
     }
 }
 

@@ -12,7 +12,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use thiserror::Error;
 use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Guest memory with dirty-page tracking of device writes.
 pub type GuestMemory = GuestMemoryMmap<AtomicBitmap>;
@@ -118,10 +118,14 @@ mod tests {
         use vm_memory::bitmap::Bitmap;
         use vm_memory::Bytes;
         let mem = create_guest_memory(64 * MIB).expect("alloc");
-        mem.write_obj(0xdead_beefu32, GuestAddress(0x1000)).expect("write");
+        mem.write_obj(0xdead_beefu32, GuestAddress(0x1000))
+            .expect("write");
         let v: u32 = mem.read_obj(GuestAddress(0x1000)).expect("read");
         assert_eq!(v, 0xdead_beef);
         let region = mem.iter().next().expect("region");
-        assert!(region.bitmap().dirty_at(0x1000), "device writes are tracked");
+        assert!(
+            region.bitmap().dirty_at(0x1000),
+            "device writes are tracked"
+        );
     }
 }

@@ -195,10 +195,12 @@ fn create_vcpus(
     let supported = kvm.supported_cpuid()?;
     (0..count)
         .map(|index| {
-            let err = |what| move |source| VmError::Vcpu {
-                index,
-                what,
-                source,
+            let err = |what| {
+                move |source| VmError::Vcpu {
+                    index,
+                    what,
+                    source,
+                }
             };
             let fd = vm_fd
                 .create_vcpu(u64::from(index))

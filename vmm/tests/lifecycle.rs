@@ -79,7 +79,11 @@ fn pause_and_resume_keep_the_guest_counting_without_loss_or_duplication() {
         assert_eq!(vm.state(), VmState::Paused);
         let at_pause = out.text();
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(out.text(), at_pause, "no output while paused (round {round})");
+        assert_eq!(
+            out.text(),
+            at_pause,
+            "no output while paused (round {round})"
+        );
         assert!(vm.pause().is_err(), "pausing twice is refused");
         vm.resume().expect("resume");
         assert_eq!(vm.state(), VmState::Running);
@@ -103,7 +107,8 @@ fn shutdown_while_paused_and_with_a_parked_application_processor() {
     let (_dir, vm, out) = guest_vm("idle", 2);
     vm.start().expect("start");
     out.wait_for("idle: ready\n", Duration::from_secs(30));
-    vm.pause().expect("pause with vCPU 1 waiting for SIPI inside KVM_RUN");
+    vm.pause()
+        .expect("pause with vCPU 1 waiting for SIPI inside KVM_RUN");
     assert_eq!(vm.shutdown(), ExitReason::Stopped);
     assert_eq!(vm.state(), VmState::Stopped);
 }

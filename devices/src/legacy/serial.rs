@@ -97,7 +97,10 @@ mod tests {
     struct SharedBuf(Arc<Mutex<Vec<u8>>>);
     impl Write for SharedBuf {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().map_err(|_| std::io::ErrorKind::Other)?.extend_from_slice(buf);
+            self.0
+                .lock()
+                .map_err(|_| std::io::ErrorKind::Other)?
+                .extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -106,15 +109,15 @@ mod tests {
     }
 
     fn uart() -> (Serial8250, SharedBuf, EventFd) {
-        let evt = EventFd::new(libc_nonblock()).expect("eventfd");
+        let evt = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).expect("eventfd");
         let out = SharedBuf::default();
-        let s = Serial8250::new(IrqLine::new(evt.try_clone().expect("clone")), Box::new(out.clone()));
+        let s = Serial8250::new(
+            IrqLine::new(evt.try_clone().expect("clone")),
+            Box::new(out.clone()),
+        );
         (s, out, evt)
     }
 
-    fn libc_nonblock() -> i32 {
-        vmm_sys_util::eventfd::EFD_NONBLOCK
-    }
 
     #[test]
     fn transmits_written_bytes() {

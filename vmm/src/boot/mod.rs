@@ -121,8 +121,7 @@ pub fn probe(bytes: &[u8]) -> Option<KernelFormat> {
             KernelFormat::Elf
         });
     }
-    if bytes.get(0x202..0x206) == Some(b"HdrS") && bytes.get(0x1fe..0x200) == Some(&[0x55, 0xaa])
-    {
+    if bytes.get(0x202..0x206) == Some(b"HdrS") && bytes.get(0x1fe..0x200) == Some(&[0x55, 0xaa]) {
         return Some(KernelFormat::BzImage);
     }
     None
@@ -143,7 +142,9 @@ fn read_kernel(path: &Path, memory_size: u64) -> Result<Vec<u8>, BootError> {
         });
     }
     let mut bytes = Vec::with_capacity(size as usize);
-    file.take(memory_size).read_to_end(&mut bytes).map_err(read_err)?;
+    file.take(memory_size)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
     Ok(bytes)
 }
 

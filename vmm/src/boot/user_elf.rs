@@ -85,7 +85,12 @@ pub fn load(
     }
     match note_version(&elf, bytes) {
         Some(PROTOCOL_VERSION) => {}
-        Some(v) => return Err(invalid(path, format!("unsupported user-mode protocol version {v}"))),
+        Some(v) => {
+            return Err(invalid(
+                path,
+                format!("unsupported user-mode protocol version {v}"),
+            ))
+        }
         None => return Err(invalid(path, "no Vireo user-mode note")),
     }
 
@@ -134,7 +139,10 @@ pub fn load(
         return Err(invalid(path, "no loadable segments"));
     }
     if !entry_in_code {
-        return Err(invalid(path, format!("entry point {entry:#x} is not in an executable segment")));
+        return Err(invalid(
+            path,
+            format!("entry point {entry:#x} is not in an executable segment"),
+        ));
     }
     let max = (CMDLINE_MAX - 1) as usize;
     if cmdline.len() > max {
@@ -202,7 +210,9 @@ mod tests {
     fn truncated_and_corrupted_images_are_errors_not_panics() {
         let elf = vireo_testguest::ELF;
         for len in [0, 4, 63, 64, 100, 200, elf.len() / 2] {
-            let _ = load_bytes(&elf[..len], 16).map(|_| ()).expect_err("truncated");
+            let _ = load_bytes(&elf[..len], 16)
+                .map(|_| ())
+                .expect_err("truncated");
         }
         // Flip bytes throughout the headers; every outcome must be an Ok or a
         // typed error.

@@ -148,12 +148,21 @@ mod tests {
         let mut bus = Bus::new();
         bus.insert(dev(), 0x100, 0x10).expect("first");
         for (base, len) in [(0x100, 1), (0xf8, 0x9), (0x10f, 1), (0x0, 0x1000)] {
-            assert!(matches!(bus.insert(dev(), base, len), Err(BusError::Overlap { .. })));
+            assert!(matches!(
+                bus.insert(dev(), base, len),
+                Err(BusError::Overlap { .. })
+            ));
         }
         bus.insert(dev(), 0x110, 0x10).expect("adjacent above");
         bus.insert(dev(), 0xf0, 0x10).expect("adjacent below");
-        assert!(matches!(bus.insert(dev(), 5, 0), Err(BusError::InvalidRange { .. })));
-        assert!(matches!(bus.insert(dev(), u64::MAX, 2), Err(BusError::InvalidRange { .. })));
+        assert!(matches!(
+            bus.insert(dev(), 5, 0),
+            Err(BusError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(dev(), u64::MAX, 2),
+            Err(BusError::InvalidRange { .. })
+        ));
     }
 
     #[test]

@@ -17,7 +17,6 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use bus::{Bus, BusError, SharedDevice};
 
-
 /// Why devices could not be set up.
 #[derive(Debug, Error)]
 pub enum DeviceError {

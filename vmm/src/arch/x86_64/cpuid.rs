@@ -19,9 +19,8 @@ pub fn vcpu_cpuid(supported: &CpuId, index: u8, count: u8) -> CpuId {
     for entry in cpuid.as_mut_slice() {
         match entry.function {
             1 => {
-                entry.ebx = (entry.ebx & 0x0000_ffff)
-                    | (u32::from(index) << 24)
-                    | (u32::from(count) << 16);
+                entry.ebx =
+                    (entry.ebx & 0x0000_ffff) | (u32::from(index) << 24) | (u32::from(count) << 16);
                 entry.ecx |= HYPERVISOR_BIT;
             }
             0xb => entry.edx = u32::from(index),
@@ -57,7 +56,11 @@ mod tests {
         };
         let base = CpuId::from_entries(&[leaf1]).expect("cpuid");
         let c = vcpu_cpuid(&base, 3, 4);
-        let e1 = c.as_slice().iter().find(|e| e.function == 1).expect("leaf 1");
+        let e1 = c
+            .as_slice()
+            .iter()
+            .find(|e| e.function == 1)
+            .expect("leaf 1");
         assert_eq!(e1.ebx >> 24, 3);
         assert_eq!((e1.ebx >> 16) & 0xff, 4);
         assert_eq!(e1.ebx & 0xffff, 0x5678);

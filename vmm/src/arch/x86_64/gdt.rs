@@ -64,9 +64,15 @@ mod tests {
     #[test]
     fn user_segments_decode_to_ring_3() {
         let cs = segment_from_gdt(3);
-        assert_eq!((cs.selector, cs.dpl, cs.l, cs.db, cs.type_), (USER_CODE, 3, 1, 0, 0xb));
+        assert_eq!(
+            (cs.selector, cs.dpl, cs.l, cs.db, cs.type_),
+            (USER_CODE, 3, 1, 0, 0xb)
+        );
         let ds = segment_from_gdt(4);
-        assert_eq!((ds.selector, ds.dpl, ds.db, ds.limit), (USER_DATA, 3, 1, 0xffff_ffff));
+        assert_eq!(
+            (ds.selector, ds.dpl, ds.db, ds.limit),
+            (USER_DATA, 3, 1, 0xffff_ffff)
+        );
         assert_eq!(segment_from_gdt(1).selector, KERNEL_CODE);
         assert_eq!(segment_from_gdt(2).selector, KERNEL_DATA);
     }

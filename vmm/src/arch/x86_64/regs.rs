@@ -160,7 +160,10 @@ mod tests {
         assert_eq!(s.regs.rflags & RFLAGS_IOPL3, RFLAGS_IOPL3);
         assert_eq!(s.regs.rflags & (1 << 9), 0, "interrupts disabled");
         assert_eq!((s.regs.rsp + 8) % 16, 0);
-        assert_eq!([s.regs.rdi, s.regs.rsi, s.regs.rdx, s.regs.rcx], [1, 2, 3, 4]);
+        assert_eq!(
+            [s.regs.rdi, s.regs.rsi, s.regs.rdx, s.regs.rcx],
+            [1, 2, 3, 4]
+        );
         assert_eq!(s.control.efer, EFER_LME | EFER_LMA);
     }
 }

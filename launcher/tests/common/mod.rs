@@ -14,7 +14,7 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    pub fn new() -> Self {
+    pub fn create() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let guest = dir.path().join("testguest.elf");
         vireo_testguest::write_to(&guest).expect("write guest");
