@@ -17,6 +17,7 @@
 //! No method panics on guest-, file- or user-controlled input; failures are
 //! typed errors ([`VmError`]).
 
+pub mod acpi;
 pub mod arch;
 pub mod boot;
 pub mod config;

@@ -17,7 +17,7 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use thiserror::Error;
 use tracing::info;
 
-use crate::arch::x86_64::{cpuid, layout, InitialCpuState};
+use crate::arch::x86_64::{cpuid, layout, vcpu_platform, InitialCpuState};
 use crate::boot::{self, BootError, BootPlan};
 use crate::config::{ConfigError, HostLimits, VmConfig};
 use crate::console::{Console, ConsoleError};
@@ -149,7 +149,7 @@ impl VmBuilder {
 
         let memory = memory::create_guest_memory(memory_size)?;
         memory::register_with_kvm(&vm_fd, &memory)?;
-        let mut plan = boot::load_payload(&memory, memory_size, &config.payload)?;
+        let mut plan = boot::load_payload(&memory, memory_size, &config.payload, config.vcpus)?;
         if let Some(state) = self.boot_cpu {
             plan.boot_cpu = state;
         }
@@ -165,6 +165,7 @@ impl VmBuilder {
             console.take_output(),
             lifecycle.clone(),
             plan.debug_exit,
+            plan.is_linux(),
         )?;
         let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, &plan)?;
         let serial = devices.serial.clone();
@@ -207,6 +208,10 @@ fn create_vcpus(
                 .map_err(err("create the vCPU"))?;
             fd.set_cpuid2(&cpuid::vcpu_cpuid(&supported, index, count))
                 .map_err(err("set CPUID"))?;
+            if plan.is_linux() {
+                vcpu_platform::setup_linux_vcpu(index, &fd)
+                    .map_err(err("set up the local APIC"))?;
+            }
             if index == 0 {
                 plan.boot_cpu
                     .apply(&fd)

@@ -6,11 +6,12 @@
 //! | format                                   | protocol                      |
 //! |------------------------------------------|-------------------------------|
 //! | ELF64 with a `Vireo` note (type 1)       | ring-3 user-mode boot ([`user_elf`]) |
-//! | ELF without that note (Linux `vmlinux`)  | PVH — not implemented yet     |
-//! | bzImage (`HdrS` at 0x202)                | Linux boot protocol — not yet |
+//! | ELF without that note (Linux `vmlinux`)  | PVH, or the 64-bit Linux entry ([`linux`]) |
+//! | bzImage (`HdrS` at 0x202)                | Linux boot protocol, 64-bit entry ([`linux`]) |
 //!
 //! Anything else is refused as not a loadable kernel.
 
+pub mod linux;
 pub mod user_elf;
 
 use std::io::Read;
@@ -71,6 +72,40 @@ pub enum BootError {
         /// Why it cannot be booted.
         reason: &'static str,
     },
+    /// A Linux kernel image is malformed or unsuitable.
+    #[error("{path}: invalid {what}: {reason}")]
+    InvalidKernel {
+        /// The path given.
+        path: PathBuf,
+        /// The format being loaded.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The initramfs could not be read.
+    #[error("cannot read initramfs {path}: {source}")]
+    InitramfsRead {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The initramfs does not fit where the kernel can reach it.
+    #[error("initramfs {path} is {size} bytes but only {available} bytes of guest memory are free for it below the kernel's limit")]
+    InitramfsTooLarge {
+        /// The path given.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// Room available.
+        available: u64,
+    },
+    /// Writing the zero page or PVH start info failed.
+    #[error("cannot write boot parameters: {0}")]
+    BootParams(String),
+    /// Writing ACPI tables failed.
+    #[error(transparent)]
+    Acpi(#[from] crate::acpi::AcpiError),
     /// The ELF is malformed or unsuitable.
     #[error("{path}: invalid ELF: {reason}")]
     InvalidElf {
@@ -110,6 +145,14 @@ pub struct BootPlan {
     pub debug_exit: bool,
     /// The format that was loaded.
     pub format: KernelFormat,
+}
+
+impl BootPlan {
+    /// Whether the guest is Linux-like and expects the ACPI platform
+    /// (tables, sleep registers) and firmware-initialised vCPUs.
+    pub fn is_linux(&self) -> bool {
+        self.format != KernelFormat::UserModeElf
+    }
 }
 
 /// Identifies a kernel image from its first bytes.
@@ -153,6 +196,7 @@ pub fn load_payload(
     mem: &GuestMemory,
     memory_size: u64,
     payload: &PayloadConfig,
+    vcpus: u8,
 ) -> Result<BootPlan, BootError> {
     let path = payload.kernel.as_path();
     let bytes = read_kernel(path, memory_size)?;
@@ -167,16 +211,8 @@ pub fn load_payload(
             }
             user_elf::load(mem, memory_size, path, &bytes, &payload.cmdline)
         }
-        Some(KernelFormat::Elf) => Err(BootError::Unsupported {
-            path: path.to_owned(),
-            what: "an ELF kernel without a Vireo user-mode note",
-            reason: "PVH boot of Linux vmlinux images is not implemented yet",
-        }),
-        Some(KernelFormat::BzImage) => Err(BootError::Unsupported {
-            path: path.to_owned(),
-            what: "a bzImage",
-            reason: "the Linux boot protocol is not implemented yet",
-        }),
+        Some(KernelFormat::Elf) => linux::load_elf(mem, memory_size, payload, vcpus),
+        Some(KernelFormat::BzImage) => linux::load_bzimage(mem, memory_size, payload, vcpus),
         None => Err(BootError::NotAKernel {
             path: path.to_owned(),
         }),

@@ -1,8 +1,9 @@
 //! Builds the platform devices and places them on the port-I/O and MMIO buses.
 //!
 //! Legacy devices on port I/O: COM1 (IRQ 4 through an irqfd into the
-//! in-kernel IOAPIC), the i8042 reset line, and — only for payloads whose
-//! boot protocol defines it — the debug exit port. The MMIO bus is empty
+//! in-kernel IOAPIC), the i8042 reset line, the ACPI sleep registers for
+//! guests booted with ACPI, and — only for payloads whose boot protocol
+//! defines it — the debug exit port. The MMIO bus is empty
 //! until PCI devices arrive; its unclaimed reads return all-ones.
 
 pub mod bus;
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::VmFd;
 use thiserror::Error;
 use vireo_devices::legacy::{debug_exit, i8042, serial, DebugExit, Serial8250, I8042};
+use vireo_devices::acpi_pm::{AcpiSleep, ACPI_SLEEP_PORT, ACPI_SLEEP_PORT_SIZE};
 use vireo_devices::{ExitHandler, IrqLine};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -54,6 +56,7 @@ impl DeviceManager {
         console: Box<dyn std::io::Write + Send>,
         exit: Arc<dyn ExitHandler>,
         debug_exit_port: bool,
+        acpi: bool,
     ) -> Result<Self, DeviceError> {
         let mut pio = Bus::new();
         let irq_event = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
@@ -76,6 +79,13 @@ impl DeviceManager {
             i8042::I8042_PORT_BASE,
             i8042::I8042_PORT_SIZE,
         )?;
+        if acpi {
+            pio.insert(
+                Arc::new(Mutex::new(AcpiSleep::new(exit.clone()))),
+                ACPI_SLEEP_PORT,
+                ACPI_SLEEP_PORT_SIZE,
+            )?;
+        }
         if debug_exit_port {
             pio.insert(
                 Arc::new(Mutex::new(DebugExit::new(exit))),

@@ -12,13 +12,18 @@ pub const USER_CODE: u16 = 0x18 | 3;
 /// Selector of the user data segment (RPL 3).
 pub const USER_DATA: u16 = 0x20 | 3;
 
-/// The GDT: null, kernel code64, kernel data, user code64, user data.
-pub const GDT: [u64; 5] = [
+/// Selector of the 32-bit kernel code segment (PVH entry).
+pub const KERNEL_CODE32: u16 = 0x28;
+
+/// The GDT: null, kernel code64, kernel data, user code64, user data,
+/// kernel code32.
+pub const GDT: [u64; 6] = [
     0,
     0x00af_9b00_0000_ffff,
     0x00cf_9300_0000_ffff,
     0x00af_fb00_0000_ffff,
     0x00cf_f300_0000_ffff,
+    0x00cf_9b00_0000_ffff,
 ];
 
 /// Decodes GDT entry `index` into the segment register value KVM expects.
@@ -75,5 +80,7 @@ mod tests {
         );
         assert_eq!(segment_from_gdt(1).selector, KERNEL_CODE);
         assert_eq!(segment_from_gdt(2).selector, KERNEL_DATA);
+        let cs32 = segment_from_gdt(5);
+        assert_eq!((cs32.selector, cs32.l, cs32.db), (KERNEL_CODE32, 0, 1));
     }
 }

@@ -37,3 +37,31 @@ pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 /// Base of the in-kernel IOAPIC.
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+
+/// PVH `hvm_start_info`.
+pub const PVH_START_INFO_ADDR: u64 = 0x6000;
+/// PVH module list (the initramfs).
+pub const PVH_MODLIST_ADDR: u64 = 0x6100;
+/// PVH memory map (up to 128 entries).
+pub const PVH_MEMMAP_ADDR: u64 = 0x6200;
+/// Linux zero page (`boot_params`).
+pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// Initial stack of a Linux boot vCPU.
+pub const LINUX_BOOT_STACK: u64 = 0x8ff0;
+/// Where the Linux command line is written.
+pub const LINUX_CMDLINE_ADDR: u64 = 0x2_0000;
+/// Linux's `COMMAND_LINE_SIZE` on x86 (including the NUL): the limit for
+/// PVH and for bzImages older than boot protocol 2.06.
+pub const LINUX_CMDLINE_SIZE: u64 = 2048;
+/// Start of the extended BIOS data area; RAM below it is usable.
+pub const EBDA_START: u64 = 0x9_fc00;
+/// Where the kernel and everything above 1 MiB start.
+pub const HIGH_MEMORY_START: u64 = 0x10_0000;
+/// RSDP, followed by the other ACPI tables up to 1 MiB.
+pub const ACPI_RSDP_ADDR: u64 = 0xe_0000;
+/// PCIe ECAM window (256 buses × 1 MiB), inside the MMIO hole.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// Size of the ECAM window.
+pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
+/// 32-bit PCI MMIO window for BARs: from the hole's start up to the ECAM.
+pub const PCI_MMIO32_START: u64 = 0xc000_0000;

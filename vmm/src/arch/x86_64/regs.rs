@@ -90,7 +90,7 @@ impl InitialCpuState {
         let regs = kvm_regs {
             rip: entry,
             // As if `entry` had been called: RSP + 8 is 16-byte aligned.
-            rsp: (stack_top & !0xf) - 8,
+            rsp: (stack_top & !0xf).saturating_sub(8),
             rflags: RFLAGS_RESERVED | RFLAGS_IOPL3,
             rdi: args[0],
             rsi: args[1],
@@ -118,6 +118,40 @@ impl InitialCpuState {
                 efer: EFER_LME | EFER_LMA,
             },
         }
+    }
+
+    /// A vCPU at the 64-bit entry of the Linux boot protocol: long mode,
+    /// CPL 0, paging on with the identity tables at `cr3`, RSI = zero page.
+    pub fn linux_long(entry: u64, stack: u64, cr3: u64, zero_page: u64) -> Self {
+        let mut s = Self::user_mode_long(entry, stack + 8, cr3, [0; 4]);
+        s.segments.cs = gdt::segment_from_gdt(1);
+        s.segments.ds = gdt::segment_from_gdt(2);
+        s.segments.ss = s.segments.ds;
+        s.regs.rflags = RFLAGS_RESERVED;
+        s.regs.rsi = zero_page;
+        s.regs.rsp = stack;
+        s.regs.rbp = stack;
+        s
+    }
+
+    /// A vCPU at a PVH entry point: 32-bit protected mode, paging off,
+    /// flat segments, EBX = physical address of `hvm_start_info`.
+    pub fn pvh(entry: u64, start_info: u64) -> Self {
+        let mut s = Self::linux_long(entry, 0, 0, 0);
+        s.segments.cs = gdt::segment_from_gdt(5);
+        s.regs = kvm_regs {
+            rip: entry,
+            rbx: start_info,
+            rflags: RFLAGS_RESERVED,
+            ..Default::default()
+        };
+        s.control = ControlRegisters {
+            cr0: CR0_PE | CR0_ET,
+            cr3: 0,
+            cr4: 0,
+            efer: 0,
+        };
+        s
     }
 
     /// Loads this state into `vcpu`, keeping KVM's values for anything not
@@ -165,5 +199,15 @@ mod tests {
             [1, 2, 3, 4]
         );
         assert_eq!(s.control.efer, EFER_LME | EFER_LMA);
+    }
+
+    #[test]
+    fn linux_entries_run_in_ring0() {
+        let l = InitialCpuState::linux_long(0x100_0200, 0x8ff0, 0x9000, 0x7000);
+        assert_eq!((l.segments.cs.dpl, l.segments.cs.l), (0, 1));
+        assert_eq!((l.regs.rsi, l.regs.rsp, l.regs.rflags), (0x7000, 0x8ff0, 2));
+        let p = InitialCpuState::pvh(0x100_0000, 0x6000);
+        assert_eq!((p.segments.cs.l, p.segments.cs.db, p.segments.cs.dpl), (0, 1, 0));
+        assert_eq!((p.regs.rbx, p.control.cr0 & CR0_PG, p.control.efer), (0x6000, 0, 0));
     }
 }

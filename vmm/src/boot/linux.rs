@@ -1,0 +1,369 @@
+//! Booting Linux: bzImage through the x86 Linux boot protocol (64-bit
+//! entry), and ELF `vmlinux` through PVH — or, for an ELF without a PVH note,
+//! through the 64-bit boot protocol at its ELF entry, as Firecracker does.
+//!
+//! Guest memory after loading:
+//! ```text
+//!  0x6000 PVH start info, module list, memory map   0x7000 zero page
+//!  0x9000 identity page tables (4 GiB, 2 MiB pages)  0x2_0000 command line
+//!  0xe_0000 ACPI tables                              1 MiB+ kernel
+//!  highest fitting address below the kernel's initrd limit: initramfs
+//! ```
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::path::Path;
+
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
+use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::{BootError, BootPlan, KernelFormat};
+use crate::acpi;
+use crate::arch::x86_64::e820::memory_map;
+use crate::arch::x86_64::gdt::gdt_bytes;
+use crate::arch::x86_64::layout::{
+    GDT_ADDR, HIGH_MEMORY_START, LINUX_BOOT_STACK, LINUX_CMDLINE_ADDR, LINUX_CMDLINE_SIZE,
+    PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR, PVH_START_INFO_ADDR, ZERO_PAGE_ADDR,
+};
+use crate::arch::x86_64::{paging, InitialCpuState};
+use crate::config::PayloadConfig;
+use crate::memory::{GuestMemory, MMIO_HOLE_END, MMIO_HOLE_START};
+
+/// `hvm_start_info.magic`.
+const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+/// `setup_header.type_of_loader`: "other / undefined".
+const LOADER_TYPE_OTHER: u8 = 0xff;
+/// The 64-bit entry of a bzImage is 0x200 bytes into the protected-mode code.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// Boot protocol version that introduced `cmdline_size`.
+const PROTOCOL_CMDLINE_SIZE: u16 = 0x0206;
+/// Most E820 entries the zero page holds.
+const ZERO_PAGE_E820_MAX: usize = 128;
+const PAGE: u64 = 4096;
+
+/// What the loaders hand to the common boot-data writer.
+struct Loaded {
+    kernel_end: u64,
+    /// Highest address the kernel accepts for the initramfs end (inclusive).
+    initrd_addr_max: u64,
+    cmdline_max: usize,
+}
+
+fn write_err(what: &'static str) -> impl Fn(vm_memory::GuestMemoryError) -> BootError {
+    move |source| BootError::GuestWrite { what, source }
+}
+
+/// Loads a bzImage and prepares the 64-bit Linux boot protocol.
+pub fn load_bzimage(
+    mem: &GuestMemory,
+    memory_size: u64,
+    payload: &PayloadConfig,
+    vcpus: u8,
+) -> Result<BootPlan, BootError> {
+    let path = payload.kernel.as_path();
+    let mut file = open(path)?;
+    let result = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIGH_MEMORY_START)))
+        .map_err(|e| BootError::InvalidKernel {
+            path: path.to_owned(),
+            what: "bzImage",
+            reason: e.to_string(),
+        })?;
+    let Some(mut hdr) = result.setup_header else {
+        return Err(BootError::InvalidKernel {
+            path: path.to_owned(),
+            what: "bzImage",
+            reason: "no setup header".into(),
+        });
+    };
+    let cmdline_max = if hdr.version >= PROTOCOL_CMDLINE_SIZE {
+        hdr.cmdline_size as usize
+    } else {
+        LINUX_CMDLINE_SIZE as usize - 1
+    };
+    let loaded = Loaded {
+        kernel_end: result.kernel_end,
+        initrd_addr_max: u64::from(hdr.initrd_addr_max),
+        cmdline_max,
+    };
+    let common = write_common(mem, memory_size, payload, vcpus, &loaded)?;
+
+    hdr.type_of_loader = LOADER_TYPE_OTHER;
+    hdr.cmd_line_ptr = LINUX_CMDLINE_ADDR as u32;
+    hdr.cmdline_size = payload.cmdline.len() as u32;
+    if let Some((addr, size)) = common.initramfs {
+        hdr.ramdisk_image = addr as u32;
+        hdr.ramdisk_size = size as u32;
+    }
+    let mut params = boot_params {
+        hdr,
+        acpi_rsdp_addr: common.rsdp,
+        ..Default::default()
+    };
+    let map = memory_map(memory_size);
+    for (slot, e) in params.e820_table.iter_mut().zip(map.iter().take(ZERO_PAGE_E820_MAX)) {
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            r#type: e.kind,
+        };
+    }
+    params.e820_entries = map.len().min(ZERO_PAGE_E820_MAX) as u8;
+    LinuxBootConfigurator::write_bootparams::<GuestMemory>(
+        &BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR)),
+        mem,
+    )
+    .map_err(|e| BootError::BootParams(e.to_string()))?;
+
+    let entry = result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET;
+    Ok(BootPlan {
+        boot_cpu: InitialCpuState::linux_long(entry, LINUX_BOOT_STACK, common.cr3, ZERO_PAGE_ADDR),
+        debug_exit: false,
+        format: KernelFormat::BzImage,
+    })
+}
+
+/// Loads an ELF `vmlinux`: PVH when it carries the PVH note, otherwise the
+/// 64-bit boot protocol at its entry point.
+pub fn load_elf(
+    mem: &GuestMemory,
+    memory_size: u64,
+    payload: &PayloadConfig,
+    vcpus: u8,
+) -> Result<BootPlan, BootError> {
+    let path = payload.kernel.as_path();
+    let mut file = open(path)?;
+    let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIGH_MEMORY_START)))
+        .map_err(|e| BootError::InvalidKernel {
+            path: path.to_owned(),
+            what: "ELF kernel",
+            reason: e.to_string(),
+        })?;
+    let loaded = Loaded {
+        kernel_end: result.kernel_end,
+        initrd_addr_max: u64::from(u32::MAX),
+        cmdline_max: LINUX_CMDLINE_SIZE as usize - 1,
+    };
+    match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(entry) => {
+            let common = write_common(mem, memory_size, payload, vcpus, &loaded)?;
+            write_pvh_start_info(mem, memory_size, &common)?;
+            Ok(BootPlan {
+                boot_cpu: InitialCpuState::pvh(entry.0, PVH_START_INFO_ADDR),
+                debug_exit: false,
+                format: KernelFormat::Elf,
+            })
+        }
+        _ => {
+            // linux-loader only loads x86_64 ELF64 images, so a 64-bit
+            // entry exists if the entry lies in the loaded image.
+            let entry = result.kernel_load.0;
+            if !(HIGH_MEMORY_START..result.kernel_end).contains(&entry) {
+                return Err(BootError::InvalidKernel {
+                    path: path.to_owned(),
+                    what: "ELF kernel",
+                    reason: "no PVH note and no 64-bit entry point inside the image".into(),
+                });
+            }
+            let common = write_common(mem, memory_size, payload, vcpus, &loaded)?;
+            let mut params = boot_params::default();
+            params.hdr.type_of_loader = LOADER_TYPE_OTHER;
+            params.hdr.boot_flag = 0xaa55;
+            params.hdr.header = 0x5372_6448;
+            params.hdr.cmd_line_ptr = LINUX_CMDLINE_ADDR as u32;
+            params.hdr.cmdline_size = payload.cmdline.len() as u32;
+            params.hdr.kernel_alignment = 0x100_0000;
+            if let Some((addr, size)) = common.initramfs {
+                params.hdr.ramdisk_image = addr as u32;
+                params.hdr.ramdisk_size = size as u32;
+            }
+            params.acpi_rsdp_addr = common.rsdp;
+            let map = memory_map(memory_size);
+            for (slot, e) in params.e820_table.iter_mut().zip(map.iter()) {
+                *slot = boot_e820_entry {
+                    addr: e.addr,
+                    size: e.size,
+                    r#type: e.kind,
+                };
+            }
+            params.e820_entries = map.len().min(ZERO_PAGE_E820_MAX) as u8;
+            LinuxBootConfigurator::write_bootparams::<GuestMemory>(
+                &BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR)),
+                mem,
+            )
+            .map_err(|e| BootError::BootParams(e.to_string()))?;
+            Ok(BootPlan {
+                boot_cpu: InitialCpuState::linux_long(
+                    entry,
+                    LINUX_BOOT_STACK,
+                    common.cr3,
+                    ZERO_PAGE_ADDR,
+                ),
+                debug_exit: false,
+                format: KernelFormat::Elf,
+            })
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<File, BootError> {
+    File::open(path).map_err(|source| BootError::KernelRead {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Boot data common to every Linux entry.
+struct Common {
+    cr3: u64,
+    rsdp: u64,
+    initramfs: Option<(u64, u64)>,
+}
+
+fn write_common(
+    mem: &GuestMemory,
+    memory_size: u64,
+    payload: &PayloadConfig,
+    vcpus: u8,
+    loaded: &Loaded,
+) -> Result<Common, BootError> {
+    if payload.cmdline.len() > loaded.cmdline_max || payload.cmdline.contains('\0') {
+        return Err(BootError::CmdlineTooLong {
+            len: payload.cmdline.len(),
+            max: loaded.cmdline_max,
+        });
+    }
+    let mut cmdline = payload.cmdline.as_bytes().to_vec();
+    cmdline.push(0);
+    mem.write_slice(&cmdline, GuestAddress(LINUX_CMDLINE_ADDR))
+        .map_err(write_err("the command line"))?;
+    mem.write_slice(&gdt_bytes(), GuestAddress(GDT_ADDR))
+        .map_err(write_err("the GDT"))?;
+    let cr3 = paging::write_identity_tables(mem, MMIO_HOLE_END)?;
+    let rsdp = acpi::write_tables(mem, vcpus).map_err(BootError::Acpi)?;
+    let initramfs = match &payload.initramfs {
+        Some(path) => Some(load_initramfs(mem, memory_size, path, loaded)?),
+        None => None,
+    };
+    Ok(Common {
+        cr3,
+        rsdp,
+        initramfs,
+    })
+}
+
+/// Places the initramfs at the highest page-aligned address that ends below
+/// both low RAM's end and the kernel's limit, above the kernel.
+fn load_initramfs(
+    mem: &GuestMemory,
+    memory_size: u64,
+    path: &Path,
+    loaded: &Loaded,
+) -> Result<(u64, u64), BootError> {
+    let read_err = |source| BootError::InitramfsRead {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_err)?;
+    let size = file.seek(SeekFrom::End(0)).map_err(read_err)?;
+    file.rewind().map_err(read_err)?;
+    let limit = memory_size
+        .min(MMIO_HOLE_START)
+        .min(loaded.initrd_addr_max.saturating_add(1));
+    let floor = loaded.kernel_end.div_ceil(PAGE) * PAGE;
+    let available = limit.saturating_sub(floor);
+    if size > available {
+        return Err(BootError::InitramfsTooLarge {
+            path: path.to_owned(),
+            size,
+            available,
+        });
+    }
+    let addr = (limit - size) / PAGE * PAGE;
+    let len = usize::try_from(size).map_err(|_| BootError::InitramfsTooLarge {
+        path: path.to_owned(),
+        size,
+        available,
+    })?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
+        .map_err(|e| BootError::InitramfsRead {
+            path: path.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    Ok((addr, size))
+}
+
+fn write_pvh_start_info(
+    mem: &GuestMemory,
+    memory_size: u64,
+    common: &Common,
+) -> Result<(), BootError> {
+    let map: Vec<hvm_memmap_table_entry> = memory_map(memory_size)
+        .into_iter()
+        .map(|e| hvm_memmap_table_entry {
+            addr: e.addr,
+            size: e.size,
+            type_: e.kind,
+            reserved: 0,
+        })
+        .collect();
+    let mut start_info = hvm_start_info {
+        magic: XEN_HVM_START_MAGIC,
+        version: 1,
+        cmdline_paddr: LINUX_CMDLINE_ADDR,
+        rsdp_paddr: common.rsdp,
+        memmap_paddr: PVH_MEMMAP_ADDR,
+        memmap_entries: map.len() as u32,
+        ..Default::default()
+    };
+    let mut params = BootParams::new(&start_info, GuestAddress(PVH_START_INFO_ADDR));
+    if let Some((paddr, size)) = common.initramfs {
+        start_info.nr_modules = 1;
+        start_info.modlist_paddr = PVH_MODLIST_ADDR;
+        params = BootParams::new(&start_info, GuestAddress(PVH_START_INFO_ADDR));
+        let module = hvm_modlist_entry {
+            paddr,
+            size,
+            ..Default::default()
+        };
+        params.set_modules(&[module], GuestAddress(PVH_MODLIST_ADDR));
+    }
+    params.set_sections(&map, GuestAddress(PVH_MEMMAP_ADDR));
+    PvhBootConfigurator::write_bootparams::<GuestMemory>(&params, mem)
+        .map_err(|e| BootError::BootParams(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{create_guest_memory, MIB};
+
+    #[test]
+    fn initramfs_goes_as_high_as_allowed_and_too_large_is_an_error() {
+        let mem = create_guest_memory(64 * MIB).expect("mem");
+        let dir = tempfile::tempdir().expect("dir");
+        let initrd = dir.path().join("initrd");
+        std::fs::write(&initrd, vec![0x5au8; 10_000]).expect("write");
+        let loaded = Loaded {
+            kernel_end: 8 * MIB,
+            initrd_addr_max: 0x37ff_ffff,
+            cmdline_max: 2047,
+        };
+        let (addr, size) = load_initramfs(&mem, 64 * MIB, &initrd, &loaded).expect("fits");
+        assert_eq!(size, 10_000);
+        assert_eq!(addr % PAGE, 0);
+        assert!(addr + size <= 64 * MIB && addr + size > 64 * MIB - PAGE);
+        let byte: u8 = mem.read_obj(GuestAddress(addr + 9_999)).expect("read");
+        assert_eq!(byte, 0x5a);
+
+        std::fs::write(&initrd, vec![0u8; 57 * MIB as usize]).expect("write");
+        let err = load_initramfs(&mem, 64 * MIB, &initrd, &loaded).expect_err("too big");
+        assert!(matches!(err, BootError::InitramfsTooLarge { .. }), "{err}");
+    }
+}
