@@ -72,6 +72,9 @@ mod tests {
         dev.write(1, &[SLP_EN | (SLP_TYP_S5 << 2)]); // status register
         assert!(rec.0.lock().expect("lock").is_empty());
         dev.write(0, &[SLP_EN | (SLP_TYP_S5 << 2)]);
-        assert_eq!(*rec.0.lock().expect("lock"), vec![GuestExitRequest::PowerOff]);
+        assert_eq!(
+            *rec.0.lock().expect("lock"),
+            vec![GuestExitRequest::PowerOff]
+        );
     }
 }

@@ -20,6 +20,7 @@ pub mod bus;
 pub mod exit;
 pub mod irq;
 pub mod legacy;
+pub mod pci;
 
 pub use bus::BusDevice;
 pub use exit::{ExitHandler, GuestExitRequest};

@@ -136,3 +136,86 @@ fn launch_spec_with_unknown_field() {
     let out = run_with_timeout(cmd, Duration::from_secs(30));
     assert_clean_error(&out, 1, "unknown field `nics`");
 }
+
+/// The test guest with its Vireo note renamed: an ordinary x86_64 ELF with no
+/// PVH note, so `vireo` treats it as a Linux `vmlinux`.
+fn plain_elf(fx: &Fixture, entry: Option<u64>) -> std::path::PathBuf {
+    let mut elf = vireo_testguest::ELF.to_vec();
+    let pos = elf
+        .windows(6)
+        .position(|w| w == b"Vireo\0")
+        .expect("note name");
+    elf[pos] = b'X';
+    if let Some(e) = entry {
+        elf[24..32].copy_from_slice(&e.to_le_bytes());
+    }
+    let path = fx.path("vmlinux");
+    std::fs::write(&path, elf).expect("write");
+    path
+}
+
+#[test]
+fn truncated_bzimage() {
+    let fx = Fixture::create();
+    // A bzImage header (boot protocol 2.15) whose syssize describes 1 MiB of
+    // kernel, in a file cut short after 8 KiB.
+    let mut img = vec![0u8; 8192];
+    img[0x1f1] = 4; // setup_sects
+    img[0x1f4..0x1f8].copy_from_slice(&(0x10_0000u32 / 16).to_le_bytes());
+    img[0x1fe] = 0x55;
+    img[0x1ff] = 0xaa;
+    img[0x202..0x206].copy_from_slice(b"HdrS");
+    img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    img[0x211] = 1; // loadflags: LOADED_HIGH
+    img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    let path = fx.path("bzImage");
+    std::fs::write(&path, img).expect("write");
+    let mut cmd = vireo();
+    cmd.args(["run", "--kernel"]).arg(&path);
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert_clean_error(&out, 1, "invalid bzImage: truncated");
+}
+
+#[test]
+fn elf_without_pvh_note_or_64bit_entry() {
+    let fx = Fixture::create();
+    let path = plain_elf(&fx, Some(0x10));
+    let mut cmd = vireo();
+    cmd.args(["run", "--kernel"]).arg(&path);
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert_clean_error(&out, 1, "no PVH note and no 64-bit entry point");
+}
+
+#[test]
+fn initramfs_larger_than_guest_memory_allows() {
+    let fx = Fixture::create();
+    let kernel = plain_elf(&fx, None);
+    let initrd = fx.path("initrd.img");
+    let f = std::fs::File::create(&initrd).expect("create");
+    f.set_len(64 << 20).expect("sparse 64 MiB");
+    let mut cmd = vireo();
+    cmd.args(["run", "--memory", "32M", "--kernel"])
+        .arg(&kernel)
+        .arg("--initramfs")
+        .arg(&initrd);
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert_clean_error(&out, 1, "bytes of guest memory are free for it");
+}
+
+#[test]
+fn command_line_longer_than_the_protocol_allows() {
+    let fx = Fixture::create();
+    let kernel = plain_elf(&fx, None);
+    let long = "console=ttyS0 ".repeat(200);
+    let mut cmd = vireo();
+    cmd.args(["run", "--kernel"])
+        .arg(&kernel)
+        .arg("--cmdline")
+        .arg(&long);
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert_clean_error(
+        &out,
+        1,
+        "command line is 2800 bytes; at most 2047 are allowed",
+    );
+}

@@ -188,3 +188,16 @@ fn serde_json_spec(kernel: &std::path::Path, log: &std::path::Path) -> String {
         log.display()
     )
 }
+
+#[test]
+fn guest_enumerates_pci_through_ports_and_ecam() {
+    let fx = Fixture::create();
+    let out = run_guest(&fx, &["--cmdline", "pci"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("pci: 00:0.0 id 0x000000000d578086 class 0x0000000000060000"),
+        "{text}"
+    );
+    assert!(text.contains("port and ECAM access agree"), "{text}");
+}

@@ -5,7 +5,7 @@
 //! NUL-terminated command line, RSI = its length, RDX = guest RAM in bytes,
 //! RCX = this vCPU's index. Interrupts stay disabled; every device is polled.
 //!
-//! The command line picks one scenario (`hello`, `count N`, `echo`, `idle`, `reset`,
+//! The command line picks one scenario (`hello`, `count N`, `echo`, `idle`, `reset`, `pci`,
 //! `triple-fault`, `emulation-failure`, `exit N`). Each scenario reports over
 //! COM1 and ends by writing a status byte to the debug exit port (0 = pass).
 //! New scenarios are added as a new arm in `run_scenario`.
@@ -300,6 +300,68 @@ fn scenario_idle() -> ! {
     }
 }
 
+fn outl(port: u16, value: u32) {
+    // SAFETY: as for `outb`.
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)) };
+}
+
+fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: as for `outb`.
+    unsafe { asm!("in eax, dx", out("eax") value, in("dx") port, options(nomem, nostack)) };
+    value
+}
+
+/// Base of the PCIe ECAM window (bus 0).
+const PCI_ECAM: usize = 0xe000_0000;
+
+fn pci_read_io(slot: u32, reg: u32) -> u32 {
+    outl(0xcf8, 0x8000_0000 | (slot << 11) | (reg & 0xfc));
+    inl(0xcfc)
+}
+
+fn pci_read_ecam(slot: usize, reg: usize) -> u32 {
+    // SAFETY: the ECAM window is identity-mapped device memory.
+    unsafe { core::ptr::read_volatile((PCI_ECAM + (slot << 15) + reg) as *const u32) }
+}
+
+/// Enumerates bus 0 through both configuration mechanisms and checks that
+/// they agree and that the host bridge is at 00:00.0.
+fn scenario_pci() -> u8 {
+    let mut found = 0;
+    let mut agree = true;
+    for slot in 0..32u32 {
+        let id = pci_read_io(slot, 0);
+        if pci_read_ecam(slot as usize, 0) != id {
+            agree = false;
+        }
+        if id == 0xffff_ffff {
+            continue;
+        }
+        found += 1;
+        let class = pci_read_io(slot, 8) >> 8;
+        puts("pci: 00:");
+        put_dec(u64::from(slot));
+        puts(".0 id ");
+        put_hex(u64::from(id));
+        puts(" class ");
+        put_hex(u64::from(class));
+        putc(b'\n');
+    }
+    puts("pci: ");
+    put_dec(found);
+    puts(" device(s); port and ECAM access ");
+    puts(if agree { "agree\n" } else { "DISAGREE\n" });
+    let host_bridge = pci_read_io(0, 0) == 0x0d57_8086 && pci_read_io(0, 8) >> 8 == 0x06_0000;
+    if agree && host_bridge && found >= 1 {
+        puts("pci: PASS\n");
+        0
+    } else {
+        puts("pci: FAIL\n");
+        1
+    }
+}
+
 /// Pulses the reset line through the i8042 command port.
 fn scenario_reset() -> ! {
     puts("reset: i8042 command 0xfe\n");
@@ -350,6 +412,7 @@ fn run_scenario(cmdline: &[u8], mem_size: u64) -> u8 {
         b"echo" => scenario_echo(),
         b"idle" => scenario_idle(),
         b"reset" => scenario_reset(),
+        b"pci" => scenario_pci(),
         b"triple-fault" => scenario_triple_fault(),
         b"emulation-failure" => scenario_emulation_failure(),
         b"exit" => parse_u64(args.next(), 0) as u8,

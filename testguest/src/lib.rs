@@ -7,7 +7,7 @@
 //! serial, ending with a status byte on the debug exit port.
 //!
 //! The scenario is chosen by the kernel command line: `hello`, `count N
-//! [GAP]`, `echo`, `idle`, `reset`, `triple-fault`, `emulation-failure`, `exit N`.
+//! [GAP]`, `echo`, `idle`, `reset`, `pci`, `triple-fault`, `emulation-failure`, `exit N`.
 
 use std::io;
 use std::path::Path;

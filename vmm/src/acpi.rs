@@ -13,12 +13,14 @@
 //! All tables live between the RSDP and 1 MiB, a range E820 marks reserved.
 
 use acpi_tables::aml::{
-    self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package,
-    Path, ResourceTemplate, IO,
+    self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package, Path,
+    ResourceTemplate, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
@@ -30,8 +32,7 @@ use vm_memory::{Bytes, GuestAddress};
 use zerocopy::{Immutable, IntoBytes};
 
 use crate::arch::x86_64::layout::{
-    ACPI_RSDP_ADDR, HIGH_MEMORY_START, IOAPIC_ADDR, PCI_ECAM_SIZE, PCI_ECAM_START,
-    PCI_MMIO32_START,
+    ACPI_RSDP_ADDR, HIGH_MEMORY_START, IOAPIC_ADDR, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_START,
 };
 use crate::memory::GuestMemory;
 
@@ -140,7 +141,8 @@ fn dsdt() -> Sdt {
 }
 
 fn fadt(dsdt_addr: u64) -> Vec<u8> {
-    let io = |bits: u8, port: u64| GAS::new(GasSpace::SystemIo, bits, 0, AccessSize::ByteAccess, port);
+    let io =
+        |bits: u8, port: u64| GAS::new(GasSpace::SystemIo, bits, 0, AccessSize::ByteAccess, port);
     let mut b = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .dsdt_64(dsdt_addr)
         .flag(Flags::HwReducedAcpi)
@@ -224,7 +226,8 @@ mod tests {
 
     fn table_at(mem: &GuestMemory, addr: u64) -> Vec<u8> {
         let mut header = [0u8; 36];
-        mem.read_slice(&mut header, GuestAddress(addr)).expect("read");
+        mem.read_slice(&mut header, GuestAddress(addr))
+            .expect("read");
         let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
         let mut t = vec![0u8; len];
         mem.read_slice(&mut t, GuestAddress(addr)).expect("read");
@@ -240,7 +243,8 @@ mod tests {
         let mem = create_guest_memory(64 * MIB).expect("mem");
         let rsdp_addr = write_tables(&mem, 2).expect("tables");
         let mut rsdp = [0u8; 36];
-        mem.read_slice(&mut rsdp, GuestAddress(rsdp_addr)).expect("rsdp");
+        mem.read_slice(&mut rsdp, GuestAddress(rsdp_addr))
+            .expect("rsdp");
         assert_eq!(&rsdp[..8], b"RSD PTR ");
         assert!(checksum_ok(&rsdp[..20]) && checksum_ok(&rsdp));
         let xsdt_addr = u64::from_le_bytes(rsdp[24..32].try_into().expect("8 bytes"));

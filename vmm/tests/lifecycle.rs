@@ -57,9 +57,11 @@ fn guest_vm(cmdline: &str, vcpus: u8) -> (tempfile::TempDir, Vm, Capture) {
     (dir, vm, capture)
 }
 
-/// Every `tick N` line, in order.
+/// Every complete `tick N` line, in order (a pause or shutdown may cut the
+/// last line short).
 fn ticks(text: &str) -> Vec<u64> {
-    text.lines()
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
         .filter_map(|l| l.strip_prefix("tick "))
         .filter_map(|n| n.parse().ok())
         .collect()

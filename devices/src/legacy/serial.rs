@@ -118,7 +118,6 @@ mod tests {
         (s, out, evt)
     }
 
-
     #[test]
     fn transmits_written_bytes() {
         let (mut s, out, _evt) = uart();

@@ -14,14 +14,15 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::path::Path;
 
-use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
+use linux_loader::loader::elf::Error as ElfError;
+use linux_loader::loader::{BzImage, Elf, Error as LoaderError, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{BootError, BootPlan, KernelFormat};
@@ -47,6 +48,7 @@ const PROTOCOL_CMDLINE_SIZE: u16 = 0x0206;
 /// Most E820 entries the zero page holds.
 const ZERO_PAGE_E820_MAX: usize = 128;
 const PAGE: u64 = 4096;
+const NO_ENTRY: &str = "no PVH note and no 64-bit entry point inside the image";
 
 /// What the loaders hand to the common boot-data writer.
 struct Loaded {
@@ -69,6 +71,7 @@ pub fn load_bzimage(
 ) -> Result<BootPlan, BootError> {
     let path = payload.kernel.as_path();
     let mut file = open(path)?;
+    check_bzimage_size(path, &mut file)?;
     let result = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIGH_MEMORY_START)))
         .map_err(|e| BootError::InvalidKernel {
             path: path.to_owned(),
@@ -107,7 +110,11 @@ pub fn load_bzimage(
         ..Default::default()
     };
     let map = memory_map(memory_size);
-    for (slot, e) in params.e820_table.iter_mut().zip(map.iter().take(ZERO_PAGE_E820_MAX)) {
+    for (slot, e) in params
+        .e820_table
+        .iter_mut()
+        .zip(map.iter().take(ZERO_PAGE_E820_MAX))
+    {
         *slot = boot_e820_entry {
             addr: e.addr,
             size: e.size,
@@ -139,11 +146,18 @@ pub fn load_elf(
 ) -> Result<BootPlan, BootError> {
     let path = payload.kernel.as_path();
     let mut file = open(path)?;
-    let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIGH_MEMORY_START)))
-        .map_err(|e| BootError::InvalidKernel {
-            path: path.to_owned(),
-            what: "ELF kernel",
-            reason: e.to_string(),
+    let result =
+        Elf::load(mem, None, &mut file, Some(GuestAddress(HIGH_MEMORY_START))).map_err(|e| {
+            BootError::InvalidKernel {
+                path: path.to_owned(),
+                what: "ELF kernel",
+                reason: match e {
+                    // linux-loader checks the ELF entry before looking at notes;
+                    // an image whose entry is unusable can only boot through PVH.
+                    LoaderError::Elf(ElfError::InvalidEntryAddress) => NO_ENTRY.to_string(),
+                    other => other.to_string(),
+                },
+            }
         })?;
     let loaded = Loaded {
         kernel_end: result.kernel_end,
@@ -168,7 +182,7 @@ pub fn load_elf(
                 return Err(BootError::InvalidKernel {
                     path: path.to_owned(),
                     what: "ELF kernel",
-                    reason: "no PVH note and no 64-bit entry point inside the image".into(),
+                    reason: NO_ENTRY.into(),
                 });
             }
             let common = write_common(mem, memory_size, payload, vcpus, &loaded)?;
@@ -210,6 +224,38 @@ pub fn load_elf(
             })
         }
     }
+}
+
+/// Refuses a bzImage shorter than its own header says (`setup_sects` at
+/// 0x1f1, `syssize` in 16-byte units at 0x1f4): a truncated download.
+fn check_bzimage_size(path: &Path, file: &mut File) -> Result<(), BootError> {
+    use std::io::Read;
+    let invalid = |reason: String| BootError::InvalidKernel {
+        path: path.to_owned(),
+        what: "bzImage",
+        reason,
+    };
+    let len = file
+        .seek(SeekFrom::End(0))
+        .map_err(|e| invalid(e.to_string()))?;
+    let mut hdr = [0u8; 7];
+    file.seek(SeekFrom::Start(0x1f1))
+        .and_then(|_| file.read_exact(&mut hdr))
+        .map_err(|_| {
+            invalid(format!(
+                "truncated: {len} bytes is shorter than the setup header"
+            ))
+        })?;
+    let setup_sects = if hdr[0] == 0 { 4 } else { u64::from(hdr[0]) };
+    let syssize = u64::from(u32::from_le_bytes([hdr[3], hdr[4], hdr[5], hdr[6]]));
+    let expected = (setup_sects + 1) * 512 + syssize * 16;
+    if len < expected {
+        return Err(invalid(format!(
+            "truncated: the header describes {expected} bytes but the file has {len}"
+        )));
+    }
+    file.rewind().map_err(|e| invalid(e.to_string()))?;
+    Ok(())
 }
 
 fn open(path: &Path) -> Result<File, BootError> {

@@ -4,20 +4,27 @@
 //! in-kernel IOAPIC), the i8042 reset line, the ACPI sleep registers for
 //! guests booted with ACPI, and — only for payloads whose boot protocol
 //! defines it — the debug exit port. The MMIO bus is empty
-//! until PCI devices arrive; its unclaimed reads return all-ones.
+//! but for the PCIe ECAM window; unclaimed MMIO reads return all-ones. The PCI
+//! root bus holds the host bridge at 00:00.0, also reachable via 0xcf8/0xcfc.
 
 pub mod bus;
+pub mod pci_allocator;
 
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
 use thiserror::Error;
-use vireo_devices::legacy::{debug_exit, i8042, serial, DebugExit, Serial8250, I8042};
 use vireo_devices::acpi_pm::{AcpiSleep, ACPI_SLEEP_PORT, ACPI_SLEEP_PORT_SIZE};
+use vireo_devices::legacy::{debug_exit, i8042, serial, DebugExit, Serial8250, I8042};
 use vireo_devices::{ExitHandler, IrqLine};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use bus::{Bus, BusError, SharedDevice};
+pub use pci_allocator::BarAllocator;
+
+use crate::arch::x86_64::layout::{PCI_ECAM_SIZE, PCI_ECAM_START};
+use vireo_devices::pci::config_io::{PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE};
+use vireo_devices::pci::{PciConfigIo, PciEcam, PciHostBridge, PciRoot};
 
 /// Why devices could not be set up.
 #[derive(Debug, Error)]
@@ -25,6 +32,12 @@ pub enum DeviceError {
     /// Placing a device on a bus failed.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The PCI root bus refused a device.
+    #[error(transparent)]
+    Pci(#[from] vireo_devices::pci::PciRootError),
+    /// The BAR allocator could not be set up or is exhausted.
+    #[error("PCI BAR allocation failed: {0}")]
+    Bar(String),
     /// Creating an eventfd failed.
     #[error("cannot create an interrupt eventfd: {0}")]
     EventFd(#[source] std::io::Error),
@@ -47,6 +60,10 @@ pub struct DeviceManager {
     pub mmio: Bus,
     /// COM1, shared with the console input pump.
     pub serial: Arc<Mutex<Serial8250>>,
+    /// PCI bus 0, reachable through 0xcf8/0xcfc and the ECAM window.
+    pub pci_root: Arc<Mutex<PciRoot>>,
+    /// Addresses for PCI BARs in the 32-bit MMIO window.
+    pub bar_allocator: BarAllocator,
 }
 
 impl DeviceManager {
@@ -93,10 +110,27 @@ impl DeviceManager {
                 debug_exit::DEBUG_EXIT_PORT_SIZE,
             )?;
         }
+        let mut root = PciRoot::new();
+        root.add_device(Arc::new(Mutex::new(PciHostBridge::default())))
+            .map_err(DeviceError::Pci)?;
+        let pci_root = Arc::new(Mutex::new(root));
+        pio.insert(
+            Arc::new(Mutex::new(PciConfigIo::new(pci_root.clone()))),
+            PCI_CONFIG_IO_BASE,
+            PCI_CONFIG_IO_SIZE,
+        )?;
+        let mut mmio = Bus::new();
+        mmio.insert(
+            Arc::new(Mutex::new(PciEcam::new(pci_root.clone()))),
+            PCI_ECAM_START,
+            PCI_ECAM_SIZE,
+        )?;
         Ok(Self {
             pio,
-            mmio: Bus::new(),
+            mmio,
             serial: serial_dev,
+            pci_root,
+            bar_allocator: BarAllocator::new()?,
         })
     }
 }

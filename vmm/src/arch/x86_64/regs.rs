@@ -207,7 +207,13 @@ mod tests {
         assert_eq!((l.segments.cs.dpl, l.segments.cs.l), (0, 1));
         assert_eq!((l.regs.rsi, l.regs.rsp, l.regs.rflags), (0x7000, 0x8ff0, 2));
         let p = InitialCpuState::pvh(0x100_0000, 0x6000);
-        assert_eq!((p.segments.cs.l, p.segments.cs.db, p.segments.cs.dpl), (0, 1, 0));
-        assert_eq!((p.regs.rbx, p.control.cr0 & CR0_PG, p.control.efer), (0x6000, 0, 0));
+        assert_eq!(
+            (p.segments.cs.l, p.segments.cs.db, p.segments.cs.dpl),
+            (0, 1, 0)
+        );
+        assert_eq!(
+            (p.regs.rbx, p.control.cr0 & CR0_PG, p.control.efer),
+            (0x6000, 0, 0)
+        );
     }
 }

@@ -59,7 +59,11 @@ pub fn setup_linux_vcpu(index: u8, vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Erro
             .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))
             .and_then(|msrs| vcpu.set_msrs(&msrs));
         if !matches!(set, Ok(1)) {
-            warn!(vcpu = index, msr = format_args!("{index_msr:#x}"), "host refused a boot MSR");
+            warn!(
+                vcpu = index,
+                msr = format_args!("{index_msr:#x}"),
+                "host refused a boot MSR"
+            );
         }
     }
     let mut lapic = vcpu.get_lapic()?;
