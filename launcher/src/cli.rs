@@ -25,6 +25,18 @@ pub enum Command {
     Run(RunArgs),
     /// Boot a VM from a JSON launch spec (as the Kubernetes controller renders it).
     Launch(LaunchArgs),
+    /// Manage VirtualMachines on Kubernetes (start, stop, restart, pause, unpause):
+    /// runs `vireo-controller vm …`.
+    #[command(disable_help_flag = true)]
+    Vm(VmArgs),
+}
+
+/// Arguments of `vireo vm`, passed through to `vireo-controller vm`.
+#[derive(Debug, Args)]
+pub struct VmArgs {
+    /// Everything after `vm`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 /// Flags of `vireo run`.

@@ -1,7 +1,9 @@
 //! `vireo`: runs one virtual machine per process.
 //!
 //! - `vireo run --kernel PATH …` builds a VM from flags (local use);
-//! - `vireo launch --spec FILE` builds it from a JSON launch spec (pods).
+//! - `vireo launch --spec FILE` builds it from a JSON launch spec (pods);
+//! - `vireo vm start|stop|restart|pause|unpause NAME` asks the Kubernetes
+//!   controller to act on a VirtualMachine (through `vireo-controller`).
 //!
 //! Logs go to stderr through `tracing` (filter with `VIREO_LOG`, default
 //! `info`); the guest's serial console owns stdout. The exit status says how
@@ -9,6 +11,7 @@
 
 mod cli;
 mod exit_code;
+mod kube;
 mod run;
 
 use std::io::IsTerminal;
@@ -28,6 +31,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => args.into_config().and_then(run::run_vm),
         Command::Launch(args) => run::load_spec(&args.spec).and_then(run::run_vm),
+        Command::Vm(args) => kube::delegate(&args.args),
     };
     match result {
         Ok(code) => code,
