@@ -15,6 +15,7 @@
 //!                   IrqLine (irqfd)              ExitHandler (VM lifecycle)
 //! ```
 
+pub mod acpi_ged;
 pub mod acpi_pm;
 pub mod bus;
 pub mod exit;

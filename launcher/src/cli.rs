@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// Serial console: stdio, file=PATH, unix=PATH, or off.
     #[arg(long, value_name = "MODE", default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialConfig,
+    /// On SIGTERM, seconds to wait for the guest to power off after the ACPI
+    /// power-button press before stopping it forcibly.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub shutdown_timeout: u64,
 }
 
 /// Flags of `vireo launch`.
@@ -68,21 +72,28 @@ pub struct LaunchArgs {
     /// Path of the JSON launch spec.
     #[arg(long, value_name = "FILE")]
     pub spec: PathBuf,
+    /// As for `vireo run`.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub shutdown_timeout: u64,
 }
 
 impl RunArgs {
     /// The launch spec these flags describe.
-    pub fn into_config(self) -> Result<VmConfig> {
-        Ok(VmConfig {
-            vcpus: self.cpus,
-            memory_mib: self.memory,
-            payload: PayloadConfig {
-                kernel: self.kernel,
-                initramfs: self.initramfs,
-                cmdline: self.cmdline,
+    pub fn into_config(self) -> Result<(VmConfig, u64)> {
+        let timeout = self.shutdown_timeout;
+        Ok((
+            VmConfig {
+                vcpus: self.cpus,
+                memory_mib: self.memory,
+                payload: PayloadConfig {
+                    kernel: self.kernel,
+                    initramfs: self.initramfs,
+                    cmdline: self.cmdline,
+                },
+                serial: self.serial,
             },
-            serial: self.serial,
-        })
+            timeout,
+        ))
     }
 }
 

@@ -29,8 +29,12 @@ fn main() -> ExitCode {
     };
     init_logging();
     let result = match cli.command {
-        Command::Run(args) => args.into_config().and_then(run::run_vm),
-        Command::Launch(args) => run::load_spec(&args.spec).and_then(run::run_vm),
+        Command::Run(args) => args
+            .into_config()
+            .and_then(|(config, timeout)| run::run_vm(config, timeout)),
+        Command::Launch(args) => {
+            run::load_spec(&args.spec).and_then(|c| run::run_vm(c, args.shutdown_timeout))
+        }
         Command::Vm(args) => kube::delegate(&args.args),
     };
     match result {

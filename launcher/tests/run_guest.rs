@@ -201,3 +201,37 @@ fn guest_enumerates_pci_through_ports_and_ecam() {
     );
     assert!(text.contains("port and ECAM access agree"), "{text}");
 }
+
+#[test]
+fn sigterm_stops_a_guest_without_acpi_at_once_and_cleans_up() {
+    let fx = Fixture::create();
+    let sock = fx.path("console.sock");
+    let child = vireo()
+        .args(["run", "--cmdline", "idle", "--serial"])
+        .arg(format!("unix={}", sock.display()))
+        .arg("--kernel")
+        .arg(&fx.guest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for_path(&sock, Duration::from_secs(20));
+    let stream = UnixStream::connect(&sock).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .expect("ready line");
+    assert_eq!(line, "idle: ready\n");
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("not booted with ACPI"), "{err}");
+    assert!(!sock.exists(), "console socket removed");
+}

@@ -5,7 +5,8 @@
 //!                              ├─► MADT  (one LAPIC per vCPU, IOAPIC, IRQ0→GSI2)
 //!                              └─► MCFG  (PCIe ECAM for bus 0–255)
 //!  DSDT: \_SB.PCI0 (PNP0A08 host bridge, bus/IO/MMIO windows), \_SB.COM1
-//!        (PNP0501, 0x3f8, IRQ 4), \_S5_ (soft off)
+//!        (PNP0501, 0x3f8, IRQ 4), \_SB.GED0 (ACPI0013, GSI 5) notifying
+//!        \_SB.PWRB (PNP0C0C power button), \_S5_ (soft off)
 //! ```
 //! Power-off goes through the FADT sleep control register (the
 //! `vireo-devices` `AcpiSleep` device at port 0x3c0); reset through the FADT
@@ -13,8 +14,9 @@
 //! All tables live between the RSDP and 1 MiB, a range E820 marks reserved.
 
 use acpi_tables::aml::{
-    self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package, Path,
-    ResourceTemplate, IO,
+    self, AddressSpace, AddressSpaceCacheable, And, Device, EISAName, Field, FieldAccessType,
+    FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, Local, Method, Name, Notify,
+    OpRegion, OpRegionSpace, Package, Path, ResourceTemplate, Store, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
@@ -27,6 +29,7 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{Aml, AmlSink};
 use thiserror::Error;
+use vireo_devices::acpi_ged::{EVENT_POWER_BUTTON, GED_EVENT_PORT, GED_IRQ};
 use vireo_devices::acpi_pm::{ACPI_SLEEP_PORT, SLP_TYP_S5};
 use vm_memory::{Bytes, GuestAddress};
 use zerocopy::{Immutable, IntoBytes};
@@ -129,12 +132,51 @@ fn dsdt() -> Sdt {
             ),
         ],
     ));
+    let ged_port = GED_EVENT_PORT as u32;
+    let ged = bytes(&Device::new(
+        "_SB_.GED0".into(),
+        vec![
+            &Name::new("_HID".into(), &"ACPI0013"),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![&Interrupt::new(true, true, false, false, GED_IRQ)]),
+            ),
+            &OpRegion::new("GDST".into(), OpRegionSpace::SystemIO, &ged_port, &1u8),
+            &Field::new(
+                "GDST".into(),
+                FieldAccessType::Byte,
+                FieldLockRule::NoLock,
+                FieldUpdateRule::WriteAsZeroes,
+                vec![FieldEntry::Named(*b"GDAT", 8)],
+            ),
+            &Method::new(
+                "_EVT".into(),
+                1,
+                true,
+                vec![
+                    &Store::new(&Local(0), &Path::new("GDAT")),
+                    &If::new(
+                        &And::new(&Local(1), &Local(0), &EVENT_POWER_BUTTON),
+                        vec![&Notify::new(&Path::new("\\_SB_.PWRB"), &0x80u8)],
+                    ),
+                ],
+            ),
+        ],
+    ));
+    let pwrb = bytes(&Device::new(
+        "_SB_.PWRB".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0C0C")),
+            &Name::new("_UID".into(), &aml::ZERO),
+        ],
+    ));
     let s5 = bytes(&Name::new(
         Path::new("_S5_"),
         &Package::new(vec![&SLP_TYP_S5, &SLP_TYP_S5, &aml::ZERO, &aml::ZERO]),
     ));
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    for part in [pci0, com1, s5] {
+    for part in [pci0, com1, ged, pwrb, s5] {
         sdt.append_slice(&part);
     }
     sdt
@@ -273,8 +315,71 @@ mod tests {
                 assert!(checksum_ok(&dsdt));
                 assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
                 assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
+                assert!(dsdt.windows(8).any(|w| w == b"ACPI0013"));
+                assert!(dsdt.windows(4).any(|w| w == b"_EVT"));
             }
         }
         assert_eq!(sigs, vec!["FACP", "APIC", "MCFG"]);
+    }
+
+    /// Disassembles every table with ACPICA's `iasl` (Debian package
+    /// acpica-tools), the reference implementation, and checks it parses our
+    /// AML without errors and finds the devices we declared.
+    #[test]
+    fn iasl_disassembles_every_table() {
+        let mem = create_guest_memory(64 * MIB).expect("mem");
+        write_tables(&mem, 2).expect("tables");
+        let dir = tempfile::tempdir().expect("dir");
+        let mut rsdp = [0u8; 36];
+        mem.read_slice(&mut rsdp, GuestAddress(ACPI_RSDP_ADDR))
+            .expect("rsdp");
+        let xsdt = table_at(
+            &mem,
+            u64::from_le_bytes(rsdp[24..32].try_into().expect("8")),
+        );
+        let mut tables = vec![xsdt.clone()];
+        for entry in xsdt[36..].chunks_exact(8) {
+            let t = table_at(&mem, u64::from_le_bytes(entry.try_into().expect("8")));
+            if &t[..4] == b"FACP" {
+                let dsdt = u64::from_le_bytes(t[140..148].try_into().expect("8"));
+                tables.push(table_at(&mem, dsdt));
+            }
+            tables.push(t);
+        }
+        let mut dsl = String::new();
+        for t in &tables {
+            let name = String::from_utf8_lossy(&t[..4]).to_lowercase();
+            let bin = dir.path().join(format!("{name}.dat"));
+            std::fs::write(&bin, t).expect("write table");
+            let out = std::process::Command::new("iasl")
+                .arg("-d")
+                .arg(&bin)
+                .output()
+                .expect("iasl must be installed (Debian package acpica-tools)");
+            let log = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "iasl failed on {name}: {log}");
+            assert!(
+                !log.contains("Error"),
+                "iasl reported errors on {name}: {log}"
+            );
+            dsl += &std::fs::read_to_string(dir.path().join(format!("{name}.dsl"))).expect("dsl");
+        }
+        for needle in [
+            "PNP0A08",
+            "PNP0501",
+            "ACPI0013",
+            "PNP0C0C",
+            "Name (_S5,",
+            "Notify (\\_SB.PWRB, 0x80)",
+            "Hardware Reduced (V5) : 1",
+            "Local Apic ID : 01",
+            "Base Address : 00000000E0000000",
+        ] {
+            assert!(
+                dsl.contains(needle),
+                "'{needle}' missing from the disassembly:\n{dsl}"
+            );
+        }
     }
 }

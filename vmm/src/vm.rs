@@ -72,6 +72,9 @@ pub enum VmError {
     /// The kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(#[source] vmm_sys_util::errno::Error),
+    /// The guest has no ACPI power button.
+    #[error("the guest was not booted with ACPI, so it has no power button")]
+    NoPowerButton,
     /// A lifecycle request in the wrong state.
     #[error(transparent)]
     Transition(#[from] TransitionError),
@@ -169,7 +172,9 @@ impl VmBuilder {
         )?;
         let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, &plan)?;
         let serial = devices.serial.clone();
+        let ged = devices.ged.clone();
         Ok(Vm {
+            ged,
             config,
             lifecycle,
             pending_vcpus: Mutex::new(vcpus),
@@ -231,6 +236,7 @@ pub struct Vm {
     threads: Mutex<Vec<JoinHandle<()>>>,
     buses: Arc<Buses>,
     serial: Arc<Mutex<vireo_devices::legacy::Serial8250>>,
+    ged: Option<Arc<Mutex<vireo_devices::acpi_ged::AcpiGed>>>,
     console: Mutex<Console>,
     // Dropped before `memory`: KVM stops using the slots before they unmap.
     vm_fd: VmFd,
@@ -306,6 +312,15 @@ impl Vm {
     pub fn resume(&self) -> Result<(), VmError> {
         self.lifecycle.resume()?;
         info!("VM resumed");
+        Ok(())
+    }
+
+    /// Presses the ACPI power button: asks the guest to shut down cleanly.
+    /// Fails if the guest was not booted with ACPI (e.g. a user-mode ELF).
+    pub fn press_power_button(&self) -> Result<(), VmError> {
+        let ged = self.ged.as_ref().ok_or(VmError::NoPowerButton)?;
+        lock(ged).press_power_button().map_err(VmError::Thread)?;
+        info!("ACPI power button pressed");
         Ok(())
     }
 

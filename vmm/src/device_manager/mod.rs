@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
 use thiserror::Error;
+use vireo_devices::acpi_ged::{AcpiGed, GED_EVENT_PORT, GED_EVENT_PORT_SIZE, GED_IRQ};
 use vireo_devices::acpi_pm::{AcpiSleep, ACPI_SLEEP_PORT, ACPI_SLEEP_PORT_SIZE};
 use vireo_devices::legacy::{debug_exit, i8042, serial, DebugExit, Serial8250, I8042};
 use vireo_devices::{ExitHandler, IrqLine};
@@ -64,6 +65,16 @@ pub struct DeviceManager {
     pub pci_root: Arc<Mutex<PciRoot>>,
     /// Addresses for PCI BARs in the 32-bit MMIO window.
     pub bar_allocator: BarAllocator,
+    /// The ACPI Generic Event Device (power button), for ACPI guests.
+    pub ged: Option<Arc<Mutex<AcpiGed>>>,
+}
+
+/// Creates an eventfd and registers it with KVM as the irqfd of `gsi`.
+fn irq_line(vm: &VmFd, gsi: u32) -> Result<IrqLine, DeviceError> {
+    let event = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+    vm.register_irqfd(&event, gsi)
+        .map_err(|source| DeviceError::Irqfd { gsi, source })?;
+    Ok(IrqLine::new(event))
 }
 
 impl DeviceManager {
@@ -76,14 +87,8 @@ impl DeviceManager {
         acpi: bool,
     ) -> Result<Self, DeviceError> {
         let mut pio = Bus::new();
-        let irq_event = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
-        vm.register_irqfd(&irq_event, serial::COM1_IRQ)
-            .map_err(|source| DeviceError::Irqfd {
-                gsi: serial::COM1_IRQ,
-                source,
-            })?;
         let serial_dev = Arc::new(Mutex::new(Serial8250::new(
-            IrqLine::new(irq_event),
+            irq_line(vm, serial::COM1_IRQ)?,
             console,
         )));
         pio.insert(
@@ -96,12 +101,16 @@ impl DeviceManager {
             i8042::I8042_PORT_BASE,
             i8042::I8042_PORT_SIZE,
         )?;
+        let mut ged = None;
         if acpi {
             pio.insert(
                 Arc::new(Mutex::new(AcpiSleep::new(exit.clone()))),
                 ACPI_SLEEP_PORT,
                 ACPI_SLEEP_PORT_SIZE,
             )?;
+            let dev = Arc::new(Mutex::new(AcpiGed::new(irq_line(vm, GED_IRQ)?)));
+            pio.insert(dev.clone(), GED_EVENT_PORT, GED_EVENT_PORT_SIZE)?;
+            ged = Some(dev);
         }
         if debug_exit_port {
             pio.insert(
@@ -131,6 +140,7 @@ impl DeviceManager {
             serial: serial_dev,
             pci_root,
             bar_allocator: BarAllocator::new()?,
+            ged,
         })
     }
 }
