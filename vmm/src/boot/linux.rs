@@ -31,7 +31,7 @@ use crate::arch::x86_64::e820::memory_map;
 use crate::arch::x86_64::gdt::gdt_bytes;
 use crate::arch::x86_64::layout::{
     GDT_ADDR, HIGH_MEMORY_START, LINUX_BOOT_STACK, LINUX_CMDLINE_ADDR, LINUX_CMDLINE_SIZE,
-    PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR, PVH_START_INFO_ADDR, ZERO_PAGE_ADDR,
+    PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR, PVH_START_INFO_ADDR, RESET_VECTOR_ADDR, ZERO_PAGE_ADDR,
 };
 use crate::arch::x86_64::{paging, InitialCpuState};
 use crate::config::PayloadConfig;
@@ -48,6 +48,11 @@ const PROTOCOL_CMDLINE_SIZE: u16 = 0x0206;
 /// Most E820 entries the zero page holds.
 const ZERO_PAGE_E820_MAX: usize = 128;
 const PAGE: u64 = 4096;
+/// Firmware stand-in at the reset vector: `mov al, 0xfe; out 0x64, al;
+/// hlt; jmp $-3`. A guest that reboots by jumping to the reset vector (Linux's
+/// default "BIOS" method on a platform without firmware) thereby pulses the
+/// i8042 reset line, as real firmware would reset the machine.
+const RESET_VECTOR_STUB: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
 const NO_ENTRY: &str = "no PVH note and no 64-bit entry point inside the image";
 
 /// What the loaders hand to the common boot-data writer.
@@ -291,6 +296,8 @@ fn write_common(
         .map_err(write_err("the command line"))?;
     mem.write_slice(&gdt_bytes(), GuestAddress(GDT_ADDR))
         .map_err(write_err("the GDT"))?;
+    mem.write_slice(&RESET_VECTOR_STUB, GuestAddress(RESET_VECTOR_ADDR))
+        .map_err(write_err("the reset vector"))?;
     let cr3 = paging::write_identity_tables(mem, MMIO_HOLE_END)?;
     let rsdp = acpi::write_tables(mem, vcpus).map_err(BootError::Acpi)?;
     let initramfs = match &payload.initramfs {

@@ -160,6 +160,13 @@ fn run_vcpu(index: u8, mut fd: VcpuFd, buses: &Buses, lifecycle: &Lifecycle) {
         }
     }
     KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+    if let Ok(regs) = fd.get_regs() {
+        debug!(
+            vcpu = index,
+            rip = format_args!("{:#x}", regs.rip),
+            "vCPU left its run loop"
+        );
+    }
     lifecycle.vcpu_exited(me);
 }
 

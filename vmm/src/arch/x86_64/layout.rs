@@ -59,6 +59,9 @@ pub const EBDA_START: u64 = 0x9_fc00;
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 /// RSDP, followed by the other ACPI tables up to 1 MiB.
 pub const ACPI_RSDP_ADDR: u64 = 0xe_0000;
+/// The x86 reset vector (F000:FFF0), where a CPU starts after reset and
+/// where Linux's BIOS reboot method jumps.
+pub const RESET_VECTOR_ADDR: u64 = 0xf_fff0;
 /// PCIe ECAM window (256 buses × 1 MiB), inside the MMIO hole.
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
 /// Size of the ECAM window.
