@@ -91,6 +91,9 @@ impl RunArgs {
                     cmdline: self.cmdline,
                 },
                 serial: self.serial,
+                disks: Vec::new(),
+                nets: Vec::new(),
+                api_socket: None,
             },
             timeout,
         ))

@@ -27,6 +27,9 @@ pub fn load_spec(path: &Path) -> Result<VmConfig> {
 
 /// Builds, starts and waits for the VM; returns the exit status.
 pub fn run_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitCode> {
+    if let Some(path) = &config.api_socket {
+        warn!(path = %path.display(), "the control API socket is not served yet; ignoring it");
+    }
     let vm = Arc::new(VmBuilder::new(config).build()?);
     let signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;

@@ -6,8 +6,8 @@
 //!   "payload": { "kernel": "/k", "initramfs": null, "cmdline": "console=ttyS0" },
 //!   "serial": { "mode": "unix", "path": "/run/vireo/serial.sock" } }
 //! ```
-//! Unknown fields are rejected, so a spec written for a newer Vireo (disks,
-//! NICs) fails loudly instead of booting a VM without them.
+//! Unknown fields are rejected, and devices this build cannot attach yet
+//! (disks, NICs) fail validation, so a spec never boots a VM without them.
 
 use std::path::PathBuf;
 
@@ -32,6 +32,42 @@ pub struct VmConfig {
     /// Where COM1 goes.
     #[serde(default)]
     pub serial: SerialConfig,
+    /// Disks (virtio-blk). Accepted in the spec; attaching them is not
+    /// implemented yet, so a non-empty list is refused by [`VmConfig::validate`].
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Network interfaces (virtio-net); refused when non-empty, as `disks`.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+    /// Unix socket for the control API. The endpoint is not served yet; the
+    /// launcher warns when one is requested.
+    #[serde(default)]
+    pub api_socket: Option<PathBuf>,
+}
+
+/// A disk in the launch spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Image path.
+    pub path: PathBuf,
+    /// `raw` or `qcow2`; probed from the image when absent.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Attach read-only.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// A network interface in the launch spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Tap device name.
+    pub tap: String,
+    /// MAC address.
+    #[serde(default)]
+    pub mac: Option<String>,
 }
 
 /// A direct kernel boot.
@@ -90,6 +126,16 @@ pub enum ConfigError {
         /// Requested MiB.
         mib: u64,
     },
+    /// A device the spec asks for that this build cannot attach yet.
+    #[error(
+        "{what} are not supported yet ({count} requested): virtio devices are not implemented"
+    )]
+    UnsupportedDevices {
+        /// Which kind of device.
+        what: &'static str,
+        /// How many were requested.
+        count: usize,
+    },
     /// More memory than the host has.
     #[error("guest memory of {mib} MiB exceeds this host's {host_mib} MiB of RAM")]
     MemoryExceedsHost {
@@ -137,6 +183,9 @@ impl VmConfig {
                 cmdline: String::new(),
             },
             serial: SerialConfig::Stdio,
+            disks: Vec::new(),
+            nets: Vec::new(),
+            api_socket: None,
         }
     }
 
@@ -160,6 +209,14 @@ impl VmConfig {
             return Err(ConfigError::MemoryTooSmall {
                 mib: self.memory_mib,
             });
+        }
+        for (what, count) in [
+            ("disks", self.disks.len()),
+            ("network interfaces", self.nets.len()),
+        ] {
+            if count > 0 {
+                return Err(ConfigError::UnsupportedDevices { what, count });
+            }
         }
         if self.memory_mib > host.ram_mib {
             return Err(ConfigError::MemoryExceedsHost {
@@ -200,9 +257,35 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let json = r#"{"vcpus":1,"memory_mib":64,"payload":{"kernel":"/k"},"disks":[]}"#;
+        let json = r#"{"vcpus":1,"memory_mib":64,"payload":{"kernel":"/k"},"floppies":[]}"#;
         let err = serde_json::from_str::<VmConfig>(json).expect_err("unknown field");
-        assert!(err.to_string().contains("disks"), "{err}");
+        assert!(err.to_string().contains("floppies"), "{err}");
+    }
+
+    /// The exact shape the Kubernetes controller renders
+    /// (controller/src/launch_spec.rs) parses, and devices are refused until
+    /// they can be attached.
+    #[test]
+    fn controller_rendered_spec_parses() {
+        let json = r#"{"vcpus":2,"memory_mib":1024,
+            "payload":{"kernel":"/boot/vmlinuz","initramfs":"/boot/initrd.img","cmdline":"console=ttyS0"},
+            "disks":[],"nets":[],
+            "serial":{"mode":"unix","path":"/var/run/vireo/serial.sock"},
+            "api_socket":"/var/run/vireo/api.sock"}"#;
+        let mut cfg: VmConfig = serde_json::from_str(json).expect("parse");
+        assert_eq!(cfg.validate(&HOST), Ok(()));
+        cfg.disks.push(DiskConfig {
+            path: "/d.qcow2".into(),
+            format: Some("qcow2".into()),
+            readonly: false,
+        });
+        assert_eq!(
+            cfg.validate(&HOST),
+            Err(ConfigError::UnsupportedDevices {
+                what: "disks",
+                count: 1
+            })
+        );
     }
 
     #[test]

@@ -1,0 +1,360 @@
+//! The launcher pod of a VMI: one pod, one `vireo launch` process, one VM.
+//!
+//! ```text
+//! Pod vireo-launcher-<vmi>            (ownerReference → VMI, controller)
+//!  ├─ annotation vireo.dev/launch-spec = LaunchSpec JSON
+//!  ├─ volume spec  (downwardAPI) → /var/run/vireo/spec/spec.json  (the annotation above)
+//!  │                              → /var/run/vireo/spec/paused     (annotation vireo.dev/paused)
+//!  ├─ volume run   (emptyDir)    → /var/run/vireo                  (api.sock, serial.sock)
+//!  ├─ volume disk-<v> per volume → /var/run/vireo/disks/<v>/disk.img
+//!  ├─ /dev/kvm, /dev/net/tun (hostPath char devices), capability NET_ADMIN
+//!  └─ resources: memory = guest + VMM overhead, cpu request = vCPUs
+//! ```
+//!
+//! Delivering the spec as an annotation projected by the downward API keeps pod creation to one
+//! API write (no ConfigMap to create, own and garbage-collect) and lets the launcher see later
+//! annotation changes (the pause request) without any Kubernetes credentials.
+//! This module is pure: it builds objects, it never talks to the apiserver.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
+    EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSpec,
+    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::{Resource, ResourceExt};
+
+use crate::crd::vmi::VirtualMachineInstance;
+use crate::launch_spec::{LaunchSpec, DISKS_DIR, RUN_DIR, SPEC_PATH};
+
+/// Label: name of the VMI a pod runs.
+pub const LABEL_VMI: &str = "vireo.dev/vmi";
+/// Label: UID of the VMI a pod runs (KubeVirt's `created-by`).
+pub const LABEL_VMI_UID: &str = "vireo.dev/vmi-uid";
+/// Label: `launcher` or `migration-target`.
+pub const LABEL_ROLE: &str = "vireo.dev/role";
+/// Label: name of the migration a target pod belongs to.
+pub const LABEL_MIGRATION: &str = "vireo.dev/migration";
+/// Pod annotation carrying the launch spec JSON.
+pub const ANNOTATION_SPEC: &str = "vireo.dev/launch-spec";
+/// Pod annotation carrying the desired pause state (`"true"` = paused), projected to the launcher.
+pub const ANNOTATION_PAUSED: &str = "vireo.dev/paused";
+/// Pod condition a launcher sets once the guest is actually paused.
+pub const POD_CONDITION_PAUSED: &str = "vireo.dev/Paused";
+/// Node label a launcher pod must match unless emulation is allowed.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// How launcher pods are built.
+#[derive(Clone, Debug)]
+pub struct LauncherConfig {
+    /// Container image holding the `vireo` binary.
+    pub image: String,
+    /// Memory the VMM itself needs beyond guest RAM, in MiB.
+    pub overhead_mib: u64,
+    /// Run the launcher privileged (for clusters without a device plugin for /dev/kvm).
+    pub privileged: bool,
+}
+
+impl Default for LauncherConfig {
+    fn default() -> Self {
+        Self {
+            image: "ghcr.io/vireo/launcher:latest".into(),
+            overhead_mib: 64,
+            privileged: false,
+        }
+    }
+}
+
+/// Why a pod is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodRole {
+    /// The VMI's own launcher.
+    Launcher,
+    /// The receiving side of a migration.
+    MigrationTarget {
+        /// Migration object name.
+        migration: String,
+        /// Node the VM runs on now; the target must land elsewhere.
+        source_node: String,
+    },
+}
+
+/// Where pods may run: `None` = any node (emulation allowed), else the nodes that passed
+/// preflight.
+pub type EligibleNodes = Option<Vec<String>>;
+
+/// Name of the primary launcher pod of a VMI.
+pub fn launcher_pod_name(vmi: &str) -> String {
+    bounded(format!("vireo-launcher-{vmi}"))
+}
+
+/// Name of the migration target pod of a VMI.
+pub fn target_pod_name(vmi: &str, migration: &str) -> String {
+    bounded(format!("vireo-target-{vmi}-{migration}"))
+}
+
+fn bounded(mut s: String) -> String {
+    // Pod names are DNS subdomains (≤ 253); VMI and migration names are too, so trim the tail.
+    s.truncate(253);
+    s.trim_end_matches(['-', '.']).to_owned()
+}
+
+/// Builds the launcher pod of `vmi`. `guest_mib` is guest RAM; `spec` the rendered launch spec.
+pub fn launcher_pod(
+    vmi: &VirtualMachineInstance,
+    spec: &LaunchSpec,
+    cfg: &LauncherConfig,
+    role: &PodRole,
+    eligible: &EligibleNodes,
+) -> Result<Pod, serde_json::Error> {
+    let vmi_name = vmi.name_any();
+    let uid = vmi.uid().unwrap_or_default();
+    let (name, role_label) = match role {
+        PodRole::Launcher => (launcher_pod_name(&vmi_name), "launcher"),
+        PodRole::MigrationTarget { migration, .. } => {
+            (target_pod_name(&vmi_name, migration), "migration-target")
+        }
+    };
+    let mut labels = BTreeMap::from([
+        (LABEL_VMI.to_owned(), vmi_name.clone()),
+        (LABEL_VMI_UID.to_owned(), uid.clone()),
+        (LABEL_ROLE.to_owned(), role_label.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "vireo-controller".to_owned(),
+        ),
+    ]);
+    if let PodRole::MigrationTarget { migration, .. } = role {
+        labels.insert(LABEL_MIGRATION.to_owned(), migration.clone());
+    }
+    let mut annotations =
+        BTreeMap::from([(ANNOTATION_SPEC.to_owned(), serde_json::to_string(spec)?)]);
+    if vmi
+        .annotations()
+        .get(crate::requests::ANNOTATION_PAUSE_REQUEST)
+        .is_some_and(|v| v == "true")
+    {
+        annotations.insert(ANNOTATION_PAUSED.to_owned(), "true".to_owned());
+    }
+
+    let mut volumes = vec![
+        Volume {
+            name: "run".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+        Volume {
+            name: "spec".into(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                items: Some(vec![
+                    downward_file("spec.json", ANNOTATION_SPEC),
+                    downward_file("paused", ANNOTATION_PAUSED),
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        host_path("kvm", "/dev/kvm", "CharDevice"),
+        host_path("tun", "/dev/net/tun", "CharDevice"),
+    ];
+    let mut mounts = vec![
+        mount("run", RUN_DIR, false),
+        mount("spec", "/var/run/vireo/spec", true),
+        mount("kvm", "/dev/kvm", false),
+        mount("tun", "/dev/net/tun", false),
+    ];
+    let mut init_containers = Vec::new();
+    for v in &vmi.spec.volumes {
+        let vol_name = bounded_volume_name(&v.name);
+        let dir = format!("{DISKS_DIR}/{}", v.name);
+        if let Some(cd) = &v.container_disk {
+            volumes.push(Volume {
+                name: vol_name.clone(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            });
+            // The container-disk image ships its image at /disk/disk.img and a `cp`.
+            init_containers.push(Container {
+                name: vol_name.clone(),
+                image: Some(cd.image.clone()),
+                command: Some(vec![
+                    "cp".into(),
+                    "/disk/disk.img".into(),
+                    format!("{dir}/disk.img"),
+                ]),
+                volume_mounts: Some(vec![mount(&vol_name, &dir, false)]),
+                ..Default::default()
+            });
+            mounts.push(mount(&vol_name, &dir, false));
+        } else if let Some(pvc) = &v.persistent_volume_claim {
+            volumes.push(Volume {
+                name: vol_name.clone(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: pvc.claim_name.clone(),
+                    read_only: None,
+                }),
+                ..Default::default()
+            });
+            mounts.push(mount(&vol_name, &dir, false));
+        } else if let Some(e) = &v.empty_disk {
+            volumes.push(Volume {
+                name: vol_name.clone(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    size_limit: Some(Quantity(e.capacity.clone())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            mounts.push(mount(&vol_name, &dir, false));
+        } else if let Some(h) = &v.host_disk {
+            volumes.push(host_path(&vol_name, &h.path, "File"));
+            mounts.push(mount(&vol_name, &h.path, false));
+        }
+    }
+
+    let mem = Quantity(format!("{}Mi", spec.memory_mib + cfg.overhead_mib));
+    let resources = ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("memory".to_owned(), mem.clone()),
+            ("cpu".to_owned(), Quantity(spec.vcpus.to_string())),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_owned(), mem)])),
+        ..Default::default()
+    };
+    let mut env = vec![EnvVar {
+        name: "VIREO_VMI".into(),
+        value: Some(vmi_name.clone()),
+        ..Default::default()
+    }];
+    let mut affinity = Affinity::default();
+    let mut node_reqs = Vec::new();
+    if let Some(nodes) = eligible {
+        node_reqs.push(NodeSelectorRequirement {
+            key: HOSTNAME_LABEL.into(),
+            operator: "In".into(),
+            values: Some(nodes.clone()),
+        });
+    }
+    if let PodRole::MigrationTarget { source_node, .. } = role {
+        env.push(EnvVar {
+            name: "VIREO_MIGRATION_ROLE".into(),
+            value: Some("target".into()),
+            ..Default::default()
+        });
+        node_reqs.push(NodeSelectorRequirement {
+            key: HOSTNAME_LABEL.into(),
+            operator: "NotIn".into(),
+            values: Some(vec![source_node.clone()]),
+        });
+        affinity.pod_anti_affinity = Some(PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(LABEL_VMI_UID.to_owned(), uid.clone())])),
+                    ..Default::default()
+                }),
+                topology_key: HOSTNAME_LABEL.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+    }
+    if !node_reqs.is_empty() {
+        affinity.node_affinity = Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(node_reqs),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        });
+    }
+    let has_affinity = affinity.node_affinity.is_some() || affinity.pod_anti_affinity.is_some();
+
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: vmi.namespace(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: vmi.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            termination_grace_period_seconds: Some(30),
+            automount_service_account_token: Some(false),
+            node_selector: vmi.spec.node_selector.clone(),
+            affinity: has_affinity.then_some(affinity),
+            init_containers: (!init_containers.is_empty()).then_some(init_containers),
+            containers: vec![Container {
+                name: "launcher".into(),
+                image: Some(cfg.image.clone()),
+                command: Some(vec![
+                    "vireo".into(),
+                    "launch".into(),
+                    "--spec".into(),
+                    SPEC_PATH.into(),
+                ]),
+                env: Some(env),
+                resources: Some(resources),
+                volume_mounts: Some(mounts),
+                security_context: Some(SecurityContext {
+                    privileged: cfg.privileged.then_some(true),
+                    capabilities: Some(Capabilities {
+                        add: Some(vec!["NET_ADMIN".into()]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            volumes: Some(volumes),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+fn bounded_volume_name(v: &str) -> String {
+    // Pod volume names are DNS labels (≤ 63).
+    let mut s = format!("disk-{v}");
+    s.truncate(63);
+    s.trim_end_matches('-').to_owned()
+}
+
+fn downward_file(path: &str, annotation: &str) -> DownwardAPIVolumeFile {
+    DownwardAPIVolumeFile {
+        path: path.into(),
+        field_ref: Some(ObjectFieldSelector {
+            field_path: format!("metadata.annotations['{annotation}']"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn host_path(name: &str, path: &str, type_: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.into(),
+            type_: Some(type_.into()),
+        }),
+        ..Default::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}

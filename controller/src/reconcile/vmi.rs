@@ -1,0 +1,323 @@
+//! VMI → launcher Pod: creates the pod, derives the VMI's phase and conditions from it, forwards
+//! pause requests, and removes the pod before the VMI goes away (finalizer).
+//!
+//! | launcher pod                         | VMI phase   |
+//! |--------------------------------------|-------------|
+//! | not created yet                      | Pending     |
+//! | Pending, no node                     | Scheduling  |
+//! | Pending, bound to a node             | Scheduled   |
+//! | Running                              | Running     |
+//! | Succeeded / Failed                   | Succeeded / Failed (final) |
+//! | vanished after being scheduled       | Failed      |
+//!
+//! `Ready` = pod Running and pod Ready. `Paused` = the launcher reports pod condition
+//! `vireo.dev/Paused=True`; the desired state travels as VMI annotation `vm.vireo.dev/pause` →
+//! pod annotation `vireo.dev/paused` → file `/var/run/vireo/spec/paused` in the launcher.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::{
+    add_finalizer, apply_status, now, on_error, remove_finalizer, Context, MANAGER, VMI_FINALIZER,
+};
+use crate::crd::vmi::{InterfaceStatus, VirtualMachineInstance, VmiPhase};
+use crate::crd::{merge_conditions, Condition};
+use crate::error::{optional, Error, Result};
+use crate::launch_spec::render;
+use crate::pod::{
+    launcher_pod, launcher_pod_name, PodRole, ANNOTATION_PAUSED, LABEL_VMI, POD_CONDITION_PAUSED,
+};
+use crate::requests::ANNOTATION_PAUSE_REQUEST;
+use crate::validation::{summarize, validate_vmi_spec};
+
+/// Builds the VMI controller stream.
+pub fn controller(
+    ctx: Arc<Context>,
+) -> futures::stream::BoxStream<'static, std::result::Result<(), String>> {
+    let vmis = ctx.scoped_api::<VirtualMachineInstance>();
+    let pods = ctx.scoped_api::<Pod>();
+    Controller::new(vmis, watcher::Config::default())
+        .owns(pods, watcher::Config::default().labels(LABEL_VMI))
+        .run(reconcile, on_error, ctx)
+        .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+        .boxed()
+}
+
+/// Phase, scheduling condition and readiness derived from a launcher pod.
+pub struct PodView {
+    /// VMI phase the pod implies.
+    pub phase: VmiPhase,
+    /// Pod bound to this node.
+    pub node: Option<String>,
+    /// Pod Running and Ready.
+    pub ready: bool,
+    /// The scheduler's verdict, if it gave one.
+    pub scheduled: Option<Condition>,
+    /// Launcher reports the guest paused.
+    pub paused: bool,
+    /// Pod IP.
+    pub ip: Option<String>,
+}
+
+/// Reads what a pod says about its VMI.
+pub fn view_pod(pod: &Pod) -> PodView {
+    let spec_node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let status = pod.status.clone().unwrap_or_default();
+    let conds = status.conditions.unwrap_or_default();
+    let cond_true = |t: &str| conds.iter().any(|c| c.type_ == t && c.status == "True");
+    let phase = match status.phase.as_deref() {
+        Some("Running") => VmiPhase::Running,
+        Some("Succeeded") => VmiPhase::Succeeded,
+        Some("Failed") => VmiPhase::Failed,
+        Some("Unknown") => VmiPhase::Unknown,
+        _ if spec_node.is_some() => VmiPhase::Scheduled,
+        _ => VmiPhase::Scheduling,
+    };
+    let scheduled = conds
+        .iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .map(|c| Condition {
+            type_: "PodScheduled".into(),
+            status: c.status.clone(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+            last_transition_time: None,
+        });
+    PodView {
+        phase,
+        node: spec_node,
+        ready: phase == VmiPhase::Running && cond_true("Ready"),
+        scheduled,
+        paused: cond_true(POD_CONDITION_PAUSED),
+        ip: status.pod_ip,
+    }
+}
+
+async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = vmi
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = vmi.name_any();
+    let vmis: Api<VirtualMachineInstance> = ctx.api(&ns);
+    let pods: Api<Pod> = ctx.api(&ns);
+    let pod_name = launcher_pod_name(&name);
+
+    if vmi.meta().deletion_timestamp.is_some() {
+        return cleanup(&vmi, &vmis, &pods).await;
+    }
+    add_finalizer(&vmis, &vmi, VMI_FINALIZER).await?;
+
+    let old = vmi.status.clone().unwrap_or_default();
+    let old_phase = old.phase.unwrap_or_default();
+    let mut conds = Vec::new();
+    let errors = validate_vmi_spec(&vmi.spec, "spec");
+    let (pod, gate) = tokio::join!(pods.get(&pod_name), ctx.runtime());
+    let (pod, gate) = (optional(pod)?, gate?);
+    // Ignore a same-named pod some other VMI incarnation owns.
+    let pod = pod.filter(|p| {
+        p.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == vmi.uid().as_ref())
+    });
+
+    let mut phase = old_phase;
+    let mut view = None;
+    if old_phase.is_final() {
+        // Final: never recreate; keep reporting what the pod says about readiness.
+        view = pod.as_ref().map(view_pod);
+    } else if !errors.is_empty() {
+        phase = VmiPhase::Failed;
+    } else if let Some(p) = &pod {
+        let v = view_pod(p);
+        phase = v.phase;
+        sync_pause(&vmi, p, &pods).await?;
+        view = Some(v);
+    } else if matches!(
+        old_phase,
+        VmiPhase::Scheduled | VmiPhase::Running | VmiPhase::Unknown
+    ) {
+        conds.push(Condition::new(
+            "Failure",
+            true,
+            "LauncherPodDeleted",
+            format!("launcher pod {pod_name} disappeared"),
+        ));
+        phase = VmiPhase::Failed;
+    } else {
+        match &gate.allowed {
+            Err((reason, msg)) => {
+                conds.push(Condition::new("RuntimeReady", false, reason, msg.clone()));
+                phase = VmiPhase::Pending;
+            }
+            Ok(()) => {
+                let spec = render(&vmi.spec, gate.image_format)?;
+                let pod = launcher_pod(
+                    &vmi,
+                    &spec,
+                    &ctx.config.launcher,
+                    &PodRole::Launcher,
+                    &gate.eligible,
+                )?;
+                pods.patch(
+                    &pod_name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&pod),
+                )
+                .await?;
+                tracing::info!(vmi = %name, pod = %pod_name, "created launcher pod");
+                phase = VmiPhase::Scheduling;
+            }
+        }
+    }
+    conds.push(if errors.is_empty() {
+        Condition::new("Valid", true, "Valid", "spec is valid")
+    } else {
+        Condition::new("Valid", false, "InvalidSpec", summarize(&errors))
+    });
+
+    let v = view.as_ref();
+    let ready = v.is_some_and(|v| v.ready) && phase == VmiPhase::Running;
+    conds.push(Condition::new(
+        "Ready",
+        ready,
+        if ready { "PodReady" } else { "PodNotReady" },
+        if ready {
+            "the launcher pod is ready"
+        } else {
+            "the launcher pod is not ready"
+        },
+    ));
+    if let Some(s) = v.and_then(|v| v.scheduled.clone()) {
+        conds.push(s);
+    }
+    let pause_wanted = vmi
+        .annotations()
+        .get(ANNOTATION_PAUSE_REQUEST)
+        .is_some_and(|v| v == "true");
+    let paused = v.is_some_and(|v| v.paused) && phase == VmiPhase::Running;
+    if paused || pause_wanted {
+        let reason = match (pause_wanted, paused) {
+            (true, true) => "Paused",
+            (true, false) => "PauseRequested",
+            (false, _) => "UnpauseRequested",
+        };
+        conds.push(Condition::new(
+            "Paused",
+            paused,
+            reason,
+            "pause state reported by the launcher",
+        ));
+    }
+    let host_disks: Vec<_> = vmi
+        .spec
+        .volumes
+        .iter()
+        .filter(|v| v.host_disk.is_some())
+        .map(|v| v.name.clone())
+        .collect();
+    conds.push(if host_disks.is_empty() {
+        Condition::new(
+            "LiveMigratable",
+            true,
+            "Migratable",
+            "all volumes can follow the VM",
+        )
+    } else {
+        Condition::new(
+            "LiveMigratable",
+            false,
+            "HostDiskNotMigratable",
+            format!("hostDisk volumes {host_disks:?} live on one node"),
+        )
+    });
+
+    let interfaces: Vec<InterfaceStatus> = vmi
+        .spec
+        .domain
+        .devices
+        .interfaces
+        .iter()
+        .map(|i| InterfaceStatus {
+            name: i.name.clone(),
+            mac: i.mac_address.clone(),
+            ip_address: v.and_then(|v| v.ip.clone()),
+        })
+        .collect();
+    let node = v.and_then(|v| v.node.clone()).or(old.node_name.clone());
+    let status = json!({
+        "phase": phase,
+        "nodeName": node,
+        "launcherPod": pod.as_ref().map(|_| pod_name.clone()).or_else(|| (phase == VmiPhase::Scheduling).then(|| pod_name.clone())),
+        "interfaces": interfaces,
+        "conditions": merge_conditions(&old.conditions, conds, &now()),
+    });
+    apply_status(&vmis, &vmi, MANAGER, status).await?;
+    Ok(if phase == VmiPhase::Pending {
+        Action::requeue(Duration::from_secs(2))
+    } else {
+        Action::requeue(Duration::from_secs(300))
+    })
+}
+
+/// Propagates the VMI's pause request to the pod annotation the launcher reads.
+async fn sync_pause(vmi: &VirtualMachineInstance, pod: &Pod, pods: &Api<Pod>) -> Result<()> {
+    let want = vmi
+        .annotations()
+        .get(ANNOTATION_PAUSE_REQUEST)
+        .is_some_and(|v| v == "true");
+    let have = pod
+        .annotations()
+        .get(ANNOTATION_PAUSED)
+        .is_some_and(|v| v == "true");
+    if want == have {
+        return Ok(());
+    }
+    let value = if want { json!("true") } else { json!(null) };
+    let patch = json!({ "metadata": { "annotations": { ANNOTATION_PAUSED: value } } });
+    pods.patch(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes every pod of the VMI, then lets the VMI go.
+async fn cleanup(
+    vmi: &VirtualMachineInstance,
+    vmis: &Api<VirtualMachineInstance>,
+    pods: &Api<Pod>,
+) -> Result<Action> {
+    let uid = vmi.uid().unwrap_or_default();
+    let lp = ListParams::default().labels(&format!("{}={}", crate::pod::LABEL_VMI_UID, uid));
+    let list = pods.list(&lp).await?;
+    let mut remaining = 0;
+    for p in &list.items {
+        remaining += 1;
+        if p.meta().deletion_timestamp.is_none() {
+            match pods.delete(&p.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => remaining -= 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if remaining > 0 {
+        // Check again shortly even without a pod event (immediate deletes emit one anyway).
+        let left = pods.list(&lp).await?.items.len();
+        if left > 0 {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+    }
+    remove_finalizer(vmis, vmi, VMI_FINALIZER).await?;
+    Ok(Action::await_change())
+}

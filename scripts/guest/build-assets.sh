@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# Build Vireo's Linux guest assets from Debian packages only, cached outside git.
+#
+#   scripts/guest/build-assets.sh              build (or reuse) the assets, print their paths
+#   scripts/guest/build-assets.sh --print-dir  print the asset directory and exit
+#   scripts/guest/build-assets.sh --refresh    ask apt for the current cloud kernel ABI and rebuild
+#                                              if it changed (default: a complete cache is reused
+#                                              without querying apt)
+#   scripts/guest/build-assets.sh --force      rebuild even if the cache looks complete
+#
+# Outputs in ${VIREO_CACHE:-$HOME/.cache/vireo}/guest/:
+#   vmlinuz             Debian's cloud kernel (bzImage, Linux boot protocol)
+#   vmlinux             ELF extracted from the bzImage (LZ4 payload), with a PVH entry note
+#   initramfs.cpio.gz   busybox-static + virtio modules; /init prints
+#                       `VIREO-GUEST-READY scenario=<name> uptime=<guest seconds>` and runs
+#                       the scenario named by `vireo.scenario=` on the kernel command line:
+#                         shell     interactive busybox sh on the console (the default)
+#                         cpus      prints VIREO-CPUS=<n> (from /proc/cpuinfo), then poweroff -f
+#                         poweroff  poweroff -f
+#                         reboot    reboot -f
+#   kernel-root/        the unpacked kernel package (modules for the L1 harness)
+#   kernel-version      e.g. 6.1.0-56-cloud-amd64
+#   assets.env          shell-sourceable paths (VIREO_GUEST_VMLINUZ=... etc.)
+#
+# Environment:
+#   VIREO_CACHE          cache root (default $HOME/.cache/vireo)
+#   VIREO_KERNEL_PKG     kernel package to use (default: what linux-image-cloud-amd64 depends on)
+#   VIREO_NO_APT_INSTALL=1  never run apt-get install (fail if a tool is missing)
+set -euo pipefail
+
+CACHE_ROOT=${VIREO_CACHE:-$HOME/.cache/vireo}
+DIR=$CACHE_ROOT/guest
+# Bump when the initramfs layout or /init changes, so caches are rebuilt.
+ASSET_FORMAT=2
+
+print_dir=0
+force=0
+refresh=0
+for arg in "$@"; do
+    case $arg in
+        --print-dir) print_dir=1 ;;
+        --force) force=1 ;;
+        --refresh) refresh=1 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "build-assets.sh: unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+if [ "$print_dir" = 1 ]; then
+    echo "$DIR"
+    exit 0
+fi
+
+log() { echo "build-assets: $*" >&2; }
+die() { echo "build-assets: error: $*" >&2; exit 1; }
+
+# --- host tools --------------------------------------------------------------------------------
+# command -> Debian package
+need_tools() {
+    local missing=() cmd pkg
+    for pair in "$@"; do
+        cmd=${pair%%:*}
+        pkg=${pair#*:}
+        if [ "$cmd" = /bin/busybox ]; then
+            # busybox-static provides /bin/busybox; the dynamic "busybox" package is not enough.
+            dpkg -s busybox-static >/dev/null 2>&1 || missing+=("$pkg")
+        elif ! command -v "$cmd" >/dev/null 2>&1; then
+            missing+=("$pkg")
+        fi
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "${VIREO_NO_APT_INSTALL:-0}" = 1 ]; then
+        die "missing packages: ${missing[*]} (VIREO_NO_APT_INSTALL=1)"
+    fi
+    local sudo=
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    log "installing: ${missing[*]}"
+    if ! $sudo apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
+        $sudo apt-get update >&2
+        $sudo apt-get install -y --no-install-recommends "${missing[@]}" >&2
+    fi
+}
+need_tools apt-get:apt dpkg-deb:dpkg /bin/busybox:busybox-static cpio:cpio lz4:lz4 \
+    readelf:binutils xz:xz-utils gzip:gzip sha256sum:coreutils
+
+# --- kernel package ----------------------------------------------------------------------------
+kernel_pkg=${VIREO_KERNEL_PKG:-}
+# Fast path: a complete cache is reused without asking apt (slow) unless --refresh/--force.
+if [ "$force" = 0 ] && [ "$refresh" = 0 ] && [ -f "$DIR/stamp" ] && [ -s "$DIR/vmlinuz" ] &&
+    [ -s "$DIR/vmlinux" ] && [ -s "$DIR/initramfs.cpio.gz" ] && [ -s "$DIR/kernel-version" ] &&
+    grep -q "^format=$ASSET_FORMAT " "$DIR/stamp" &&
+    { [ -z "$kernel_pkg" ] || grep -q " pkg=$kernel_pkg " "$DIR/stamp"; }; then
+    stamp=$(cat "$DIR/stamp")
+    kernel_pkg=$(sed -n 's/.* pkg=\([^ ]*\) .*/\1/p' "$DIR/stamp")
+    pkg_version=$(sed -n 's/.* version=\([^ ]*\).*/\1/p' "$DIR/stamp")
+fi
+if [ -z "$kernel_pkg" ]; then
+    kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+        awk '/Depends: linux-image-[0-9].*-cloud-amd64/ {print $2; exit}')
+    if [ -z "$kernel_pkg" ]; then
+        log "apt-cache knows no linux-image-cloud-amd64; running apt-get update"
+        [ "$(id -u)" = 0 ] && apt-get update >&2 || sudo apt-get update >&2
+        kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 |
+            awk '/Depends: linux-image-[0-9].*-cloud-amd64/ {print $2; exit}')
+    fi
+    [ -n "$kernel_pkg" ] || die "cannot find the cloud kernel ABI (apt-cache depends linux-image-cloud-amd64)"
+fi
+kver=${kernel_pkg#linux-image-}
+[ -n "${pkg_version:-}" ] || pkg_version=$(apt-cache show --no-all-versions "$kernel_pkg" 2>/dev/null | awk '/^Version:/ {print $2; exit}')
+[ -n "${stamp:-}" ] || stamp="format=$ASSET_FORMAT pkg=$kernel_pkg version=${pkg_version:-unknown}"
+
+mkdir -p "$DIR"
+if [ "$force" = 0 ] && [ -f "$DIR/stamp" ] && [ "$(cat "$DIR/stamp")" = "$stamp" ] &&
+    [ -s "$DIR/vmlinuz" ] && [ -s "$DIR/vmlinux" ] && [ -s "$DIR/initramfs.cpio.gz" ]; then
+    log "cache is up to date ($stamp)"
+else
+    start=$(date +%s.%N)
+    rm -f "$DIR/stamp"
+    debdir=$DIR/debs
+    mkdir -p "$debdir"
+    deb=$(ls "$debdir/${kernel_pkg}_"*.deb 2>/dev/null | sort -V | tail -1 || true)
+    if [ -z "$deb" ] || { [ -n "$pkg_version" ] && [ "$(dpkg-deb -f "$deb" Version)" != "$pkg_version" ]; }; then
+        log "downloading $kernel_pkg ${pkg_version}"
+        rm -f "$debdir/${kernel_pkg}_"*.deb
+        (cd "$debdir" && apt-get -q -o APT::Sandbox::User=root download "$kernel_pkg" >&2)
+        deb=$(ls "$debdir/${kernel_pkg}_"*.deb | sort -V | tail -1)
+    fi
+    log "unpacking $(basename "$deb")"
+    rm -rf "$DIR/kernel-root.tmp"
+    dpkg-deb -x "$deb" "$DIR/kernel-root.tmp"
+    rm -rf "$DIR/kernel-root"
+    mv "$DIR/kernel-root.tmp" "$DIR/kernel-root"
+    kroot=$DIR/kernel-root
+    [ -f "$kroot/boot/vmlinuz-$kver" ] || die "package has no /boot/vmlinuz-$kver"
+    cp "$kroot/boot/vmlinuz-$kver" "$DIR/vmlinuz.tmp"
+    mv "$DIR/vmlinuz.tmp" "$DIR/vmlinuz"
+
+    # --- vmlinux: find the LZ4 legacy-frame magic (02 21 4c 18) and decompress from there.
+    # lz4 exits non-zero because the bzImage has trailing data after the payload; what matters is
+    # that a valid ELF comes out. Try every magic occurrence until one decompresses to an ELF.
+    log "extracting vmlinux (LZ4 payload)"
+    found=0
+    for off in $(LC_ALL=C grep -obUaP '\x02\x21\x4c\x18' "$DIR/vmlinuz" | cut -d: -f1); do
+        tail -c +$((off + 1)) "$DIR/vmlinuz" | lz4 -dc >"$DIR/vmlinux.tmp" 2>/dev/null || true
+        if [ "$(head -c 4 "$DIR/vmlinux.tmp" | od -An -tx1 | tr -d ' \n')" = 7f454c46 ] &&
+            readelf -h "$DIR/vmlinux.tmp" >/dev/null 2>&1; then
+            found=1
+            break
+        fi
+    done
+    [ "$found" = 1 ] || die "no LZ4 payload in the bzImage decompressed to an ELF (is the kernel LZ4-compressed? see CONFIG_KERNEL_* in $kroot/boot/config-$kver)"
+    mv "$DIR/vmlinux.tmp" "$DIR/vmlinux"
+
+    # --- initramfs
+    log "building initramfs"
+    ird=$DIR/initramfs.root
+    rm -rf "$ird"
+    mkdir -p "$ird"/{bin,sbin,etc,proc,sys,dev,tmp,root,run,usr/bin,usr/sbin,lib/modules/$kver}
+    cp /bin/busybox "$ird/bin/busybox"
+    for applet in $("$ird/bin/busybox" --list); do
+        [ -e "$ird/bin/$applet" ] || ln -s busybox "$ird/bin/$applet"
+    done
+    modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net"
+    : >"$ird/etc/modules-load-order"
+    for m in $modules; do
+        src=$(find "$kroot/lib/modules/$kver/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" \) | head -1)
+        if [ -z "$src" ]; then
+            # Built in (or renamed) in this kernel: /init skips it gracefully.
+            log "note: module $m not found in $kernel_pkg (built in?)"
+            echo "$m" >>"$ird/etc/modules-load-order"
+            continue
+        fi
+        rel=${src#"$kroot/lib/modules/$kver/"}
+        mkdir -p "$ird/lib/modules/$kver/$(dirname "$rel")"
+        # Decompress at build time: busybox modprobe/insmod then need no xz/zstd support.
+        case $src in
+            *.ko.xz) xz -dc "$src" >"$ird/lib/modules/$kver/${rel%.xz}" ;;
+            *.ko.zst) command -v zstd >/dev/null || need_tools zstd:zstd
+                      zstd -qdc "$src" >"$ird/lib/modules/$kver/${rel%.zst}" ;;
+            *.ko.gz) gzip -dc "$src" >"$ird/lib/modules/$kver/${rel%.gz}" ;;
+            *) cp "$src" "$ird/lib/modules/$kver/$rel" ;;
+        esac
+        echo "$m" >>"$ird/etc/modules-load-order"
+    done
+    /bin/busybox depmod -b "$ird" "$kver"
+    [ -s "$ird/lib/modules/$kver/modules.dep" ] || die "busybox depmod produced no modules.dep"
+
+    cat >"$ird/init" <<'EOF'
+#!/bin/sh
+# Vireo test guest /init (scripts/guest/build-assets.sh).
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts 2>/dev/null
+kver=$(uname -r)
+while read -r m; do
+    [ -n "$m" ] || continue
+    # Built-in modules show up in /sys/module; missing ones are skipped.
+    modprobe -q "$m" 2>/dev/null || [ -d "/sys/module/$m" ] || echo "vireo-init: module $m not loaded"
+done </etc/modules-load-order
+
+scenario=shell
+for arg in $(cat /proc/cmdline); do
+    case $arg in
+        vireo.scenario=*) scenario=${arg#vireo.scenario=} ;;
+    esac
+done
+
+# uptime = guest-side boot time (kernel clock), to separate VMM start-up from guest boot.
+read -r up _ </proc/uptime
+echo "VIREO-GUEST-READY scenario=$scenario uptime=$up"
+
+case $scenario in
+    cpus)
+        echo "VIREO-CPUS=$(grep -c '^processor' /proc/cpuinfo)"
+        poweroff -f
+        ;;
+    poweroff)
+        poweroff -f
+        ;;
+    reboot)
+        reboot -f
+        ;;
+    shell)
+        # setsid + cttyhack give the shell a controlling terminal on the console (ttyS0).
+        setsid cttyhack sh
+        echo "vireo-init: shell exited; powering off"
+        poweroff -f
+        ;;
+    *)
+        echo "vireo-init: unknown scenario '$scenario'; starting a shell"
+        setsid cttyhack sh
+        poweroff -f
+        ;;
+esac
+# Never let init exit (that panics the kernel).
+while :; do sleep 3600; done
+EOF
+    chmod 755 "$ird/init"
+    (cd "$ird" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --owner=0:0 --quiet) |
+        gzip -9 >"$DIR/initramfs.cpio.gz.tmp"
+    mv "$DIR/initramfs.cpio.gz.tmp" "$DIR/initramfs.cpio.gz"
+    rm -rf "$ird"
+    echo "$kver" >"$DIR/kernel-version"
+    echo "$stamp" >"$DIR/stamp"
+    end=$(date +%s.%N)
+    log "built in $(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.1f", b - a}') s"
+fi
+
+# --- checks and report -------------------------------------------------------------------------
+pvh=no
+if readelf -n "$DIR/vmlinux" 2>/dev/null | grep -E '^ +Xen ' | grep -qE '\(0x00000012\)|PHYS32_ENTRY'; then
+    pvh=yes
+    pvh_entry=$(readelf -n "$DIR/vmlinux" | grep -E '^ +Xen ' -A1 | grep -E -A1 '\(0x00000012\)|PHYS32_ENTRY' | awk '/description data/ {
+        s = ""; for (i = 6; i >= 3; i--) s = s $i; sub(/^0+/, "", s); print "0x" s; exit }')
+fi
+cat >"$DIR/assets.env" <<EOF
+VIREO_GUEST_DIR=$DIR
+VIREO_GUEST_VMLINUZ=$DIR/vmlinuz
+VIREO_GUEST_VMLINUX=$DIR/vmlinux
+VIREO_GUEST_INITRAMFS=$DIR/initramfs.cpio.gz
+VIREO_GUEST_KERNEL_ROOT=$DIR/kernel-root
+VIREO_GUEST_KVER=$kver
+VIREO_GUEST_PVH=$pvh
+EOF
+echo "kernel:    $kernel_pkg ${pkg_version} (uname -r: $kver)"
+echo "vmlinuz:   $DIR/vmlinuz"
+echo "vmlinux:   $DIR/vmlinux (PVH note XEN_ELFNOTE_PHYS32_ENTRY: $pvh${pvh_entry:+, entry $pvh_entry})"
+echo "initramfs: $DIR/initramfs.cpio.gz"
+echo "modules:   $DIR/kernel-root/lib/modules/$kver"
+echo "env:       $DIR/assets.env"

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# End-to-end tests for issue 3: boot Debian's cloud kernel under `vireo run` (bzImage and PVH
+# vmlinux, 1 and 2 vCPUs, serial input, poweroff, reboot). See tests-e2e/cases.sh for the cases.
+#
+# Usage:
+#   tests-e2e/run.sh [--vireo PATH] [--vmm vireo|qemu|both] [--cases "a b ..."] [--bench N]
+#                    [--bench-cpus N] [--case-timeout S] [--nested|--direct] [--log FILE]
+#
+#   --vireo PATH      vireo binary (default: $VIREO, else target/release/vireo, else target/debug/vireo)
+#   --vmm KIND        vireo (default), qemu (Debian's qemu-system-x86_64 with KVM: validates the
+#                     harness and the guest assets), or both (side by side in the same L1 boot)
+#   --cases LIST      subset of: bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot
+#   --bench N         also boot N times per VMM (scenario cpus, bzImage) and print the median
+#                     launch -> marker time (the issue's comparison figure; use --vmm both)
+#   --bench-cpus N    vCPUs for the benchmark boots (default 1)
+#   --case-timeout S  per-boot timeout in seconds (default 60)
+#   --nested/--direct force the path (default: direct if /dev/kvm is hardware KVM, i.e. it exists
+#                     and /sys/module/kvm_pvm does not; otherwise nested, inside an L1 VM under
+#                     QEMU TCG with emulated SVM: scripts/nested/run-l1.sh)
+#   --log FILE        keep the full console log (default: a temp file, path printed at the end)
+#
+# The last line is `N passed, N failed`; exit status 0 iff nothing failed (a case with no result,
+# e.g. because L1 timed out, counts as failed).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+
+vireo=${VIREO:-}
+vmm=vireo
+cases="bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot"
+bench=0
+bench_cpus=1
+case_timeout=60
+path=
+logfile=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --vireo) vireo=$2; shift 2 ;;
+        --vmm) vmm=$2; shift 2 ;;
+        --cases) cases=$2; shift 2 ;;
+        --bench) bench=$2; shift 2 ;;
+        --bench-cpus) bench_cpus=$2; shift 2 ;;
+        --case-timeout) case_timeout=$2; shift 2 ;;
+        --nested) path=nested; shift ;;
+        --direct) path=direct; shift ;;
+        --log) logfile=$2; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "run.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+case $vmm in
+    vireo) vmms=vireo ;;
+    qemu) vmms=qemu ;;
+    both) vmms="vireo qemu" ;;
+    *) echo "run.sh: --vmm must be vireo, qemu or both" >&2; exit 2 ;;
+esac
+
+fail_all() { # nothing could run: report every case as failed
+    echo "e2e: error: $*"
+    local n=0
+    for v in $vmms; do for c in $cases; do echo "FAIL $v/$c ($*)"; n=$((n + 1)); done; done
+    echo "0 passed, $n failed"
+    exit 1
+}
+
+if [[ " $vmms " == *" vireo "* ]]; then
+    if [ -z "$vireo" ]; then
+        for cand in "$repo/target/release/vireo" "$repo/target/debug/vireo"; do
+            if [ -x "$cand" ]; then vireo=$cand; break; fi
+        done
+    fi
+    [ -n "$vireo" ] && [ -x "$vireo" ] || fail_all "no vireo binary (build it: cargo build --release -p vireo-launcher, or pass --vireo PATH)"
+    vireo=$(readlink -f "$vireo")
+fi
+
+# --- path selection (never silent) ---------------------------------------------------------------
+if [ -z "$path" ]; then
+    if [ -c /dev/kvm ] && [ ! -e /sys/module/kvm_pvm ]; then
+        path=direct
+    else
+        path=nested
+    fi
+fi
+if [ "$path" = direct ]; then
+    echo "e2e: path: DIRECT (hardware KVM at /dev/kvm)"
+else
+    why="no /dev/kvm"
+    [ -e /sys/module/kvm_pvm ] && why="/dev/kvm is kvm_pvm (cannot run a stock kernel at speed)"
+    echo "e2e: path: NESTED ($why): VMMs run inside an L1 VM under QEMU TCG with emulated AMD SVM"
+fi
+bench_desc=
+[ "$bench" = 0 ] || bench_desc="; bench: $bench boots x $bench_cpus vCPU"
+echo "e2e: VMMs: $vmms${vireo:+ (vireo = $vireo)}; cases: $cases$bench_desc"
+
+# --- assets -------------------------------------------------------------------------------------
+"$repo/scripts/guest/build-assets.sh" >/dev/null || fail_all "scripts/guest/build-assets.sh failed"
+# shellcheck disable=SC1091
+. "${VIREO_CACHE:-$HOME/.cache/vireo}/guest/assets.env"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/vireo-e2e.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+[ -n "$logfile" ] || logfile=$(mktemp "${TMPDIR:-/tmp}/vireo-e2e-log.XXXXXX")
+: >"$logfile"
+ncases=$(( $(wc -w <<<"$cases") * $(wc -w <<<"$vmms") + bench * $(wc -w <<<"$vmms") ))
+
+start=$(date +%s)
+set +e
+if [ "$path" = direct ]; then
+    command -v qemu-system-x86_64 >/dev/null || [[ " $vmms " != *" qemu "* ]] ||
+        fail_all "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)"
+    (
+        export PATH="$repo/scripts/nested:$PATH"
+        export E2E_VMMS="$vmms" E2E_CASES="$cases" CASE_TIMEOUT="$case_timeout"
+        export BENCH_N="$bench" BENCH_CPUS="$bench_cpus" E2E_LOGDIR="$work/logs"
+        export VIREO="$vireo" QEMU=qemu-system-x86_64
+        export K_BZIMAGE="$VIREO_GUEST_VMLINUZ" K_PVH="$VIREO_GUEST_VMLINUX" INITRD="$VIREO_GUEST_INITRAMFS"
+        sh "$here/cases.sh"
+    ) 2>&1 | tee "$logfile"
+else
+    cat >"$work/l1.sh" <<EOF
+export E2E_VMMS="$vmms" E2E_CASES="$cases" CASE_TIMEOUT="$case_timeout"
+export BENCH_N="$bench" BENCH_CPUS="$bench_cpus" E2E_LOGDIR=/tmp/e2e-logs
+export VIREO=/usr/bin/vireo QEMU=/usr/bin/qemu-system-x86_64
+export K_BZIMAGE=/l2/vmlinuz K_PVH=/l2/vmlinux INITRD=/l2/initramfs.cpio.gz
+sh /l2/cases.sh
+EOF
+    args=(--l2-kernel "$VIREO_GUEST_VMLINUZ" --l2-initramfs "$VIREO_GUEST_INITRAMFS"
+        --file "$VIREO_GUEST_VMLINUX:/l2/vmlinux" --file "$here/cases.sh:/l2/cases.sh"
+        --timeout $((120 + ncases * (case_timeout + 15))) --script "$work/l1.sh")
+    [[ " $vmms " != *" vireo "* ]] || args+=(--bin "$vireo:/usr/bin/vireo")
+    [[ " $vmms " != *" qemu "* ]] || args+=(--with-qemu)
+    "$repo/scripts/nested/run-l1.sh" "${args[@]}" 2>&1 | tee "$logfile"
+fi
+set -e
+elapsed=$(( $(date +%s) - start ))
+
+# --- summary ------------------------------------------------------------------------------------
+echo
+echo "e2e: summary ($path path, ${elapsed}s, log: $logfile)"
+grep -E '^NESTED-TIMING|^E2E-BENCH ' "$logfile" | sed 's/^/  /' || true
+pass=0
+fail=0
+for v in $vmms; do
+    for c in $cases; do
+        line=$(grep -E "^E2E-RESULT $v/$c " "$logfile" | tail -1 || true)
+        if [ -z "$line" ]; then
+            echo "FAIL $v/$c (no result: VMM run or L1 did not finish)"
+            fail=$((fail + 1))
+        elif [[ $line == *" PASS"* ]]; then
+            echo "PASS $v/$c ${line#* PASS }"
+            pass=$((pass + 1))
+        else
+            echo "FAIL $v/$c ${line#* FAIL }"
+            fail=$((fail + 1))
+        fi
+    done
+done
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]
