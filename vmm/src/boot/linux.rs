@@ -17,7 +17,7 @@ use std::path::Path;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
-use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
@@ -83,7 +83,7 @@ pub fn load_bzimage(
             what: "bzImage",
             reason: e.to_string(),
         })?;
-    let Some(mut hdr) = result.setup_header else {
+    let Some(hdr) = result.setup_header else {
         return Err(BootError::InvalidKernel {
             path: path.to_owned(),
             what: "bzImage",
@@ -102,36 +102,7 @@ pub fn load_bzimage(
     };
     let common = write_common(mem, memory_size, payload, vcpus, &loaded)?;
 
-    hdr.type_of_loader = LOADER_TYPE_OTHER;
-    hdr.cmd_line_ptr = LINUX_CMDLINE_ADDR as u32;
-    hdr.cmdline_size = payload.cmdline.len() as u32;
-    if let Some((addr, size)) = common.initramfs {
-        hdr.ramdisk_image = addr as u32;
-        hdr.ramdisk_size = size as u32;
-    }
-    let mut params = boot_params {
-        hdr,
-        acpi_rsdp_addr: common.rsdp,
-        ..Default::default()
-    };
-    let map = memory_map(memory_size);
-    for (slot, e) in params
-        .e820_table
-        .iter_mut()
-        .zip(map.iter().take(ZERO_PAGE_E820_MAX))
-    {
-        *slot = boot_e820_entry {
-            addr: e.addr,
-            size: e.size,
-            r#type: e.kind,
-        };
-    }
-    params.e820_entries = map.len().min(ZERO_PAGE_E820_MAX) as u8;
-    LinuxBootConfigurator::write_bootparams::<GuestMemory>(
-        &BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR)),
-        mem,
-    )
-    .map_err(|e| BootError::BootParams(e.to_string()))?;
+    write_zero_page(mem, memory_size, hdr, payload, &common)?;
 
     let entry = result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET;
     Ok(BootPlan {
@@ -191,32 +162,14 @@ pub fn load_elf(
                 });
             }
             let common = write_common(mem, memory_size, payload, vcpus, &loaded)?;
-            let mut params = boot_params::default();
-            params.hdr.type_of_loader = LOADER_TYPE_OTHER;
-            params.hdr.boot_flag = 0xaa55;
-            params.hdr.header = 0x5372_6448;
-            params.hdr.cmd_line_ptr = LINUX_CMDLINE_ADDR as u32;
-            params.hdr.cmdline_size = payload.cmdline.len() as u32;
-            params.hdr.kernel_alignment = 0x100_0000;
-            if let Some((addr, size)) = common.initramfs {
-                params.hdr.ramdisk_image = addr as u32;
-                params.hdr.ramdisk_size = size as u32;
-            }
-            params.acpi_rsdp_addr = common.rsdp;
-            let map = memory_map(memory_size);
-            for (slot, e) in params.e820_table.iter_mut().zip(map.iter()) {
-                *slot = boot_e820_entry {
-                    addr: e.addr,
-                    size: e.size,
-                    r#type: e.kind,
-                };
-            }
-            params.e820_entries = map.len().min(ZERO_PAGE_E820_MAX) as u8;
-            LinuxBootConfigurator::write_bootparams::<GuestMemory>(
-                &BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR)),
-                mem,
-            )
-            .map_err(|e| BootError::BootParams(e.to_string()))?;
+            // A vmlinux has no setup header; describe the boot like a bzImage's.
+            let hdr = setup_header {
+                boot_flag: 0xaa55,
+                header: 0x5372_6448,
+                kernel_alignment: 0x100_0000,
+                ..Default::default()
+            };
+            write_zero_page(mem, memory_size, hdr, payload, &common)?;
             Ok(BootPlan {
                 boot_cpu: InitialCpuState::linux_long(
                     entry,
@@ -229,6 +182,44 @@ pub fn load_elf(
             })
         }
     }
+}
+
+/// Writes the zero page (`boot_params`) for the 64-bit Linux boot protocol:
+/// the setup header completed with the command line and initramfs, the RSDP
+/// address and the E820 map.
+fn write_zero_page(
+    mem: &GuestMemory,
+    memory_size: u64,
+    mut hdr: setup_header,
+    payload: &PayloadConfig,
+    common: &Common,
+) -> Result<(), BootError> {
+    hdr.type_of_loader = LOADER_TYPE_OTHER;
+    hdr.cmd_line_ptr = LINUX_CMDLINE_ADDR as u32;
+    hdr.cmdline_size = payload.cmdline.len() as u32;
+    if let Some((addr, size)) = common.initramfs {
+        hdr.ramdisk_image = addr as u32;
+        hdr.ramdisk_size = size as u32;
+    }
+    let mut params = boot_params {
+        hdr,
+        acpi_rsdp_addr: common.rsdp,
+        ..Default::default()
+    };
+    let map = memory_map(memory_size);
+    for (slot, e) in params.e820_table.iter_mut().zip(&map) {
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            r#type: e.kind,
+        };
+    }
+    params.e820_entries = map.len().min(ZERO_PAGE_E820_MAX) as u8;
+    LinuxBootConfigurator::write_bootparams::<GuestMemory>(
+        &BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR)),
+        mem,
+    )
+    .map_err(|e| BootError::BootParams(e.to_string()))
 }
 
 /// Refuses a bzImage shorter than its own header says (`setup_sects` at
