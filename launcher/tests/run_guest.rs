@@ -113,12 +113,15 @@ fn serial_to_file() {
     assert_eq!(text, "tick 0\ntick 1\ntick 2\ncount: done\n");
 }
 
-#[test]
-fn serial_input_over_unix_socket_reaches_the_guest() {
-    let fx = Fixture::create();
-    let sock = fx.path("serial.sock");
-    let mut child = vireo()
-        .args(["run", "--cmdline", "echo", "--serial"])
+/// Starts `vireo` with the test guest running `scenario` and its console on
+/// a unix socket at `sock`; returns the child and a connected stream.
+fn spawn_with_socket_console(
+    fx: &Fixture,
+    sock: &std::path::Path,
+    scenario: &str,
+) -> (std::process::Child, UnixStream) {
+    let child = vireo()
+        .args(["run", "--cmdline", scenario, "--serial"])
         .arg(format!("unix={}", sock.display()))
         .arg("--kernel")
         .arg(&fx.guest)
@@ -127,11 +130,19 @@ fn serial_input_over_unix_socket_reaches_the_guest() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    wait_for_path(&sock, Duration::from_secs(20));
-    let stream = UnixStream::connect(&sock).expect("connect");
+    wait_for_path(sock, Duration::from_secs(20));
+    let stream = UnixStream::connect(sock).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
+    (child, stream)
+}
+
+#[test]
+fn serial_input_over_unix_socket_reaches_the_guest() {
+    let fx = Fixture::create();
+    let sock = fx.path("serial.sock");
+    let (mut child, stream) = spawn_with_socket_console(&fx, &sock, "echo");
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut writer = stream;
     let mut line = String::new();
@@ -206,21 +217,7 @@ fn guest_enumerates_pci_through_ports_and_ecam() {
 fn sigterm_stops_a_guest_without_acpi_at_once_and_cleans_up() {
     let fx = Fixture::create();
     let sock = fx.path("console.sock");
-    let child = vireo()
-        .args(["run", "--cmdline", "idle", "--serial"])
-        .arg(format!("unix={}", sock.display()))
-        .arg("--kernel")
-        .arg(&fx.guest)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    wait_for_path(&sock, Duration::from_secs(20));
-    let stream = UnixStream::connect(&sock).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
+    let (child, stream) = spawn_with_socket_console(&fx, &sock, "idle");
     let mut line = String::new();
     BufReader::new(stream)
         .read_line(&mut line)
