@@ -1,0 +1,286 @@
+//! qcow2 backend on imago (`sync` feature: plain blocking calls, no async runtime).
+//!
+//! ```text
+//!   Qcow2Engine ── RwLock<FormatAccess<GuardedFile>>  (top image, writable or not)
+//!                        └─ backing: FormatAccess (qcow2 …) └─ … └─ raw or qcow2 base
+//! ```
+//! - `header.rs` validates the header before imago parses it, so malformed images produce
+//!   typed errors and imago only sees headers whose tables lie inside the file.
+//! - `refcheck.rs` (writable opens) refuses images whose metadata clusters overlap or have
+//!   refcount 0, since imago's allocator would overwrite them.
+//! - `backing.rs` resolves and opens the backing chain (loops, depth, formats, relative paths).
+//! - Data path: guest slices become imago I/O vectors without copying; imago marks the guest
+//!   memory dirty when a read's vector is dropped.
+//! - Locking: reads, writes and write-zeroes share a read lock; discard takes the write lock
+//!   because imago may free clusters a concurrent request still maps (imago's `unsafe`
+//!   discard contract is met by exclusion, so we use its safe `&mut` API).
+//! - Fast path: requests inside one cluster that the top image owns outright (allocated,
+//!   "copied") go straight to the file with the raw engine's syscalls, using a small mapping
+//!   cache filled from imago's own lookups. Such mappings change only through discard and
+//!   write-zeroes, which run under the write lock and clear the cache; everything else
+//!   (allocation, copy-on-write, compressed, zero, backing) goes through imago.
+//! - flush = imago `flush` (metadata caches in dependency order: refblocks before the L2 tables
+//!   that use them) followed by `sync` (`fdatasync`).
+//! - `storage.rs`: imago does all its I/O on the image through `GuardedFile`, which, for the
+//!   writable top image, writes the refcount of a newly allocated L2 table / refcount block /
+//!   L1 table to disk before the pointer to it (imago 0.2.6 keeps that refcount in its cache
+//!   while writing the pointer directly; a kill in between left a table with refcount 0).
+
+mod backing;
+mod header;
+mod refcheck;
+mod storage;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use imago::io_buffers::{IoVector, IoVectorMut};
+use imago::{FormatAccess, Mapping};
+use tracing::debug;
+
+pub use backing::MAX_BACKING_DEPTH;
+pub(crate) use backing::{resolve_relative, ImagoFile};
+pub(crate) use header::{Qcow2Header, MAX_VIRTUAL_SIZE};
+
+use crate::backend::{Capabilities, GuestSlice};
+use crate::disk::Engine;
+use crate::error::{BlockError, Result};
+use crate::formats::raw::io as raw_io;
+use crate::probe::Format;
+
+/// Entries in the mapping cache (direct-mapped by guest cluster index).
+const MAP_CACHE_ENTRIES: usize = 4096;
+
+/// qcow2 engine over an imago image (with its backing chain).
+pub(crate) struct Qcow2Engine {
+    image: RwLock<FormatAccess<ImagoFile>>,
+    /// The top image file, for the fast path.
+    file: File,
+    path: PathBuf,
+    version: u32,
+    cluster_bits: u32,
+    cluster_size: u64,
+    direct: bool,
+    /// Fast path: guest cluster → host offset of clusters allocated in the top image and
+    /// exclusively owned by it (qcow2 "copied"), whose mapping only changes through discard
+    /// or write-zeroes, which clear this cache under the exclusive lock. Entry: (guest
+    /// cluster + 1, host cluster offset); 0 means empty.
+    map_cache: Mutex<Vec<(u64, u64)>>,
+}
+
+impl std::fmt::Debug for Qcow2Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qcow2Engine")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("cluster_size", &self.cluster_size)
+            .finish()
+    }
+}
+
+impl Qcow2Engine {
+    /// Open the qcow2 image at `path` (and its backing chain); returns the engine and the
+    /// virtual size.
+    pub(crate) fn open(path: &Path, read_only: bool, direct: bool) -> Result<(Self, u64)> {
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(!read_only);
+        if direct {
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        let file = opts
+            .open(path)
+            .map_err(|e| BlockError::io("open", path, e))?;
+        Self::open_file(path, file, read_only, direct)
+    }
+
+    /// Open an already opened image file (used by the fuzz target through a memfd).
+    pub(crate) fn open_file(
+        path: &Path,
+        file: File,
+        read_only: bool,
+        direct: bool,
+    ) -> Result<(Self, u64)> {
+        let header = Qcow2Header::read(&file, path)?;
+        let fast_file = file
+            .try_clone()
+            .map_err(|e| BlockError::io("dup", path, e))?;
+        if !read_only {
+            refcheck::check_metadata_refcounts(&file, path, &header)?;
+        }
+        let (version, cluster_bits, size) = (header.version, header.cluster_bits, header.size);
+        let cluster_size = header.cluster_size();
+        let image = backing::open_chain(path, file, header, !read_only, direct)?;
+        debug!(path = %path.display(), version, cluster_size, size, "opened qcow2 disk");
+        Ok((
+            Self {
+                image: RwLock::new(image),
+                file: fast_file,
+                path: path.to_owned(),
+                version,
+                cluster_bits,
+                cluster_size,
+                direct,
+                map_cache: Mutex::new(vec![(0, 0); MAP_CACHE_ENTRIES]),
+            },
+            size,
+        ))
+    }
+
+    fn shared(&self) -> RwLockReadGuard<'_, FormatAccess<ImagoFile>> {
+        // A panic while holding the lock cannot leave imago's state half-updated in a way the
+        // lock protects (imago has its own locks), so poisoning is ignored.
+        self.image.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn exclusive(&self) -> RwLockWriteGuard<'_, FormatAccess<ImagoFile>> {
+        self.image.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Host offset for `[offset, offset + len)` if it lies in one cached cluster.
+    fn cached_host(&self, offset: u64, len: u64) -> Option<u64> {
+        let cluster = offset >> self.cluster_bits;
+        if len == 0 || (offset + len - 1) >> self.cluster_bits != cluster {
+            return None;
+        }
+        let cache = self
+            .map_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (tag, host) = cache[cluster as usize % MAP_CACHE_ENTRIES];
+        (tag == cluster + 1).then(|| host + (offset & (self.cluster_size - 1)))
+    }
+
+    /// After imago served a request at `offset`, remember the cluster's mapping if it is a
+    /// plain, exclusively owned cluster of the top image.
+    fn remember(&self, image: &FormatAccess<ImagoFile>, offset: u64) {
+        let Ok((
+            Mapping::Raw {
+                offset: host,
+                writable: true,
+                ..
+            },
+            _,
+        )) = image.get_mapping(offset, 1)
+        else {
+            return;
+        };
+        let cluster = offset >> self.cluster_bits;
+        let in_cluster = offset & (self.cluster_size - 1);
+        let mut cache = self
+            .map_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        cache[cluster as usize % MAP_CACHE_ENTRIES] = (cluster + 1, host - in_cluster);
+    }
+
+    /// Forget all cached mappings (caller holds the exclusive image lock).
+    fn forget_mappings(&self) {
+        let mut cache = self
+            .map_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        cache.iter_mut().for_each(|e| *e = (0, 0));
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> BlockError + '_ {
+        move |e| BlockError::qcow2(op, &self.path, e)
+    }
+}
+
+impl Qcow2Engine {
+    /// Write literal zeroes over `[offset, offset + len)`, 1 MiB at a time.
+    fn write_zero_data(&self, offset: u64, len: u64) -> Result<()> {
+        const CHUNK: u64 = 1 << 20;
+        let zeroes = vec![0u8; len.min(CHUNK) as usize];
+        let image = self.shared();
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK) as usize;
+            image
+                .write(&zeroes[..n], offset + done)
+                .map_err(self.err("write-zeroes"))?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl Engine for Qcow2Engine {
+    fn format(&self) -> Format {
+        Format::Qcow2
+    }
+
+    fn read(&self, offset: u64, bufs: &[GuestSlice<'_>]) -> Result<()> {
+        let image = self.shared();
+        let len = crate::backend::total_len(bufs);
+        if let Some(host) = self.cached_host(offset, len) {
+            return raw_io::read_vectored_at(&self.file, &self.path, self.direct, bufs, host);
+        }
+        let (vector, guard) = IoVectorMut::from_volatile_slice(bufs.iter());
+        let res = image.readv(vector, offset).map_err(self.err("read"));
+        // Dropping the guard marks the guest memory dirty.
+        drop(guard);
+        if res.is_ok() {
+            self.remember(&image, offset);
+        }
+        res
+    }
+
+    fn write(&self, offset: u64, bufs: &[GuestSlice<'_>]) -> Result<()> {
+        let image = self.shared();
+        let len = crate::backend::total_len(bufs);
+        if let Some(host) = self.cached_host(offset, len) {
+            // An owned, allocated cluster is written in place, exactly as imago would.
+            return raw_io::write_vectored_at(&self.file, &self.path, self.direct, bufs, host);
+        }
+        let (vector, guard) = IoVector::from_volatile_slice(bufs.iter());
+        let res = image.writev(vector, offset).map_err(self.err("write"));
+        drop(guard);
+        if res.is_ok() {
+            self.remember(&image, offset);
+        }
+        res
+    }
+
+    fn flush(&self) -> Result<()> {
+        let image = self.shared();
+        image.flush().map_err(self.err("flush"))?;
+        image.sync().map_err(self.err("sync"))
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        let mut image = self.exclusive();
+        self.forget_mappings();
+        image
+            .discard_to_any(offset, len)
+            .map_err(self.err("discard"))
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
+        if self.version < 3 {
+            // v2 has no zero clusters: write zeroes (allocating where needed).
+            return self.write_zero_data(offset, len);
+        }
+        // Both variants may change mappings (to zero clusters), so they run exclusively and
+        // drop the fast-path cache.
+        let mut image = self.exclusive();
+        self.forget_mappings();
+        if may_unmap {
+            image.discard_to_zero(offset, len)
+        } else {
+            image.write_zeroes(offset, len)
+        }
+        .map_err(self.err("write-zeroes"))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // Discarding needs zero clusters, which qcow2 v2 lacks.
+            discard: self.version >= 3,
+            write_zeroes: true,
+            discard_granularity: self.cluster_size,
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Images made by `create_raw`, `create_qcow2` and `create_qcow2_overlay` are what QEMU
+//! expects: `qemu-img check` is clean, `qemu-img info` reports the requested shape, and data
+//! written by either side reads back on the other.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use vireo_block::{
+    create_qcow2, create_qcow2_overlay, create_raw, open_disk, BlockError, DiskBackend, Format,
+    OpenOptions, DEFAULT_CLUSTER_SIZE,
+};
+
+const MIB: u64 = 1 << 20;
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf8 path")
+}
+
+fn info(path: &Path) -> String {
+    String::from_utf8_lossy(&qemu_img(&["info", "--output=json", p(path)]).stdout).into_owned()
+}
+
+fn open(path: &Path, format: Format) -> Box<dyn DiskBackend> {
+    open_disk(
+        path,
+        &OpenOptions {
+            format: Some(format),
+            ..OpenOptions::default()
+        },
+    )
+    .expect("open")
+}
+
+/// We write 0xa1 at 1 MiB − 512 (crossing clusters), qemu-io checks it (and that 7 MiB is still
+/// zero); qemu-io writes 0xb2 at
+/// 3 MiB, we check it.
+fn exchange(path: &Path, format: Format) {
+    let disk = open(path, format);
+    let mem = memory(mem_for(256 * 1024));
+    write(disk.as_ref(), &mem, MIB - 512, &[0xa1; 70000]);
+    disk.flush().expect("flush");
+    drop(disk);
+    qemu_io(
+        path,
+        format.name(),
+        &[
+            format!("read -P 0xa1 {} 70000", MIB - 512),
+            format!("read -P 0 {} 512", 7 * MIB),
+            format!("write -P 0xb2 {} 4096", 3 * MIB),
+        ],
+    );
+    let disk = open(path, format);
+    assert_eq!(read(disk.as_ref(), &mem, 3 * MIB, 4096), vec![0xb2; 4096]);
+}
+
+#[test]
+fn raw_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("disk.img");
+    create_raw(&path, 8 * MIB).expect("create");
+    let info = info(&path);
+    assert!(
+        info.contains("\"format\": \"raw\"") && info.contains("\"virtual-size\": 8388608"),
+        "{info}"
+    );
+    exchange(&path, Format::Raw);
+}
+
+#[test]
+fn qcow2_images_of_every_cluster_size_class() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for cluster in [512, 4096, DEFAULT_CLUSTER_SIZE, 2 * MIB] {
+        let path = dir.path().join(format!("c{cluster}.qcow2"));
+        create_qcow2(&path, 16 * MIB, cluster).expect("create");
+        assert_clean(&path);
+        let info = info(&path);
+        assert!(
+            info.contains(&format!("\"cluster-size\": {cluster}"))
+                && info.contains("\"virtual-size\": 16777216")
+                && info.contains("\"compat\": \"1.1\""),
+            "{info}"
+        );
+        exchange(&path, Format::Qcow2);
+        assert_clean(&path);
+    }
+}
+
+#[test]
+fn overlays_over_raw_and_qcow2_bases() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let raw = d.join("base.raw");
+    let qcow = d.join("base.qcow2");
+    create_raw(&raw, 8 * MIB).expect("raw");
+    create_qcow2(&qcow, 8 * MIB, DEFAULT_CLUSTER_SIZE).expect("qcow2");
+    qemu_io(&raw, "raw", &["write -P 0x10 0 2M".to_string()]);
+    qemu_io(&qcow, "qcow2", &["write -P 0x20 0 2M".to_string()]);
+
+    for (base, fmt, pat) in [(&raw, Format::Raw, 0x10u8), (&qcow, Format::Qcow2, 0x20)] {
+        let overlay = d.join(format!("over-{}.qcow2", fmt.name()));
+        // Relative to the overlay's directory, as with qemu-img create -b.
+        let name = base.file_name().expect("name");
+        create_qcow2_overlay(&overlay, Path::new(name), fmt).expect("overlay");
+        assert_clean(&overlay);
+        let info = info(&overlay);
+        assert!(
+            info.contains(&format!("\"backing-filename-format\": \"{}\"", fmt.name()))
+                && info.contains("\"virtual-size\": 8388608"),
+            "{info}"
+        );
+        let disk = open(&overlay, Format::Qcow2);
+        let mem = memory(mem_for(8192));
+        assert_eq!(read(disk.as_ref(), &mem, 4096, 8192), vec![pat; 8192]);
+        drop(disk);
+        exchange(&overlay, Format::Qcow2);
+        assert_clean(&overlay);
+        // The base is untouched.
+        qemu_io(
+            base,
+            fmt.name(),
+            &[format!("read -P {pat} {} 4096", MIB - 512)],
+        );
+    }
+}
+
+#[test]
+fn creation_refusals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let path = d.join("x.qcow2");
+    assert!(matches!(
+        create_qcow2(&path, MIB, 1000),
+        Err(BlockError::InvalidClusterSize(1000))
+    ));
+    assert!(matches!(
+        create_qcow2(&path, 513, 65536),
+        Err(BlockError::InvalidDiskSize(513))
+    ));
+    assert!(matches!(
+        create_raw(&path, 0),
+        Err(BlockError::InvalidDiskSize(0))
+    ));
+    assert!(!path.exists());
+    create_qcow2(&path, MIB, 65536).expect("create");
+    assert!(matches!(
+        create_qcow2(&path, MIB, 65536),
+        Err(BlockError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        create_raw(&path, MIB),
+        Err(BlockError::AlreadyExists { .. })
+    ));
+    let overlay = d.join("o.qcow2");
+    assert!(matches!(
+        create_qcow2_overlay(&overlay, Path::new("missing.raw"), Format::Raw),
+        Err(BlockError::MissingBackingFile { .. })
+    ));
+    assert!(!overlay.exists());
+}
