@@ -132,6 +132,16 @@ fn dsdt() -> Sdt {
             ),
         ],
     ));
+    let rtc = bytes(&Device::new(
+        "_SB_.RTC_".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0B00")),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![&IO::new(0x70, 0x70, 1, 2)]),
+            ),
+        ],
+    ));
     let ged_port = GED_EVENT_PORT as u32;
     let ged = bytes(&Device::new(
         "_SB_.GED0".into(),
@@ -176,7 +186,7 @@ fn dsdt() -> Sdt {
         &Package::new(vec![&SLP_TYP_S5, &SLP_TYP_S5, &aml::ZERO, &aml::ZERO]),
     ));
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    for part in [pci0, com1, ged, pwrb, s5] {
+    for part in [pci0, com1, rtc, ged, pwrb, s5] {
         sdt.append_slice(&part);
     }
     sdt
@@ -368,6 +378,7 @@ mod tests {
         for needle in [
             "PNP0A08",
             "PNP0501",
+            "PNP0B00",
             "ACPI0013",
             "PNP0C0C",
             "Name (_S5,",

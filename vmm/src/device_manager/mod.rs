@@ -1,7 +1,7 @@
 //! Builds the platform devices and places them on the port-I/O and MMIO buses.
 //!
 //! Legacy devices on port I/O: COM1 (IRQ 4 through an irqfd into the
-//! in-kernel IOAPIC), the i8042 reset line, the ACPI sleep registers for
+//! in-kernel IOAPIC), the i8042 reset line, the CMOS RTC, the ACPI sleep registers for
 //! guests booted with ACPI, and — only for payloads whose boot protocol
 //! defines it — the debug exit port. The MMIO bus is empty
 //! but for the PCIe ECAM window; unclaimed MMIO reads return all-ones. The PCI
@@ -16,7 +16,7 @@ use kvm_ioctls::VmFd;
 use thiserror::Error;
 use vireo_devices::acpi_ged::{AcpiGed, GED_EVENT_PORT, GED_EVENT_PORT_SIZE, GED_IRQ};
 use vireo_devices::acpi_pm::{AcpiSleep, ACPI_SLEEP_PORT, ACPI_SLEEP_PORT_SIZE};
-use vireo_devices::legacy::{debug_exit, i8042, serial, DebugExit, Serial8250, I8042};
+use vireo_devices::legacy::{cmos, debug_exit, i8042, serial, Cmos, DebugExit, Serial8250, I8042};
 use vireo_devices::{ExitHandler, IrqLine};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -100,6 +100,11 @@ impl DeviceManager {
             Arc::new(Mutex::new(I8042::new(exit.clone()))),
             i8042::I8042_PORT_BASE,
             i8042::I8042_PORT_SIZE,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(Cmos::default())),
+            cmos::CMOS_PORT_BASE,
+            cmos::CMOS_PORT_SIZE,
         )?;
         let mut ged = None;
         if acpi {
