@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{env, nodes, vm_spec, Env};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use vireo_controller::crd::migration::{MigrationPhase, VirtualMachineInstanceMigration};
@@ -412,11 +413,7 @@ async fn pause_unpause_and_cli_binary() {
 
     // Through the real binary, as `vireo vm pause` will exec it.
     let bin = env!("CARGO_BIN_EXE_vireo-controller");
-    let out = std::process::Command::new(bin)
-        .args(["vm", "pause", "p", "-n", &e.ns])
-        .env("KUBECONFIG", &common::cluster().kubeconfig)
-        .output()
-        .expect("run binary");
+    let out = run_cli(bin, &["vm", "pause", "p", "-n", &e.ns]);
     assert!(
         out.status.success(),
         "{}",
@@ -434,19 +431,10 @@ async fn pause_unpause_and_cli_binary() {
     })
     .await;
     // The launcher confirms by setting its pod condition.
-    let patch = json!({ "status": { "conditions": [
-        { "type": "Ready", "status": "True" },
-        { "type": POD_CONDITION_PAUSED, "status": "True" } ] } });
-    pods.patch_status(&pod_name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("patch");
+    confirm_paused(&pods, &pod_name, true).await;
     e.wait_printable("p", "Paused").await;
 
-    let out = std::process::Command::new(bin)
-        .args(["vm", "unpause", "p", "-n", &e.ns])
-        .env("KUBECONFIG", &common::cluster().kubeconfig)
-        .output()
-        .expect("run binary");
+    let out = run_cli(bin, &["vm", "unpause", "p", "-n", &e.ns]);
     assert!(
         out.status.success(),
         "{}",
@@ -461,20 +449,11 @@ async fn pause_unpause_and_cli_binary() {
         })
     })
     .await;
-    let patch = json!({ "status": { "conditions": [
-        { "type": "Ready", "status": "True" },
-        { "type": POD_CONDITION_PAUSED, "status": "False" } ] } });
-    pods.patch_status(&pod_name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("patch");
+    confirm_paused(&pods, &pod_name, false).await;
     e.wait_printable("p", "Running").await;
 
     // A bad request exits non-zero with a message.
-    let out = std::process::Command::new(bin)
-        .args(["vm", "start", "p", "-n", &e.ns])
-        .env("KUBECONFIG", &common::cluster().kubeconfig)
-        .output()
-        .expect("run binary");
+    let out = run_cli(bin, &["vm", "start", "p", "-n", &e.ns]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
 }
@@ -877,4 +856,25 @@ async fn migration_phases_and_target_anti_affinity() {
         .expect("state");
     assert!(ms.completed && ms.failed);
     e.wait_printable("mv", "Running").await;
+}
+
+/// Runs the built `vireo-controller` binary against the test cluster.
+fn run_cli(bin: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin)
+        .args(args)
+        .env("KUBECONFIG", &common::cluster().kubeconfig)
+        .output()
+        .expect("run binary")
+}
+
+/// Acts as the launcher: reports through the pod condition that the guest
+/// is (or is no longer) paused.
+async fn confirm_paused(pods: &Api<Pod>, pod_name: &str, paused: bool) {
+    let status = if paused { "True" } else { "False" };
+    let patch = json!({ "status": { "conditions": [
+        { "type": "Ready", "status": "True" },
+        { "type": POD_CONDITION_PAUSED, "status": status } ] } });
+    pods.patch_status(pod_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
 }

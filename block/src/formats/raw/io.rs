@@ -100,6 +100,15 @@ pub(super) fn copy_prefix(bufs: &[GuestSlice<'_>], out: &mut [u8]) -> usize {
     done
 }
 
+/// An aligned buffer for an O_DIRECT transfer of all of `bufs`, and the
+/// number of bytes they hold.
+fn bounce_buffer(path: &Path, bufs: &[GuestSlice<'_>]) -> Result<(AlignedBuf, usize)> {
+    let len =
+        usize::try_from(crate::backend::total_len(bufs)).map_err(|_| bounce_alloc_error(path))?;
+    let bounce = AlignedBuf::zeroed(len).ok_or_else(|| bounce_alloc_error(path))?;
+    Ok((bounce, len))
+}
+
 /// Fill `bufs` from `file` at `offset`.
 pub(crate) fn read_vectored_at(
     file: &File,
@@ -109,9 +118,7 @@ pub(crate) fn read_vectored_at(
     offset: u64,
 ) -> Result<()> {
     if direct && !direct_aligned(bufs) {
-        let len = crate::backend::total_len(bufs);
-        let len = usize::try_from(len).map_err(|_| bounce_alloc_error(path))?;
-        let mut bounce = AlignedBuf::zeroed(len).ok_or_else(|| bounce_alloc_error(path))?;
+        let (mut bounce, len) = bounce_buffer(path, bufs)?;
         let data = &mut bounce.as_mut_slice()[..len];
         read_exact_at(file, path, data, offset)?;
         let mut pos = 0;
@@ -137,9 +144,7 @@ pub(crate) fn write_vectored_at(
     offset: u64,
 ) -> Result<()> {
     if direct && !direct_aligned(bufs) {
-        let len = crate::backend::total_len(bufs);
-        let len = usize::try_from(len).map_err(|_| bounce_alloc_error(path))?;
-        let mut bounce = AlignedBuf::zeroed(len).ok_or_else(|| bounce_alloc_error(path))?;
+        let (mut bounce, len) = bounce_buffer(path, bufs)?;
         let data = &mut bounce.as_mut_slice()[..len];
         copy_prefix(bufs, data);
         return write_all_at(file, path, data, offset);
