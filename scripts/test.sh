@@ -17,9 +17,8 @@ cargo build --release --quiet -p vireo-launcher
 set +e
 cargo nextest run --workspace --no-fail-fast "$@"
 suite=$?
+echo "rust suite exit status: $suite"
 tests-e2e/run.sh --vireo target/release/vireo
 e2e=$?
 set -e
-
-echo "rust suite exit status: $suite; end-to-end exit status: $e2e"
 [ "$suite" -eq 0 ] && [ "$e2e" -eq 0 ]
