@@ -164,28 +164,8 @@ fn backing_chain_loop() {
     let a = dir.path().join("a.qcow2");
     let b = dir.path().join("b.qcow2");
     let base = fresh(dir.path(), "base.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        p(&a),
-    ]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "a.qcow2",
-        "-F",
-        "qcow2",
-        p(&b),
-    ]);
+    qemu_overlay(p(&a), "base.qcow2", "qcow2", None);
+    qemu_overlay(p(&b), "a.qcow2", "qcow2", None);
     // Point a back at b: a → b → a.
     qemu_img(&["rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", p(&a)]);
     match open_err(&b) {
@@ -205,17 +185,7 @@ fn missing_backing_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = fresh(dir.path(), "base.qcow2");
     let top = dir.path().join("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        p(&top),
-    ]);
+    qemu_overlay(p(&top), "base.qcow2", "qcow2", None);
     std::fs::remove_file(&base).expect("rm");
     match open_err(&top) {
         BlockError::MissingBackingFile { path } => assert_eq!(path, dir.path().join("base.qcow2")),
@@ -238,17 +208,7 @@ fn backing_chain_too_deep() {
     ]);
     for i in 1..=MAX_BACKING_DEPTH {
         let name = format!("l{i}.qcow2");
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            &below,
-            "-F",
-            below_fmt,
-            p(&dir.path().join(&name)),
-        ]);
+        qemu_overlay(p(&dir.path().join(&name)), &below, below_fmt, None);
         below = name;
         below_fmt = "qcow2";
     }
@@ -270,17 +230,7 @@ fn backing_format_not_recorded_is_refused_for_qcow2_only() {
     qemu_img(&["create", "-q", "-f", "raw", p(&raw), "1M"]);
     for (name, backing, fmt) in [("q.qcow2", &base, "qcow2"), ("r.qcow2", &raw, "raw")] {
         let top = dir.path().join(name);
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            p(backing),
-            "-F",
-            fmt,
-            p(&top),
-        ]);
+        qemu_overlay(p(&top), p(backing), fmt, None);
         // Turn the backing-format extension into an unknown (ignored) one.
         let bytes = std::fs::read(&top).expect("read");
         let pos = bytes

@@ -303,43 +303,19 @@ fn three_deep_backing_chain() {
     let top = d.join("top.qcow2");
     qemu_img(&["create", "-q", "-f", "raw", p(&base), &size.to_string()]);
     // Relative names resolve against the naming image's directory: mid is in sub/.
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "compat=0.10,cluster_size=4096",
-        "-b",
-        "../base.raw",
-        "-F",
-        "raw",
+    qemu_overlay(
         p(&mid),
-    ]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=512",
-        "-b",
-        "sub/mid.qcow2",
-        "-F",
-        "qcow2",
+        "../base.raw",
+        "raw",
+        Some("compat=0.10,cluster_size=4096"),
+    );
+    qemu_overlay(
         p(&upper),
-    ]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
+        "sub/mid.qcow2",
         "qcow2",
-        "-b",
-        "upper.qcow2",
-        "-F",
-        "qcow2",
-        p(&top),
-    ]);
+        Some("cluster_size=512"),
+    );
+    qemu_overlay(p(&top), "upper.qcow2", "qcow2", None);
     let mut model = vec![0u8; size as usize];
     apply_qemu_writes(
         &base,

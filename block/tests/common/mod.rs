@@ -38,6 +38,18 @@ pub fn qemu_img(args: &[&str]) -> Output {
 }
 
 /// `qemu-io -f <fmt> -c <cmd>… <path>`; asserts no command reported an error.
+/// Creates a qcow2 overlay at `path` over `backing` (a path as written into
+/// the header, relative to the overlay's directory) of format `backing_fmt`,
+/// with optional `-o` creation options.
+pub fn qemu_overlay(path: &str, backing: &str, backing_fmt: &str, opts: Option<&str>) -> Output {
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    if let Some(o) = opts {
+        args.extend(["-o", o]);
+    }
+    args.extend(["-b", backing, "-F", backing_fmt, path]);
+    qemu_img(&args)
+}
+
 pub fn qemu_io(path: &Path, format: &str, cmds: &[String]) {
     let mut args = vec!["-f".to_string(), format.to_string()];
     for c in cmds {
