@@ -22,6 +22,7 @@ pub mod exit;
 pub mod irq;
 pub mod legacy;
 pub mod pci;
+pub mod virtio;
 
 pub use bus::BusDevice;
 pub use exit::{ExitHandler, GuestExitRequest};

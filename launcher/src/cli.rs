@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use vireo_vmm::{PayloadConfig, SerialConfig, VmConfig};
+use vireo_vmm::{DiskConfig, NetConfig, PayloadConfig, SerialConfig, VmConfig};
 
 use crate::exit_code;
 
@@ -60,6 +60,16 @@ pub struct RunArgs {
     /// Serial console: stdio, file=PATH, unix=PATH, or off.
     #[arg(long, value_name = "MODE", default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialConfig,
+    /// A virtio-blk disk: `path=P[,format=raw|qcow2][,readonly=on]` (repeatable; the guest
+    /// sees them as vda, vdb, … in this order). The format is probed from the image's magic
+    /// when absent.
+    #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
+    pub disks: Vec<DiskConfig>,
+    /// A virtio-net interface on a tap: `tap=NAME[,mac=MAC]` (repeatable). The tap is opened,
+    /// or created if it does not exist (which needs CAP_NET_ADMIN); without `mac` a random
+    /// locally administered address is used.
+    #[arg(long = "net", value_name = "SPEC", value_parser = parse_net)]
+    pub nets: Vec<NetConfig>,
     /// On SIGTERM, seconds to wait for the guest to power off after the ACPI
     /// power-button press before stopping it forcibly.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -91,8 +101,8 @@ impl RunArgs {
                     cmdline: self.cmdline,
                 },
                 serial: self.serial,
-                disks: Vec::new(),
-                nets: Vec::new(),
+                disks: self.disks,
+                nets: self.nets,
                 api_socket: None,
             },
             timeout,
@@ -143,6 +153,86 @@ pub fn parse_serial(s: &str) -> Result<SerialConfig, String> {
             "unknown serial form '{s}' (expected stdio, file=PATH, unix=PATH or off)"
         )),
     }
+}
+
+/// Splits `key=value,key=value` into pairs, refusing empty parts, missing `=`, keys outside
+/// `allowed` and repeated keys.
+fn parse_kv<'a>(
+    s: &'a str,
+    allowed: &[&str],
+    what: &str,
+) -> Result<Vec<(&'a str, &'a str)>, String> {
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{what} option '{part}' is not key=value"))?;
+        if !allowed.contains(&k) {
+            return Err(format!(
+                "unknown {what} option '{k}' (expected {})",
+                allowed.join(", ")
+            ));
+        }
+        if pairs.iter().any(|(seen, _)| *seen == k) {
+            return Err(format!("{what} option '{k}' is given twice"));
+        }
+        if v.is_empty() {
+            return Err(format!("{what} option '{k}' needs a value"));
+        }
+        pairs.push((k, v));
+    }
+    Ok(pairs)
+}
+
+fn parse_on_off(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("'{key}={v}' must be on or off")),
+    }
+}
+
+/// Parses `--disk path=P[,format=raw|qcow2][,readonly=on|off]`.
+pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut disk = DiskConfig {
+        path: PathBuf::new(),
+        format: None,
+        readonly: false,
+    };
+    for (k, v) in parse_kv(s, &["path", "format", "readonly"], "--disk")? {
+        match k {
+            "path" => disk.path = PathBuf::from(v),
+            "format" => {
+                if v != "raw" && v != "qcow2" {
+                    return Err(format!("unknown disk format '{v}' (expected raw or qcow2)"));
+                }
+                disk.format = Some(v.to_owned());
+            }
+            _ => disk.readonly = parse_on_off(k, v)?,
+        }
+    }
+    if disk.path.as_os_str().is_empty() {
+        return Err(format!("--disk '{s}' needs path=FILE"));
+    }
+    Ok(disk)
+}
+
+/// Parses `--net tap=NAME[,mac=MAC]`.
+pub fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let mut net = NetConfig {
+        tap: String::new(),
+        mac: None,
+    };
+    for (k, v) in parse_kv(s, &["tap", "mac"], "--net")? {
+        match k {
+            "tap" => net.tap = v.to_owned(),
+            _ => net.mac = Some(v.to_owned()),
+        }
+    }
+    if net.tap.is_empty() {
+        return Err(format!("--net '{s}' needs tap=NAME"));
+    }
+    Ok(net)
 }
 
 /// Prints a clap error as one line (help and version print normally) and
@@ -200,6 +290,54 @@ mod tests {
         );
         for bad in ["tcp=1", "unix=", "file", "pty", ""] {
             assert!(parse_serial(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn disk_and_net_forms() {
+        assert_eq!(
+            parse_disk("path=/a.img"),
+            Ok(DiskConfig {
+                path: "/a.img".into(),
+                format: None,
+                readonly: false
+            })
+        );
+        assert_eq!(
+            parse_disk("format=qcow2,path=b.qcow2,readonly=on"),
+            Ok(DiskConfig {
+                path: "b.qcow2".into(),
+                format: Some("qcow2".into()),
+                readonly: true
+            })
+        );
+        for bad in [
+            "",
+            "/a.img",
+            "path=",
+            "path=a,format=vmdk",
+            "path=a,readonly=maybe",
+            "path=a,path=b",
+            "path=a,cache=none",
+            "format=raw",
+        ] {
+            assert!(parse_disk(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_net("tap=vt0,mac=52:54:00:12:34:56"),
+            Ok(NetConfig {
+                tap: "vt0".into(),
+                mac: Some("52:54:00:12:34:56".into())
+            })
+        );
+        for bad in [
+            "",
+            "vt0",
+            "tap=",
+            "mac=52:54:00:12:34:56",
+            "tap=a,model=e1000",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad}");
         }
     }
 }

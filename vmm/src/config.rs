@@ -6,8 +6,8 @@
 //!   "payload": { "kernel": "/k", "initramfs": null, "cmdline": "console=ttyS0" },
 //!   "serial": { "mode": "unix", "path": "/run/vireo/serial.sock" } }
 //! ```
-//! Unknown fields are rejected, and devices this build cannot attach yet
-//! (disks, NICs) fail validation, so a spec never boots a VM without them.
+//! Unknown fields are rejected. Disks become virtio-blk and NICs virtio-net
+//! functions on PCI bus 0, disks first, each list in order, from slot 1.
 
 use std::path::PathBuf;
 
@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::memory::MIB;
+
+/// Most disks plus NICs a VM can have: PCI bus 0 has 32 slots and the host
+/// bridge takes one.
+pub const MAX_PCI_DEVICES: usize = 31;
 
 /// Smallest guest memory accepted, in MiB.
 pub const MIN_MEMORY_MIB: u64 = 8;
@@ -32,11 +36,10 @@ pub struct VmConfig {
     /// Where COM1 goes.
     #[serde(default)]
     pub serial: SerialConfig,
-    /// Disks (virtio-blk). Accepted in the spec; attaching them is not
-    /// implemented yet, so a non-empty list is refused by [`VmConfig::validate`].
+    /// Disks (virtio-blk), in the order the guest enumerates them.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
-    /// Network interfaces (virtio-net); refused when non-empty, as `disks`.
+    /// Network interfaces (virtio-net), after the disks on the PCI bus.
     #[serde(default)]
     pub nets: Vec<NetConfig>,
     /// Unix socket for the control API. The endpoint is not served yet; the
@@ -63,9 +66,10 @@ pub struct DiskConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
-    /// Tap device name.
+    /// Tap device name; opened, or created when absent (needs CAP_NET_ADMIN).
     pub tap: String,
-    /// MAC address.
+    /// MAC address (`aa:bb:cc:dd:ee:ff`, unicast); a random locally
+    /// administered one when absent.
     #[serde(default)]
     pub mac: Option<String>,
 }
@@ -126,15 +130,47 @@ pub enum ConfigError {
         /// Requested MiB.
         mib: u64,
     },
-    /// A device the spec asks for that this build cannot attach yet.
-    #[error(
-        "{what} are not supported yet ({count} requested): virtio devices are not implemented"
-    )]
-    UnsupportedDevices {
-        /// Which kind of device.
-        what: &'static str,
-        /// How many were requested.
+    /// More disks and NICs than PCI bus 0 has slots for.
+    #[error("{count} disks and NICs requested, but at most {MAX_PCI_DEVICES} fit on the PCI bus")]
+    TooManyDevices {
+        /// Disks plus NICs.
         count: usize,
+    },
+    /// A disk format other than `raw` or `qcow2`.
+    #[error("disk {index}: unknown format '{format}' (expected raw or qcow2)")]
+    InvalidDiskFormat {
+        /// Position in `disks`.
+        index: usize,
+        /// The format given.
+        format: String,
+    },
+    /// The same image attached twice (two writers would corrupt it).
+    #[error("disk {index}: {path} is already attached as disk {first}")]
+    DuplicateDisk {
+        /// Position in `disks`.
+        index: usize,
+        /// Position of the first use.
+        first: usize,
+        /// The image path.
+        path: String,
+    },
+    /// A MAC address that does not parse or is not a unicast address.
+    #[error("network interface {index}: {reason}")]
+    InvalidMac {
+        /// Position in `nets`.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The same tap given to two interfaces.
+    #[error("network interface {index}: tap {tap} is already used by interface {first}")]
+    DuplicateTap {
+        /// Position in `nets`.
+        index: usize,
+        /// Position of the first use.
+        first: usize,
+        /// The tap name.
+        tap: String,
     },
     /// More memory than the host has.
     #[error("guest memory of {mib} MiB exceeds this host's {host_mib} MiB of RAM")]
@@ -210,19 +246,55 @@ impl VmConfig {
                 mib: self.memory_mib,
             });
         }
-        for (what, count) in [
-            ("disks", self.disks.len()),
-            ("network interfaces", self.nets.len()),
-        ] {
-            if count > 0 {
-                return Err(ConfigError::UnsupportedDevices { what, count });
-            }
-        }
+        self.validate_devices()?;
         if self.memory_mib > host.ram_mib {
             return Err(ConfigError::MemoryExceedsHost {
                 mib: self.memory_mib,
                 host_mib: host.ram_mib,
             });
+        }
+        Ok(())
+    }
+}
+
+impl VmConfig {
+    fn validate_devices(&self) -> Result<(), ConfigError> {
+        let count = self.disks.len() + self.nets.len();
+        if count > MAX_PCI_DEVICES {
+            return Err(ConfigError::TooManyDevices { count });
+        }
+        for (index, disk) in self.disks.iter().enumerate() {
+            if let Some(format) = &disk.format {
+                if format != "raw" && format != "qcow2" {
+                    return Err(ConfigError::InvalidDiskFormat {
+                        index,
+                        format: format.clone(),
+                    });
+                }
+            }
+            if let Some(first) = self.disks[..index].iter().position(|d| d.path == disk.path) {
+                return Err(ConfigError::DuplicateDisk {
+                    index,
+                    first,
+                    path: disk.path.display().to_string(),
+                });
+            }
+        }
+        for (index, net) in self.nets.iter().enumerate() {
+            if let Some(mac) = &net.mac {
+                mac.parse::<vireo_net::MacAddr>()
+                    .map_err(|e| ConfigError::InvalidMac {
+                        index,
+                        reason: e.to_string(),
+                    })?;
+            }
+            if let Some(first) = self.nets[..index].iter().position(|n| n.tap == net.tap) {
+                return Err(ConfigError::DuplicateTap {
+                    index,
+                    first,
+                    tap: net.tap.clone(),
+                });
+            }
         }
         Ok(())
     }
@@ -263,8 +335,7 @@ mod tests {
     }
 
     /// The exact shape the Kubernetes controller renders
-    /// (controller/src/launch_spec.rs) parses, and devices are refused until
-    /// they can be attached.
+    /// (controller/src/launch_spec.rs) parses, and device lists are checked.
     #[test]
     fn controller_rendered_spec_parses() {
         let json = r#"{"vcpus":2,"memory_mib":1024,
@@ -279,13 +350,38 @@ mod tests {
             format: Some("qcow2".into()),
             readonly: false,
         });
-        assert_eq!(
+        assert_eq!(cfg.validate(&HOST), Ok(()));
+        cfg.disks.push(cfg.disks[0].clone());
+        assert!(matches!(
             cfg.validate(&HOST),
-            Err(ConfigError::UnsupportedDevices {
-                what: "disks",
-                count: 1
+            Err(ConfigError::DuplicateDisk {
+                index: 1,
+                first: 0,
+                ..
             })
-        );
+        ));
+        cfg.disks.truncate(1);
+        cfg.disks[0].format = Some("vmdk".into());
+        assert!(matches!(
+            cfg.validate(&HOST),
+            Err(ConfigError::InvalidDiskFormat { index: 0, .. })
+        ));
+        cfg.disks[0].format = None;
+        cfg.nets.push(NetConfig {
+            tap: "vt0".into(),
+            mac: Some("01:00:5e:00:00:01".into()),
+        });
+        assert!(matches!(
+            cfg.validate(&HOST),
+            Err(ConfigError::InvalidMac { index: 0, .. })
+        ));
+        cfg.nets[0].mac = Some("52:54:00:12:34:56".into());
+        assert_eq!(cfg.validate(&HOST), Ok(()));
+        cfg.nets.push(cfg.nets[0].clone());
+        assert!(matches!(
+            cfg.validate(&HOST),
+            Err(ConfigError::DuplicateTap { index: 1, .. })
+        ));
     }
 
     #[test]

@@ -21,11 +21,13 @@ use crate::arch::x86_64::{cpuid, layout, vcpu_platform, InitialCpuState};
 use crate::boot::{self, BootError, BootPlan};
 use crate::config::{ConfigError, HostLimits, VmConfig};
 use crate::console::{Console, ConsoleError};
+use crate::device_manager::attach::attach_devices;
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::kvm::{KvmContext, KvmError};
 use crate::lifecycle::{ExitReason, Lifecycle, TransitionError, VmState};
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::vstate::vcpu::{self, Buses};
+use vireo_devices::virtio::VirtioPciDevice;
 
 /// Why a VM could not be built or driven.
 #[derive(Debug, Error)]
@@ -128,10 +130,10 @@ impl VmBuilder {
         config.validate(&HostLimits::probe(kvm.max_vcpus()))?;
         let memory_size = config.memory_bytes();
 
-        let vm_fd = kvm.kvm().create_vm().map_err(|source| VmError::Platform {
+        let vm_fd = Arc::new(kvm.kvm().create_vm().map_err(|source| VmError::Platform {
             what: "create a KVM VM",
             source,
-        })?;
+        })?);
         let platform = |what| move |source| VmError::Platform { what, source };
         vm_fd
             .set_tss_address(layout::KVM_TSS_ADDR as usize)
@@ -163,18 +165,21 @@ impl VmBuilder {
             Some(w) => Console::from_writer(w),
             None => Console::open(&config.serial)?,
         };
-        let devices = DeviceManager::new(
+        let mut devices = DeviceManager::new(
             &vm_fd,
             console.take_output(),
             lifecycle.clone(),
             plan.debug_exit,
             plan.is_linux(),
         )?;
+        attach_devices(&mut devices, &vm_fd, &memory, &config.disks, &config.nets)?;
         let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, &plan)?;
         let serial = devices.serial.clone();
+        let virtio = devices.virtio.clone();
         let ged = devices.ged.clone();
         Ok(Vm {
             ged,
+            virtio,
             config,
             lifecycle,
             pending_vcpus: Mutex::new(vcpus),
@@ -237,9 +242,10 @@ pub struct Vm {
     buses: Arc<Buses>,
     serial: Arc<Mutex<vireo_devices::legacy::Serial8250>>,
     ged: Option<Arc<Mutex<vireo_devices::acpi_ged::AcpiGed>>>,
+    virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
     console: Mutex<Console>,
     // Dropped before `memory`: KVM stops using the slots before they unmap.
-    vm_fd: VmFd,
+    vm_fd: Arc<VmFd>,
     memory: GuestMemory,
     _kvm: KvmContext,
 }
@@ -336,6 +342,11 @@ impl Vm {
         let reason = self.lifecycle.wait_for_exit();
         for handle in lock(&self.threads).drain(..) {
             let _ = handle.join();
+        }
+        // Stop device workers and make completed disk writes durable (qcow2
+        // metadata caches included) before the process can exit.
+        for dev in &self.virtio {
+            lock(dev).reset();
         }
         info!(%reason, "VM stopped");
         reason

@@ -6,6 +6,14 @@ pub const BAR0_OFFSET: usize = 0x10;
 pub const NUM_BARS: usize = 6;
 /// Size of the configuration space reachable through ECAM.
 pub const CONFIG_SPACE_SIZE: usize = 4096;
+/// Offset of the capabilities pointer in a type-0 header.
+pub const CAPABILITIES_POINTER: usize = 0x34;
+/// First byte after the type-0 header, where capabilities start.
+const FIRST_CAPABILITY: usize = 0x40;
+/// End of the legacy 256-byte configuration space that capabilities live in.
+const LEGACY_CONFIG_END: usize = 0x100;
+/// Status register bit: the capabilities list is valid.
+const STATUS_CAPABILITIES_LIST: u8 = 0x10;
 
 /// Configuration space of one function: bytes plus a mask of which bits the
 /// guest may write. BARs report their size through the classic write-all-ones
@@ -14,6 +22,9 @@ pub const CONFIG_SPACE_SIZE: usize = 4096;
 pub struct PciConfigSpace {
     bytes: Box<[u8; CONFIG_SPACE_SIZE]>,
     writable: Box<[u8; CONFIG_SPACE_SIZE]>,
+    /// Where the next capability goes, and the previous one's `next` byte.
+    next_capability: usize,
+    last_capability_link: usize,
 }
 
 impl std::fmt::Debug for PciConfigSpace {
@@ -31,6 +42,8 @@ impl PciConfigSpace {
         let mut c = Self {
             bytes: Box::new([0; CONFIG_SPACE_SIZE]),
             writable: Box::new([0; CONFIG_SPACE_SIZE]),
+            next_capability: FIRST_CAPABILITY,
+            last_capability_link: CAPABILITIES_POINTER,
         };
         c.bytes[0..2].copy_from_slice(&vendor.to_le_bytes());
         c.bytes[2..4].copy_from_slice(&device.to_le_bytes());
@@ -57,6 +70,52 @@ impl PciConfigSpace {
         let off = BAR0_OFFSET + index * 4;
         self.bytes[off..off + 4].copy_from_slice(&(addr & !(size - 1)).to_le_bytes());
         self.writable[off..off + 4].copy_from_slice(&(!(size - 1)).to_le_bytes());
+    }
+
+    /// Sets the subsystem vendor and device IDs.
+    pub fn set_subsystem(&mut self, vendor: u16, device: u16) {
+        self.bytes[0x2c..0x2e].copy_from_slice(&vendor.to_le_bytes());
+        self.bytes[0x2e..0x30].copy_from_slice(&device.to_le_bytes());
+    }
+
+    /// Appends a capability with ID `id` whose bytes after the two-byte
+    /// header (ID, next pointer) are `body`, links it into the list, and
+    /// returns its offset. Capabilities are read-only unless made writable
+    /// with [`PciConfigSpace::set_writable`]. Returns `None` when the legacy
+    /// 256-byte space is full.
+    pub fn add_capability(&mut self, id: u8, body: &[u8]) -> Option<usize> {
+        let offset = self.next_capability;
+        let end = offset.checked_add(2 + body.len())?;
+        if end > LEGACY_CONFIG_END {
+            return None;
+        }
+        self.bytes[offset] = id;
+        self.bytes[offset + 1] = 0;
+        self.bytes[offset + 2..end].copy_from_slice(body);
+        // Offsets are below 0x100, so they fit the one-byte pointer.
+        self.bytes[self.last_capability_link] = offset as u8;
+        self.bytes[6] |= STATUS_CAPABILITIES_LIST;
+        self.last_capability_link = offset + 1;
+        // Capabilities are dword aligned.
+        self.next_capability = (end + 3) & !3;
+        Some(offset)
+    }
+
+    /// Lets the guest write the bits of `mask` in the bytes at `offset`.
+    pub fn set_writable(&mut self, offset: usize, mask: &[u8]) {
+        if let Some(dst) = offset
+            .checked_add(mask.len())
+            .and_then(|end| self.writable.get_mut(offset..end))
+        {
+            dst.copy_from_slice(mask);
+        }
+    }
+
+    /// Little-endian 16-bit value at `off` (0xffff past the end).
+    pub fn u16_at(&self, off: usize) -> u16 {
+        let mut b = [0u8; 2];
+        self.read(off, &mut b);
+        u16::from_le_bytes(b)
     }
 
     /// The current address of 32-bit memory BAR `index`.

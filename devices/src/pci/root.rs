@@ -12,6 +12,12 @@ pub trait PciDevice: Send {
     fn config(&self) -> &PciConfigSpace;
     /// Mutable access for guest configuration writes.
     fn config_mut(&mut self) -> &mut PciConfigSpace;
+    /// Handles a guest write of configuration space. The default applies the
+    /// write mask; devices that must react to a register (e.g. MSI-X enable)
+    /// override it and call [`PciConfigSpace::write`] themselves.
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        self.config_mut().write(offset, data);
+    }
 }
 
 /// Why a device could not be added.
@@ -80,8 +86,7 @@ impl PciRoot {
         if let Some(dev) = self.device(bus, slot, function) {
             dev.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .config_mut()
-                .write(offset, data);
+                .write_config(offset, data);
         }
     }
 }

@@ -6,21 +6,30 @@
 //! defines it — the debug exit port. The MMIO bus is empty
 //! but for the PCIe ECAM window; unclaimed MMIO reads return all-ones. The PCI
 //! root bus holds the host bridge at 00:00.0, also reachable via 0xcf8/0xcfc.
+//! virtio devices are added after it ([`DeviceManager::add_virtio`]) as
+//! virtio-pci functions: BAR0 from the 32-bit window on the MMIO bus, queue
+//! notify addresses as KVM ioeventfds, MSI-X vectors as irqfds with GSI
+//! routes ([`msi`]).
 
+pub mod attach;
 pub mod bus;
+pub mod msi;
 pub mod pci_allocator;
 
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use thiserror::Error;
+use tracing::info;
 use vireo_devices::acpi_ged::{AcpiGed, GED_EVENT_PORT, GED_EVENT_PORT_SIZE, GED_IRQ};
 use vireo_devices::acpi_pm::{AcpiSleep, ACPI_SLEEP_PORT, ACPI_SLEEP_PORT_SIZE};
 use vireo_devices::legacy::{cmos, debug_exit, i8042, serial, Cmos, DebugExit, Serial8250, I8042};
+use vireo_devices::virtio::{GuestMemory, VirtioDevice, VirtioPciDevice};
 use vireo_devices::{ExitHandler, IrqLine};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use bus::{Bus, BusError, SharedDevice};
+pub use msi::{GsiRouter, KvmMsiVectors};
 pub use pci_allocator::BarAllocator;
 
 use crate::arch::x86_64::layout::{PCI_ECAM_SIZE, PCI_ECAM_START};
@@ -42,6 +51,37 @@ pub enum DeviceError {
     /// Creating an eventfd failed.
     #[error("cannot create an interrupt eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// The virtio-pci transport could not be created.
+    #[error(transparent)]
+    Transport(#[from] vireo_devices::virtio::pci_transport::TransportError),
+    /// A disk image could not be opened.
+    #[error("disk {index} ({path}): {source}")]
+    Disk {
+        /// Position in the spec's disk list.
+        index: usize,
+        /// Image path.
+        path: String,
+        /// Why.
+        source: vireo_block::BlockError,
+    },
+    /// A tap could not be opened.
+    #[error("network interface {index} (tap {tap}): {source}")]
+    Net {
+        /// Position in the spec's NIC list.
+        index: usize,
+        /// Tap name.
+        tap: String,
+        /// Why.
+        source: vireo_net::NetError,
+    },
+    /// KVM refused an ioeventfd.
+    #[error("cannot register the queue notify ioeventfd at {addr:#x}: {source}")]
+    Ioeventfd {
+        /// The notify address.
+        addr: u64,
+        /// The ioctl error.
+        source: kvm_ioctls::Error,
+    },
     /// KVM refused an irqfd.
     #[error("cannot register irqfd for GSI {gsi}: {source}")]
     Irqfd {
@@ -67,6 +107,10 @@ pub struct DeviceManager {
     pub bar_allocator: BarAllocator,
     /// The ACPI Generic Event Device (power button), for ACPI guests.
     pub ged: Option<Arc<Mutex<AcpiGed>>>,
+    /// The VM-wide GSI routing table (MSI routes of PCI devices).
+    pub gsi_router: Arc<GsiRouter>,
+    /// virtio-pci functions, in slot order.
+    pub virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
 }
 
 /// Creates an eventfd and registers it with KVM as the irqfd of `gsi`.
@@ -80,12 +124,13 @@ fn irq_line(vm: &VmFd, gsi: u32) -> Result<IrqLine, DeviceError> {
 impl DeviceManager {
     /// Creates the legacy devices and wires their interrupts into `vm`.
     pub fn new(
-        vm: &VmFd,
+        vm_fd: &Arc<VmFd>,
         console: Box<dyn std::io::Write + Send>,
         exit: Arc<dyn ExitHandler>,
         debug_exit_port: bool,
         acpi: bool,
     ) -> Result<Self, DeviceError> {
+        let vm: &VmFd = vm_fd;
         let mut pio = Bus::new();
         let serial_dev = Arc::new(Mutex::new(Serial8250::new(
             irq_line(vm, serial::COM1_IRQ)?,
@@ -146,6 +191,46 @@ impl DeviceManager {
             pci_root,
             bar_allocator: BarAllocator::new()?,
             ged,
+            gsi_router: Arc::new(GsiRouter::new(vm_fd.clone())),
+            virtio: Vec::new(),
         })
+    }
+
+    /// Adds `device` as a virtio-pci function in the next free slot and
+    /// returns the slot.
+    pub fn add_virtio(
+        &mut self,
+        vm: &VmFd,
+        device: Box<dyn VirtioDevice>,
+        mem: &GuestMemory,
+    ) -> Result<u8, DeviceError> {
+        use vireo_devices::virtio::pci_transport::BAR_SIZE;
+        let vectors = Arc::new(KvmMsiVectors::new(
+            self.gsi_router.clone(),
+            device.queue_max_sizes().len() + 1,
+        )?);
+        let bar = self.bar_allocator.allocate(BAR_SIZE)?;
+        let bar32 = u32::try_from(bar).map_err(|_| DeviceError::Bar(format!("{bar:#x}")))?;
+        let name = device.name();
+        let dev = VirtioPciDevice::new(device, mem.clone(), bar32, vectors)?;
+        for (addr, fd) in dev.ioeventfds() {
+            vm.register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+                .map_err(|source| DeviceError::Ioeventfd { addr, source })?;
+        }
+        let dev = Arc::new(Mutex::new(dev));
+        self.mmio.insert(dev.clone(), bar, BAR_SIZE)?;
+        let slot = self
+            .pci_root
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_device(dev.clone())?;
+        info!(
+            device = name,
+            slot,
+            bar = format_args!("{bar:#x}"),
+            "virtio-pci device added"
+        );
+        self.virtio.push(dev);
+        Ok(slot)
     }
 }

@@ -1,0 +1,195 @@
+//! Descriptor chains as devices consume them: the chain split into its
+//! device-readable and device-writable parts, each a list of guest memory
+//! segments, with the rules every device shares checked once.
+//!
+//! Rules (virtio 1.2 §2.7.4): all readable descriptors come before all
+//! writable ones; every segment lies in guest RAM; a chain has at most as
+//! many descriptors as the queue (loops end there — virtio-queue's TTL) and
+//! at most 4 GiB in total. Devices never assume how the driver framed a
+//! request into descriptors: headers are gathered across segments.
+
+use std::ops::Deref;
+
+use thiserror::Error;
+use vireo_block::GuestSlice;
+use virtio_queue::DescriptorChain;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::GuestMemory;
+
+/// A piece of guest memory named by one descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Guest-physical start.
+    pub addr: GuestAddress,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// Why a chain was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ChainError {
+    /// A device-readable descriptor after a device-writable one.
+    #[error("a device-readable descriptor follows a device-writable one")]
+    ReadableAfterWritable,
+    /// A descriptor points outside guest RAM (or across a hole).
+    #[error("descriptor {addr:#x}+{len:#x} is not in guest memory")]
+    OutOfMemory {
+        /// Start address.
+        addr: u64,
+        /// Length.
+        len: u32,
+    },
+    /// The chain has more segments than the device accepts.
+    #[error("the chain has more than {0} descriptors")]
+    TooManySegments(usize),
+    /// The chain is shorter than the request needs.
+    #[error("the chain is too short: {0}")]
+    TooShort(&'static str),
+}
+
+/// A chain split into readable and writable segments.
+#[derive(Debug, Default)]
+pub struct ChainLayout {
+    /// Head descriptor index (for the used ring).
+    pub head: u16,
+    /// Device-readable segments, in order.
+    pub readable: Vec<Segment>,
+    /// Device-writable segments, in order.
+    pub writable: Vec<Segment>,
+}
+
+impl ChainLayout {
+    /// Clears the layout for reuse (keeps allocations).
+    pub fn clear(&mut self) {
+        self.head = 0;
+        self.readable.clear();
+        self.writable.clear();
+    }
+
+    /// Fills the layout from `chain`, checking the rules in the module docs.
+    /// `max_segments` bounds the total number of descriptors.
+    pub fn parse<M>(
+        &mut self,
+        chain: DescriptorChain<M>,
+        mem: &GuestMemory,
+        max_segments: usize,
+    ) -> Result<(), ChainError>
+    where
+        M: Deref,
+        M::Target: vm_memory::GuestMemory,
+    {
+        self.clear();
+        self.head = chain.head_index();
+        for desc in chain {
+            if self.readable.len() + self.writable.len() >= max_segments {
+                return Err(ChainError::TooManySegments(max_segments));
+            }
+            let seg = Segment {
+                addr: desc.addr(),
+                len: desc.len(),
+            };
+            if seg.len > 0 && !GuestMemoryBackend::check_range(mem, seg.addr, seg.len as usize) {
+                return Err(ChainError::OutOfMemory {
+                    addr: seg.addr.0,
+                    len: seg.len,
+                });
+            }
+            if desc.is_write_only() {
+                self.writable.push(seg);
+            } else if self.writable.is_empty() {
+                self.readable.push(seg);
+            } else {
+                return Err(ChainError::ReadableAfterWritable);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Total bytes in `segs`.
+pub fn total(segs: &[Segment]) -> u64 {
+    segs.iter().map(|s| u64::from(s.len)).sum()
+}
+
+/// Walks `segs` from byte `skip` for `len` bytes, calling `f` with each
+/// piece (address, length). Returns false if the segments are too short.
+fn walk(
+    segs: &[Segment],
+    skip: u64,
+    len: u64,
+    mut f: impl FnMut(GuestAddress, usize) -> bool,
+) -> bool {
+    let mut skip = skip;
+    let mut left = len;
+    for s in segs {
+        if left == 0 {
+            break;
+        }
+        let slen = u64::from(s.len);
+        if skip >= slen {
+            skip -= slen;
+            continue;
+        }
+        let take = (slen - skip).min(left);
+        let Some(addr) = s.addr.0.checked_add(skip) else {
+            return false;
+        };
+        if !f(GuestAddress(addr), take as usize) {
+            return false;
+        }
+        left -= take;
+        skip = 0;
+    }
+    left == 0
+}
+
+/// Copies `buf.len()` bytes starting `skip` bytes into `segs` out of guest memory.
+pub fn read_bytes(mem: &GuestMemory, segs: &[Segment], skip: u64, buf: &mut [u8]) -> bool {
+    let mut pos = 0usize;
+    walk(segs, skip, buf.len() as u64, |addr, n| {
+        let ok = mem.read_slice(&mut buf[pos..pos + n], addr).is_ok();
+        pos += n;
+        ok
+    })
+}
+
+/// Copies `buf` into guest memory starting `skip` bytes into `segs`.
+pub fn write_bytes(mem: &GuestMemory, segs: &[Segment], skip: u64, buf: &[u8]) -> bool {
+    let mut pos = 0usize;
+    walk(segs, skip, buf.len() as u64, |addr, n| {
+        let ok = mem.write_slice(&buf[pos..pos + n], addr).is_ok();
+        pos += n;
+        ok
+    })
+}
+
+/// Guest slices covering `len` bytes starting `skip` bytes into `segs`,
+/// appended to `out`. Fails if a piece is not inside one RAM region.
+pub fn slices<'m>(
+    mem: &'m GuestMemory,
+    segs: &[Segment],
+    skip: u64,
+    len: u64,
+    out: &mut Vec<GuestSlice<'m>>,
+) -> Result<(), ChainError> {
+    let mut bad = None;
+    let ok = walk(segs, skip, len, |addr, n| match mem.get_slice(addr, n) {
+        Ok(s) => {
+            out.push(s);
+            true
+        }
+        Err(_) => {
+            bad = Some(ChainError::OutOfMemory {
+                addr: addr.0,
+                len: n as u32,
+            });
+            false
+        }
+    });
+    match (ok, bad) {
+        (true, _) => Ok(()),
+        (false, Some(e)) => Err(e),
+        (false, None) => Err(ChainError::TooShort("data")),
+    }
+}

@@ -1,0 +1,175 @@
+//! virtio devices (virtio 1.2) on the modern virtio-pci transport.
+//!
+//! ```text
+//!  guest driver ──MMIO (BAR0)──► VirtioPciDevice (pci_transport.rs)
+//!      │  common cfg · ISR · device cfg · MSI-X table      │ DRIVER_OK: activate(queues)
+//!      │ notify write ──ioeventfd──► queue EventFd ───────►│ device worker thread
+//!      ◄──── MSI-X vector ◄── irqfd ◄── Interrupt::signal_used ◄──┘  (block/worker.rs, net/worker.rs)
+//! ```
+//! A [`VirtioDevice`] is a device model (virtio-blk, virtio-net): its feature
+//! bits, configuration space and queue processing. The transport owns the
+//! guest-visible registers and hands the device its queues, already
+//! configured by the driver, when the driver sets `DRIVER_OK`. Every
+//! descriptor chain is untrusted: malformed chains complete with an error
+//! status (or are dropped), a corrupted ring sets `DEVICE_NEEDS_RESET`, and
+//! no guest value can make the VMM panic or touch memory outside the guest.
+
+pub mod block;
+pub mod chain;
+pub mod interrupt;
+pub mod msix;
+pub mod net;
+pub mod pci_transport;
+pub mod worker;
+
+use std::sync::Arc;
+
+use thiserror::Error;
+use virtio_queue::Queue;
+use vm_memory::bitmap::AtomicBitmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use interrupt::Interrupt;
+pub use pci_transport::VirtioPciDevice;
+
+/// Guest memory as devices see it: mmap-backed, with a dirty bitmap so
+/// device writes are tracked for migration.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+
+/// Device type of a network card.
+pub const TYPE_NET: u16 = 1;
+/// Device type of a block device.
+pub const TYPE_BLOCK: u16 = 2;
+
+/// Device status bits (virtio 1.2 §2.1).
+pub mod status {
+    /// The guest found the device.
+    pub const ACKNOWLEDGE: u8 = 1;
+    /// The guest has a driver for it.
+    pub const DRIVER: u8 = 2;
+    /// The driver is ready; queues may be used.
+    pub const DRIVER_OK: u8 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u8 = 8;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u8 = 0x40;
+    /// The driver gave up on the device.
+    pub const FAILED: u8 = 0x80;
+}
+
+/// Transport-level feature bits (virtio 1.2 §6).
+pub mod features {
+    /// Indirect descriptor tables.
+    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
+    /// `used_event` / `avail_event` notification suppression.
+    pub const RING_EVENT_IDX: u64 = 1 << 29;
+    /// A virtio 1.x (modern) device; required by this transport.
+    pub const VERSION_1: u64 = 1 << 32;
+}
+
+/// A queue the driver enabled, handed to the device at activation.
+#[derive(Debug)]
+pub struct ActiveQueue {
+    /// Queue index within the device.
+    pub index: u16,
+    /// The split virtqueue, configured with the driver's addresses and size.
+    pub queue: Queue,
+    /// Signalled when the driver notifies this queue (an ioeventfd).
+    pub notify: EventFd,
+}
+
+/// What a device gets when the driver sets `DRIVER_OK`.
+pub struct Activation {
+    /// Guest memory.
+    pub mem: GuestMemory,
+    /// The enabled queues, in index order.
+    pub queues: Vec<ActiveQueue>,
+    /// Features the driver accepted (a subset of the offered ones).
+    pub acked_features: u64,
+    /// How the device interrupts the driver.
+    pub interrupt: Arc<dyn Interrupt>,
+}
+
+impl std::fmt::Debug for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activation")
+            .field("queues", &self.queues)
+            .field(
+                "acked_features",
+                &format_args!("{:#x}", self.acked_features),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a device could not start.
+#[derive(Debug, Error)]
+pub enum ActivateError {
+    /// A queue the device needs was not enabled by the driver.
+    #[error("virtio {device}: queue {queue} is not enabled")]
+    QueueMissing {
+        /// Device name.
+        device: &'static str,
+        /// Queue index.
+        queue: u16,
+    },
+    /// A queue's rings do not lie in guest memory.
+    #[error("virtio {device}: queue {queue} has rings outside guest memory")]
+    QueueInvalid {
+        /// Device name.
+        device: &'static str,
+        /// Queue index.
+        queue: u16,
+    },
+    /// The worker thread or its event loop could not be set up.
+    #[error("virtio {device}: cannot start the worker: {source}")]
+    Worker {
+        /// Device name.
+        device: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The backend refused the negotiated configuration.
+    #[error("virtio {device}: backend setup failed: {reason}")]
+    Backend {
+        /// Device name.
+        device: &'static str,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// A virtio device model, driven by a transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device type ([`TYPE_BLOCK`], [`TYPE_NET`]).
+    fn device_type(&self) -> u16;
+    /// A short name for logs (`virtio-blk`).
+    fn name(&self) -> &'static str;
+    /// The maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered to the driver (including [`features::VERSION_1`]).
+    fn features(&self) -> u64;
+    /// Reads the device-specific configuration space. Bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space (most fields are read-only).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Starts processing the queues. Called once per `DRIVER_OK`.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Stops processing and forgets the queues (driver reset or VM teardown).
+    /// Returns once no worker touches guest memory any more; a block device
+    /// also makes completed writes durable.
+    fn reset(&mut self);
+}
+
+/// Copies `src` (a little-endian config image) into `data` from `offset`;
+/// bytes outside the image read as zero.
+pub(crate) fn read_config_image(src: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| src.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}

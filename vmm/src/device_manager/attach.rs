@@ -1,0 +1,72 @@
+//! Turns the launch spec's disks and NICs into virtio devices: opens each
+//! image with the `block` crate and each tap with the `net` crate, then adds
+//! the device to the PCI bus (disks first, each list in order, from slot 1).
+
+use std::sync::Arc;
+
+use kvm_ioctls::VmFd;
+use tracing::info;
+use vireo_block::{open_disk, Format, OpenOptions};
+use vireo_devices::virtio::block::VirtioBlock;
+use vireo_devices::virtio::net::VirtioNet;
+use vireo_devices::virtio::GuestMemory;
+use vireo_net::{MacAddr, Tap};
+
+use super::{DeviceError, DeviceManager};
+use crate::config::{DiskConfig, NetConfig};
+
+/// Opens `disks` and `nets` and attaches them to `dm`.
+pub fn attach_devices(
+    dm: &mut DeviceManager,
+    vm: &VmFd,
+    mem: &GuestMemory,
+    disks: &[DiskConfig],
+    nets: &[NetConfig],
+) -> Result<(), DeviceError> {
+    for (index, d) in disks.iter().enumerate() {
+        let format = match d.format.as_deref() {
+            None => None,
+            Some("qcow2") => Some(Format::Qcow2),
+            Some(_) => Some(Format::Raw),
+        };
+        let opts = OpenOptions {
+            format,
+            read_only: d.readonly,
+            ..OpenOptions::default()
+        };
+        let disk = open_disk(&d.path, &opts).map_err(|source| DeviceError::Disk {
+            index,
+            path: d.path.display().to_string(),
+            source,
+        })?;
+        info!(
+            index,
+            path = %d.path.display(),
+            format = ?disk.format(),
+            size = disk.size(),
+            read_only = disk.read_only(),
+            "disk opened"
+        );
+        let dev = VirtioBlock::new(Arc::from(disk), index);
+        dm.add_virtio(vm, Box::new(dev), mem)?;
+    }
+    for (index, n) in nets.iter().enumerate() {
+        let mac = match &n.mac {
+            Some(m) => m.parse::<MacAddr>(),
+            None => Ok(MacAddr::random_local()),
+        }
+        .map_err(|source| DeviceError::Net {
+            index,
+            tap: n.tap.clone(),
+            source,
+        })?;
+        let tap = Tap::open(&n.tap).map_err(|source| DeviceError::Net {
+            index,
+            tap: n.tap.clone(),
+            source,
+        })?;
+        info!(index, tap = %n.tap, %mac, "tap opened");
+        dm.add_virtio(vm, Box::new(VirtioNet::new(tap, mac, index)), mem)?;
+    }
+    Ok(())
+}
