@@ -97,12 +97,13 @@ impl BlockWorker {
     fn drain(&mut self) -> Result<(), QueueError> {
         let mut completed = false;
         let mem = self.mem.clone();
+        let mut slices = Vec::with_capacity(16);
         loop {
             if self.queue.event_idx_enabled() {
                 self.queue.disable_notification(&mem)?;
             }
             while let Some(chain) = self.queue.iter(&mem)?.next() {
-                let used = self.handle(chain, &mem);
+                let used = self.handle(chain, &mem, &mut slices);
                 self.queue.add_used(&self.mem, self.layout.head, used)?;
                 completed = true;
             }
@@ -118,10 +119,11 @@ impl BlockWorker {
     }
 
     /// Handles one chain; returns the used length.
-    fn handle(
+    fn handle<'m>(
         &mut self,
-        chain: virtio_queue::DescriptorChain<&GuestMemory>,
-        mem: &GuestMemory,
+        chain: virtio_queue::DescriptorChain<&'m GuestMemory>,
+        mem: &'m GuestMemory,
+        slices: &mut Vec<vireo_block::GuestSlice<'m>>,
     ) -> u32 {
         let head = chain.head_index();
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -133,17 +135,14 @@ impl BlockWorker {
             .and_then(|()| request::parse(&self.layout, mem));
         self.layout.head = head;
         let outcome = match parsed {
-            Ok(req) => {
-                let mut slices = Vec::new();
-                request::execute(
-                    &req,
-                    &self.layout,
-                    mem,
-                    self.disk.as_ref(),
-                    &self.limits,
-                    &mut slices,
-                )
-            }
+            Ok(req) => request::execute(
+                &req,
+                &self.layout,
+                mem,
+                self.disk.as_ref(),
+                &self.limits,
+                slices,
+            ),
             Err(e) => {
                 debug!(head, error = %e, "virtio-blk: malformed request");
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
