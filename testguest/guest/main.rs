@@ -5,16 +5,45 @@
 //! NUL-terminated command line, RSI = its length, RDX = guest RAM in bytes,
 //! RCX = this vCPU's index. Interrupts stay disabled; every device is polled.
 //!
-//! The command line picks one scenario (`hello`, `count N`, `echo`, `idle`, `reset`, `pci`,
-//! `triple-fault`, `emulation-failure`, `exit N`). Each scenario reports over
-//! COM1 and ends by writing a status byte to the debug exit port (0 = pass).
-//! New scenarios are added as a new arm in `run_scenario`.
+//! The command line picks one scenario (arguments separated by spaces,
+//! numbers decimal):
+//! - `hello`, `count N [GAP]`, `echo`, `idle`, `reset`, `pci`,
+//!   `triple-fault`, `emulation-failure`, `exit N`: CPU, serial, MMIO, PCI
+//!   and VM-exit checks.
+//! - `virtio-list`: every virtio-pci device on bus 0 (`virtio slot=…
+//!   type=blk|net bar0=…`, then `blk capacity=… ro=… serial=…` or `net
+//!   mac=… link=up|down`).
+//! - `blk-rw NTH SECTOR COUNT SEED`: read (`blk-read … fnv=…`), then write a
+//!   pattern, flush, read back and compare (`blk-write … verify=ok`), or on
+//!   a read-only disk report the write's status (`blk-ro write-status=…`).
+//! - `blk-edge NTH`: the device's error paths (`edge <case> status=…`,
+//!   then `edge ok`).
+//! - `blk-bench NTH MODE BLOCK-BYTES QUEUE-DEPTH TOTAL REGION-MIB` with MODE
+//!   `randread|randwrite|seqread|seqwrite`: `bench-start`, then `bench-done
+//!   requests=… bytes=… errors=…`.
+//! - `net-ping GUEST-IP HOST-IP`: ARP for the host, three ICMP echoes
+//!   (`net arp-reply …`, `net icmp-reply seq=…`, `net ok tx=… rx=…`).
+//! - `net-bench GUEST-IP HOST-IP FRAMES FRAME-BYTES`: UDP frames to the
+//!   host's discard port (`bench-start`, `bench-done frames=… bytes=…`).
+//!
+//! Each scenario reports over COM1 and ends by writing a status byte to the
+//! debug exit port (0 = pass; virtio scenarios print `FAIL: <reason>` and
+//! exit 1 on failure). The virtio driver (modern virtio-pci, split
+//! virtqueues, polled) lives in `virtio.rs`, `virtio_blk.rs` and
+//! `virtio_net.rs`; `mem.rs` has the buffer allocators. New scenarios are
+//! added as a new arm in `run_scenario`.
 
 #![no_std]
 #![no_main]
 
+mod mem;
+mod virtio;
+mod virtio_blk;
+mod virtio_net;
+
 use core::arch::asm;
 use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 const COM1: u16 = 0x3f8;
 const DEBUG_EXIT: u16 = 0xf4;
@@ -56,6 +85,65 @@ fn rdtsc() -> u64 {
     // SAFETY: RDTSC is allowed in ring 3 (CR4.TSD is clear).
     unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
     (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Fallback TSC rate when CPUID does not tell it: an over-estimate makes
+/// deadlines longer, never shorter than about a third of what was asked.
+const TSC_HZ_GUESS: u64 = 3_000_000_000;
+
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+
+/// The TSC frequency from CPUID leaf 0x15 (crystal ratio) or 0x16 (base
+/// MHz), else a guess. Only used to bound waits.
+fn tsc_hz() -> u64 {
+    let cached = TSC_HZ.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    use core::arch::x86_64::__cpuid;
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID exists on every x86_64 CPU and is allowed in ring 3.
+    let (l15, l16) = unsafe {
+        let max = __cpuid(0).eax;
+        let l15 = if max >= 0x15 {
+            Some(__cpuid(0x15))
+        } else {
+            None
+        };
+        let l16 = if max >= 0x16 {
+            Some(__cpuid(0x16))
+        } else {
+            None
+        };
+        (l15, l16)
+    };
+    let mut hz = TSC_HZ_GUESS;
+    if let Some(l) = l15.filter(|l| l.eax != 0 && l.ebx != 0 && l.ecx != 0) {
+        hz = u64::from(l.ecx) * u64::from(l.ebx) / u64::from(l.eax);
+    } else if let Some(l) = l16.filter(|l| l.eax & 0xffff != 0) {
+        hz = u64::from(l.eax & 0xffff) * 1_000_000;
+    }
+    TSC_HZ.store(hz, Ordering::Relaxed);
+    hz
+}
+
+/// A point in TSC time after which a wait gives up.
+struct Deadline {
+    start: u64,
+    cycles: u64,
+}
+
+impl Deadline {
+    fn after_ms(ms: u64) -> Self {
+        Self {
+            start: rdtsc(),
+            cycles: tsc_hz() / 1000 * ms,
+        }
+    }
+
+    fn expired(&self) -> bool {
+        rdtsc().wrapping_sub(self.start) >= self.cycles
+    }
 }
 
 fn delay_cycles(cycles: u64) {
@@ -416,6 +504,12 @@ fn run_scenario(cmdline: &[u8], mem_size: u64) -> u8 {
         b"triple-fault" => scenario_triple_fault(),
         b"emulation-failure" => scenario_emulation_failure(),
         b"exit" => parse_u64(args.next(), 0) as u8,
+        b"virtio-list" => virtio::scenario_list(),
+        b"blk-rw" => virtio::outcome(virtio_blk::scenario_rw(&mut args)),
+        b"blk-edge" => virtio::outcome(virtio_blk::scenario_edge(&mut args)),
+        b"blk-bench" => virtio::outcome(virtio_blk::scenario_bench(&mut args, mem_size)),
+        b"net-ping" => virtio::outcome(virtio_net::scenario_ping(&mut args)),
+        b"net-bench" => virtio::outcome(virtio_net::scenario_bench(&mut args)),
         _ => {
             puts("unknown scenario: ");
             for &b in name {

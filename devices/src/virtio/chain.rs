@@ -68,7 +68,10 @@ impl ChainLayout {
     }
 
     /// Fills the layout from `chain`, checking the rules in the module docs.
-    /// `max_segments` bounds the total number of descriptors.
+    /// `max_segments` bounds the total number of descriptors. On error the
+    /// layout still holds every segment seen (bad ones included), so the
+    /// caller can report a status in the last writable byte; writes through
+    /// [`write_bytes`] re-check that the byte is in guest memory.
     pub fn parse<M>(
         &mut self,
         chain: DescriptorChain<M>,
@@ -81,16 +84,20 @@ impl ChainLayout {
     {
         self.clear();
         self.head = chain.head_index();
+        // Walk the whole chain even after an error, so a device can still
+        // write a status into the chain's last writable byte.
+        let mut first_error = None;
         for desc in chain {
             if self.readable.len() + self.writable.len() >= max_segments {
-                return Err(ChainError::TooManySegments(max_segments));
+                first_error.get_or_insert(ChainError::TooManySegments(max_segments));
+                break;
             }
             let seg = Segment {
                 addr: desc.addr(),
                 len: desc.len(),
             };
             if seg.len > 0 && !GuestMemoryBackend::check_range(mem, seg.addr, seg.len as usize) {
-                return Err(ChainError::OutOfMemory {
+                first_error.get_or_insert(ChainError::OutOfMemory {
                     addr: seg.addr.0,
                     len: seg.len,
                 });
@@ -100,10 +107,10 @@ impl ChainLayout {
             } else if self.writable.is_empty() {
                 self.readable.push(seg);
             } else {
-                return Err(ChainError::ReadableAfterWritable);
+                first_error.get_or_insert(ChainError::ReadableAfterWritable);
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 
