@@ -1,5 +1,6 @@
 #!/bin/sh
-# Issue-3 end-to-end cases: boot Debian's cloud kernel under a VMM and check what the guest says.
+# End-to-end cases (issues 3 and 5): boot Debian's cloud kernel under a VMM and check what the
+# guest says and, for virtio disks and NICs, what reached the host side.
 # Run by tests-e2e/run.sh, either directly on a host with hardware KVM or inside the L1 VM of
 # scripts/nested/run-l1.sh. POSIX sh + busybox; needs l2-watch (scripts/nested/l2-watch) on PATH.
 #
@@ -30,19 +31,79 @@
 #   poweroff       vmlinuz 1 poweroff   marker, exit 0
 #   reboot         vmlinuz 1 reboot     marker, exit 3 for vireo (default reboot flag: end with
 #                                       the reset code); exit 0 for QEMU (-no-reboot)
-ALL_CASES="bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot"
+# Virtio cases (issue 5): ONE boot per VMM (vmlinuz, 1 vCPU, scenario virtio) serves all of them,
+# with vda = 64 MiB sparse raw, vdb = qcow2 overlay over a 32 MiB raw base (pattern at [1, 2) MiB),
+# vdc = 16 MiB raw read-only, eth0 on tap vtap0 (host side 10.213.2.1/24, HTTP :8213, TCP sink :8214):
+#   blk-fs             guest mke2fs + mount + file on vda; host reads the file back (debugfs) and
+#                      its sha256 equals the guest's and `seq 1 200000`'s; e2fsck -fn is clean
+#   blk-trim           24 MiB written, deleted, `fstrim` in the guest: vda.raw ends with < 12 MiB
+#                      allocated (stat %b), i.e. the discards reached the file as holes
+#   blk-qcow2          guest reads the base pattern through the overlay; a 4 KiB COW write inside a
+#                      backed cluster and a 2 MiB write read back (O_DIRECT) with the guest's sums;
+#                      host: qemu-img check clean, converted overlay matches the guest's sums and
+#                      the base byte-for-byte around the COW write, base.raw unchanged
+#   blk-qcow2-discard  2 MiB written at 16 MiB then blkdiscard: no depth-0 data left there
+#                      (qemu-img map) and it reads as zeros
+#   blk-readonly       vdc: /sys/block/vdc/ro = 1, buffered and O_DIRECT writes fail, guest's read
+#                      sum equals the host's, image unchanged
+#   net-ping           eth0 has the given MAC, takes 10.213.2.2/24, 3 of 3 pings to 10.213.2.1
+#   net-data           4 MiB host -> guest (HTTP) and 2 MiB guest -> host (TCP): sums match
+# Host tools for these: qemu-img, debugfs, e2fsck, ip (iproute2 or busybox) + tunctl (busybox)
+# or `ip tuntap`, nc and httpd (busybox), the tun module; root (for the tap).
+BASIC_CASES="bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot"
+VIRTIO_CASES="blk-fs blk-trim blk-qcow2 blk-qcow2-discard blk-readonly net-ping net-data"
+ALL_CASES="$BASIC_CASES $VIRTIO_CASES"
 
 if [ "${1:-}" = --exec-vmm ]; then
-    # --exec-vmm VMM KERNEL CPUS CMDLINE: replace this shell with the VMM.
+    # --exec-vmm VMM KERNEL CPUS CMDLINE [DEVICE...]: replace this shell with the VMM.
+    # DEVICE is disk:SPEC or net:SPEC, SPEC in vireo's syntax (path=P[,format=F][,readonly=on],
+    # tap=NAME[,mac=MAC]); for QEMU it becomes -drive/-netdev + virtio-*-pci, in the same order.
     vmm=$2 kernel=$3 cpus=$4 cmdline=$5
+    shift 5
+    n=$# i=0
+    while [ $i -lt $n ]; do # rotate the DEVICE arguments into VMM arguments
+        dev=$1
+        shift
+        i=$((i + 1))
+        if [ "$vmm" = vireo ]; then
+            case $dev in
+                disk:*) set -- "$@" --disk "${dev#disk:}" ;;
+                net:*) set -- "$@" --net "${dev#net:}" ;;
+            esac
+            continue
+        fi
+        path='' fmt='' ro='' tap='' mac=''
+        oldifs=$IFS IFS=,
+        for kv in ${dev#*:}; do
+            case $kv in
+                path=*) path=${kv#path=} ;; format=*) fmt=${kv#format=} ;;
+                readonly=on) ro=,readonly=on ;; tap=*) tap=${kv#tap=} ;; mac=*) mac=,mac=${kv#mac=} ;;
+            esac
+        done
+        IFS=$oldifs
+        case $dev in
+            disk:*)
+                if [ -z "$fmt" ]; then # probe like vireo: qcow2 magic, else raw
+                    fmt=raw
+                    [ "$(od -An -tx1 -N4 "$path" | tr -d ' ')" = 514649fb ] && fmt=qcow2
+                fi
+                set -- "$@" -drive "file=$path,if=none,id=d$i,format=$fmt,discard=unmap$ro" \
+                    -device "virtio-blk-pci,drive=d$i" ;;
+            net:*)
+                set -- "$@" -netdev "tap,id=n$i,ifname=$tap,script=no,downscript=no" \
+                    -device "virtio-net-pci,netdev=n$i$mac,romfile=" ;;
+        esac
+    done
     case $vmm in
         vireo)
             exec "${VIREO:-vireo}" run --kernel "$kernel" --initramfs "$INITRD" --cmdline "$cmdline" \
-                --cpus "$cpus" --memory 512M --serial stdio ;;
+                --cpus "$cpus" --memory 512M --serial stdio "$@" ;;
         qemu)
-            exec "${QEMU:-qemu-system-x86_64}" -enable-kvm -cpu host -M q35 -smp "$cpus" -m 512 \
+            # QEMU_ACCEL=tcg QEMU_CPU=max runs the cases without KVM (slow; for harness work).
+            exec "${QEMU:-qemu-system-x86_64}" -accel "${QEMU_ACCEL:-kvm}" -cpu "${QEMU_CPU:-host}" \
+                -M q35 -smp "$cpus" -m 512 \
                 -nodefaults -no-user-config -display none -serial stdio -no-reboot \
-                -kernel "$kernel" -initrd "$INITRD" -append "$cmdline" ;;
+                -kernel "$kernel" -initrd "$INITRD" -append "$cmdline" "$@" ;;
         *) echo "cases.sh: unknown VMM $vmm" >&2; exit 127 ;;
     esac
     exit 127
@@ -53,14 +114,17 @@ LOGDIR=${E2E_LOGDIR:-/tmp/e2e-logs}
 mkdir -p "$LOGDIR"
 CASE_TIMEOUT=${CASE_TIMEOUT:-90}
 
-# boot VMM NAME KERNEL CPUS SCENARIO [--type LINE]...: run once, log to $LOGDIR/VMM-NAME.log
+# boot VMM NAME KERNEL CPUS SCENARIO [--type LINE]...: run once, log to $LOGDIR/VMM-NAME.log.
+# $BOOT_DEVS (DEVICE words for --exec-vmm) and $BOOT_TIMEOUT (default $CASE_TIMEOUT) apply.
 boot() {
     _vmm=$1 _name=$2 _kernel=$3 _cpus=$4 _scen=$5
     shift 5
     _log=$LOGDIR/$_vmm-$_name.log
     : >"$_log"
-    l2-watch --timeout "$CASE_TIMEOUT" --log "$_log" "$@" -- \
-        sh "$self" --exec-vmm "$_vmm" "$_kernel" "$_cpus" "console=ttyS0 quiet vireo.scenario=$_scen"
+    # shellcheck disable=SC2086 # BOOT_DEVS is a word list
+    l2-watch --timeout "${BOOT_TIMEOUT:-$CASE_TIMEOUT}" --log "$_log" "$@" -- \
+        sh "$self" --exec-vmm "$_vmm" "$_kernel" "$_cpus" "console=ttyS0 quiet vireo.scenario=$_scen" \
+        ${BOOT_DEVS:-}
 }
 
 # check VMM NAME WANT_RC [PATTERN]...: judge $LOGDIR/VMM-NAME.log
@@ -87,6 +151,238 @@ check() {
     fi
 }
 
+# --- virtio cases: one boot per VMM, host-side facts, then one verdict per case ------------------
+TAP=vtap0
+TAP_HOST=10.213.2.1
+GUEST_MAC=52:54:00:00:00:02
+MiB=1048576
+
+rsha() { # rsha FILE OFFSET LEN: sha256 of LEN bytes at OFFSET (4 KiB multiples)
+    dd if="$1" bs=4096 skip=$(($2 / 4096)) count=$(($3 / 4096)) 2>/dev/null | sha256sum | cut -c1-64
+}
+zsha() { # zsha LEN: sha256 of LEN zero bytes
+    head -c "$1" /dev/zero | sha256sum | cut -c1-64
+}
+one() { tr '\n' ' ' | tr -s ' ' | sed 's/ $//; s/ /_/g'; }
+
+# tap_setup: create $TAP with $TAP_HOST/24 unless it exists; on failure sets NET_ERR.
+tap_setup() {
+    NET_ERR=
+    if [ ! -d "/sys/class/net/$TAP" ]; then
+        modprobe tun 2>/dev/null
+        if [ ! -c /dev/net/tun ]; then
+            mkdir -p /dev/net && mknod /dev/net/tun c 10 200 2>/dev/null
+        fi
+        # iproute2 knows `ip tuntap`; busybox's ip does not, its tunctl does.
+        ip tuntap add dev "$TAP" mode tap 2>/dev/null || busybox tunctl -t "$TAP" >/dev/null 2>&1 ||
+            { NET_ERR='no-tap'; return 1; }
+        TAP_CREATED=1
+    fi
+    ip addr flush dev "$TAP" 2>/dev/null
+    ip addr add "$TAP_HOST/24" dev "$TAP" && ip link set "$TAP" up || { NET_ERR='tap-config'; return 1; }
+}
+tap_teardown() {
+    [ -n "${TAP_CREATED:-}" ] || return 0
+    ip link del "$TAP" 2>/dev/null || busybox tunctl -d "$TAP" >/dev/null 2>&1
+    TAP_CREATED=
+}
+
+# map_data JSON LO HI: bytes of [LO, HI) that `qemu-img map --output=json` shows as depth-0 data
+map_data() {
+    sed 's/[][{}:,"]/ /g' "$1" | awk -v lo="$2" -v hi="$3" '{
+        s = l = d = -1; data = ""
+        for (i = 1; i < NF; i++) {
+            if ($i == "start") s = $(i + 1); if ($i == "length") l = $(i + 1)
+            if ($i == "depth") d = $(i + 1); if ($i == "data") data = $(i + 1)
+        }
+        if (s < 0 || d != 0 || data != "true") next
+        a = s > lo ? s : lo; b = s + l < hi ? s + l : hi
+        if (b > a) n += b - a
+    } END { print n + 0 }'
+}
+
+# virtio_boot VMM: prepare images + tap, boot once (scenario virtio), collect host-side facts
+# into $LOGDIR/VMM-virtio.facts (key=value lines). Later calls for the same VMM do nothing.
+virtio_boot() {
+    vv=$1
+    F=$LOGDIR/$vv-virtio.facts
+    [ -f "$F" ] && return 0
+    W=$LOGDIR/$vv-virtio.d
+    rm -rf "$W"
+    mkdir -p "$W/www"
+    : >"$F.tmp"
+    fact() { echo "$1=$2" >>"$F.tmp"; }
+    t0=$(date +%s)
+    for t in qemu-img debugfs e2fsck busybox; do
+        command -v "$t" >/dev/null || fact error "missing-host-tool:$t"
+    done
+    # images
+    truncate -s $((64 * MiB)) "$W/vda.raw"
+    truncate -s $((32 * MiB)) "$W/base.raw"
+    head -c "$MiB" /dev/urandom | dd of="$W/base.raw" bs=4096 seek=256 conv=notrunc 2>/dev/null
+    (cd "$W" && qemu-img create -q -f qcow2 -F raw -b base.raw vdb.qcow2) ||
+        fact error "qemu-img-create"
+    truncate -s $((16 * MiB)) "$W/vdc.raw"
+    head -c "$MiB" /dev/urandom | dd of="$W/vdc.raw" conv=notrunc 2>/dev/null
+    fact base_region_sha "$(rsha "$W/base.raw" "$MiB" "$MiB")"
+    fact base_sha_before "$(sha256sum <"$W/base.raw" | cut -c1-64)"
+    fact vdc_sha_before "$(sha256sum <"$W/vdc.raw" | cut -c1-64)"
+    fact vdc_head_sha "$(rsha "$W/vdc.raw" 0 "$MiB")"
+    # network: tap, HTTP server with a 4 MiB blob, TCP sink (its stdin never ends, so it closes
+    # only after the guest half-closes)
+    devs="disk:path=$W/vda.raw disk:path=$W/vdb.qcow2 disk:path=$W/vdc.raw,readonly=on"
+    hpid='' npid=''
+    if tap_setup; then
+        devs="$devs net:tap=$TAP,mac=$GUEST_MAC"
+        head -c $((4 * MiB)) /dev/urandom >"$W/www/blob"
+        fact blob_sha "$(sha256sum <"$W/www/blob" | cut -c1-64)"
+        busybox httpd -f -p "$TAP_HOST:8213" -h "$W/www" &
+        hpid=$!
+        mkfifo "$W/sink.in"
+        exec 7<>"$W/sink.in"
+        busybox nc -l -p 8214 <"$W/sink.in" >"$W/net-tx.bin" &
+        npid=$!
+    else
+        fact net_error "$NET_ERR"
+    fi
+    fact prep_s $(($(date +%s) - t0))
+
+    BOOT_DEVS=$devs BOOT_TIMEOUT=$((CASE_TIMEOUT * 3)) boot "$vv" virtio "$K_BZIMAGE" 1 virtio
+
+    t0=$(date +%s)
+    if [ -n "$hpid" ]; then
+        # packets the host side of the tap received from / sent to the guest (/proc/net/dev is
+        # per network namespace, unlike /sys/class/net)
+        fact tap_packets "$(sed 's/:/ /' /proc/net/dev | awk -v t="$TAP" '$1 == t {
+            printf "rx=%d(%dB)_tx=%d(%dB)\n", $3, $3 ? $2 / $3 : 0, $11, $11 ? $10 / $11 : 0 }')"
+        kill "$hpid" 2>/dev/null
+        kill "$npid" 2>/dev/null
+        wait "$hpid" 2>/dev/null
+        wait "$npid" 2>/dev/null
+        exec 7>&-
+        fact nettx_bytes "$(wc -c <"$W/net-tx.bin")"
+        fact nettx_sha "$(sha256sum <"$W/net-tx.bin" | cut -c1-64)"
+    fi
+    tap_teardown
+    # vda: file system written by the guest
+    fact vda_file_sha "$(debugfs -R 'cat /dir/data.txt' "$W/vda.raw" 2>/dev/null | sha256sum | cut -c1-64)"
+    fact vda_hello "$(debugfs -R 'cat /hello' "$W/vda.raw" 2>/dev/null | one)"
+    fact seq_sha "$(seq 1 200000 | sha256sum | cut -c1-64)"
+    e2fsck -fn "$W/vda.raw" >"$W/fsck.out" 2>&1
+    fact vda_fsck_rc $?
+    fact vda_fsck "$(tail -1 "$W/fsck.out" | one)"
+    fact vda_alloc $(($(stat -c '%b * %B' "$W/vda.raw")))
+    # vdb: qcow2 overlay
+    qemu-img check "$W/vdb.qcow2" >"$W/check.out" 2>&1
+    fact qcow2_check_rc $?
+    fact qcow2_check "$(one <"$W/check.out")"
+    qemu-img map --output=json "$W/vdb.qcow2" >"$W/map.json" 2>&1
+    fact map_cow_data "$(map_data "$W/map.json" "$MiB" $((2 * MiB)))"
+    fact map_write_data "$(map_data "$W/map.json" $((8 * MiB)) $((10 * MiB)))"
+    fact map_discard_data "$(map_data "$W/map.json" $((16 * MiB)) $((18 * MiB)))"
+    if qemu-img convert -O raw "$W/vdb.qcow2" "$W/vdb.out" 2>"$W/convert.err"; then
+        fact vdb_region_sha "$(rsha "$W/vdb.out" "$MiB" "$MiB")"
+        fact vdb_cow_sha "$(rsha "$W/vdb.out" $((MiB + 4096)) 4096)"
+        fact vdb_cow_pre "$(rsha "$W/vdb.out" "$MiB" 4096)"
+        fact vdb_cow_post "$(rsha "$W/vdb.out" $((MiB + 8192)) $((MiB - 8192)))"
+        fact base_cow_pre "$(rsha "$W/base.raw" "$MiB" 4096)"
+        fact base_cow_post "$(rsha "$W/base.raw" $((MiB + 8192)) $((MiB - 8192)))"
+        fact vdb_write_sha "$(rsha "$W/vdb.out" $((8 * MiB)) $((2 * MiB)))"
+        fact vdb_discard_sha "$(rsha "$W/vdb.out" $((16 * MiB)) $((2 * MiB)))"
+        fact zero2m_sha "$(zsha $((2 * MiB)))"
+        rm -f "$W/vdb.out"
+    else
+        fact error "qemu-img-convert:$(one <"$W/convert.err")"
+    fi
+    fact base_sha_after "$(sha256sum <"$W/base.raw" | cut -c1-64)"
+    fact vdc_sha_after "$(sha256sum <"$W/vdc.raw" | cut -c1-64)"
+    fact post_s $(($(date +%s) - t0))
+    sed 's/^/E2E-VIRTIO-FACT '"$vv"' /' "$F.tmp"
+    mv "$F.tmp" "$F"
+    rm -f "$W"/*.raw "$W"/*.qcow2 "$W/www/blob" "$W/net-tx.bin"
+}
+
+# virtio_check VMM CASE: judge one virtio case from the shared boot's log and facts
+virtio_check() {
+    vv=$1 vc=$2
+    _log=$LOGDIR/$vv-virtio.log
+    F=$LOGDIR/$vv-virtio.facts
+    f() { sed -n "s/^$1=//p" "$F" | tail -1; }
+    # g TAG KEY: KEY's value on the guest's first `VIREO-TAG ...` line that has KEY
+    g() { sed -n "s/^VIREO-$1 .* $2=\([^ ]*\).*/\1/p; s/^VIREO-$1 $2=\([^ ]*\).*/\1/p" "$_log" | head -1; }
+    why=
+    bad() { why="$why$1,"; }
+    eq() { # eq WHAT A B: A and B non-empty and equal
+        [ -n "$2" ] && [ "$2" = "$3" ] || bad "$1(${2:-none}!=${3:-none})"
+    }
+    _t=$(sed -n 's/^L2-MARKER t=\([0-9.]*\).*/\1/p' "$_log" | head -1)
+    _rc=$(sed -n 's/^L2-EXIT rc=\([0-9]*\).*/\1/p' "$_log" | tail -1)
+    [ -n "$_t" ] || bad "no-marker(last:$(grep -v '^L2-' "$_log" | tail -1 | cut -c1-160 | one))"
+    grep -q '^VIREO-VIRTIO-DONE' "$_log" || bad no-done-line
+    case $_rc in 0) ;; 124|143) bad timeout ;; *) bad "rc=$_rc(want:0)" ;; esac
+    [ -z "$(f error)" ] || bad "host:$(f error)"
+    extra=
+    case $vc in
+        blk-fs)
+            [ -z "$(g BLK-FS error)" ] || bad "guest:$(g BLK-FS error)"
+            eq guest-vs-seq "$(g BLK-FS sha256)" "$(f seq_sha)"
+            eq host-vs-guest "$(f vda_file_sha)" "$(g BLK-FS sha256)"
+            [ "$(f vda_hello)" = "written_by_the_vireo_test_guest" ] || bad "hello=$(f vda_hello)"
+            [ "$(f vda_fsck_rc)" = 0 ] || bad "e2fsck-rc=$(f vda_fsck_rc):$(f vda_fsck)"
+            extra="bytes=$(g BLK-FS bytes)" ;;
+        blk-trim)
+            [ -z "$(g BLK-TRIM error)" ] || bad "guest:$(g BLK-TRIM error)"
+            tr_=$(g BLK-TRIM trimmed)
+            case $tr_ in ''|none|0|*[!0-9]*) bad "trimmed=${tr_:-none}" ;; esac
+            al=$(f vda_alloc)
+            [ -n "$al" ] && [ "$al" -lt $((12 * MiB)) ] || bad "allocated=${al:-none}(want<12MiB)"
+            extra="trimmed=$tr_ allocated=$al" ;;
+        blk-qcow2)
+            eq base-read "$(g BLK-QCOW2 base_sha256)" "$(f base_region_sha)"
+            [ -z "$(g BLK-QCOW2 error)" ] || bad "guest:$(g BLK-QCOW2 error)"
+            eq cow-write "$(f vdb_cow_sha)" "$(g BLK-QCOW2 cow_sha256)"
+            eq cow-region "$(f vdb_region_sha)" "$(g BLK-QCOW2 region_sha256)"
+            eq cow-before "$(f vdb_cow_pre)" "$(f base_cow_pre)"
+            eq cow-after "$(f vdb_cow_post)" "$(f base_cow_post)"
+            eq write "$(f vdb_write_sha)" "$(g BLK-QCOW2 write_sha256)"
+            eq readback "$(g BLK-QCOW2 readback_sha256)" "$(g BLK-QCOW2 write_sha256)"
+            [ "$(f qcow2_check_rc)" = 0 ] || bad "qemu-img-check-rc=$(f qcow2_check_rc):$(f qcow2_check)"
+            [ "$(f map_write_data)" = $((2 * MiB)) ] || bad "map-write-data=$(f map_write_data)"
+            [ "$(f map_cow_data)" -gt 0 ] 2>/dev/null || bad "map-cow-data=$(f map_cow_data)"
+            eq base-unchanged "$(f base_sha_after)" "$(f base_sha_before)" ;;
+        blk-qcow2-discard)
+            [ "$(g BLK-QCOW2-DISCARD rc)" = 0 ] || bad "blkdiscard:$(g BLK-QCOW2-DISCARD error)"
+            [ "$(f map_discard_data)" = 0 ] || bad "depth0-data-left=$(f map_discard_data)"
+            eq zeros "$(f vdb_discard_sha)" "$(f zero2m_sha)"
+            [ "$(f qcow2_check_rc)" = 0 ] || bad "qemu-img-check-rc=$(f qcow2_check_rc)" ;;
+        blk-readonly)
+            [ "$(g BLK-RO ro)" = 1 ] || bad "sysfs-ro=$(g BLK-RO ro)"
+            case $(g BLK-RO write_rc) in ''|0) bad "write-accepted(rc=$(g BLK-RO write_rc))" ;; esac
+            case $(g BLK-RO direct_write_rc) in ''|0) bad "direct-write-accepted(rc=$(g BLK-RO direct_write_rc))" ;; esac
+            eq read "$(g BLK-RO read_sha256)" "$(f vdc_head_sha)"
+            eq unchanged "$(f vdc_sha_after)" "$(f vdc_sha_before)"
+            extra="err=$(g BLK-RO write_err)" ;;
+        net-ping)
+            [ -z "$(f net_error)" ] || bad "host:$(f net_error)"
+            eq mac "$(g NET-PING mac)" "$GUEST_MAC"
+            [ "$(g NET-PING tx)" = 3 ] && [ "$(g NET-PING rx)" = 3 ] ||
+                bad "ping=$(g NET-PING rx)/$(g NET-PING tx)"
+            extra="host_tap:$(f tap_packets)" ;;
+        net-data)
+            [ -z "$(f net_error)" ] || bad "host:$(f net_error)"
+            [ -z "$(g NET-RX error)" ] || bad "rx:$(g NET-RX error)"
+            eq rx "$(g NET-RX sha256)" "$(f blob_sha)"
+            eq tx "$(f nettx_sha)" "$(g NET-TX sha256)"
+            [ "$(g NET-TX rc)" = 0 ] || bad "nc-rc=$(g NET-TX rc)"
+            extra="rx_bytes=$(g NET-RX bytes) tx_bytes=$(f nettx_bytes)" ;;
+    esac
+    if [ -z "$why" ]; then
+        echo "E2E-RESULT $vv/$vc PASS marker_t=$_t rc=$_rc $extra"
+    else
+        echo "E2E-RESULT $vv/$vc FAIL marker_t=${_t:-none} rc=${_rc:-none} why=${why%,}"
+    fi
+}
+
 run_case() { # run_case VMM CASE
     v=$1 c=$2
     echo "E2E-CASE-BEGIN $v/$c"
@@ -102,6 +398,7 @@ run_case() { # run_case VMM CASE
             check "$v" "$c" 0 'TYPED-42' ;;
         poweroff)     boot "$v" "$c" "$K_BZIMAGE" 1 poweroff; check "$v" "$c" 0 ;;
         reboot)       boot "$v" "$c" "$K_BZIMAGE" 1 reboot; check "$v" "$c" "$reboot_rc" ;;
+        blk-*|net-*)  virtio_boot "$v"; virtio_check "$v" "$c" ;;
         *) echo "E2E-RESULT $v/$c FAIL why=unknown-case" ;;
     esac
     echo "E2E-CASE-END $v/$c"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end tests for issue 3: boot Debian's cloud kernel under `vireo run` (bzImage and PVH
-# vmlinux, 1 and 2 vCPUs, serial input, poweroff, reboot). See tests-e2e/cases.sh for the cases.
+# End-to-end tests for issues 3 and 5: boot Debian's cloud kernel under `vireo run` (bzImage and
+# PVH vmlinux, 1 and 2 vCPUs, serial input, poweroff, reboot; virtio disks: raw, qcow2 overlay,
+# fstrim, read-only; virtio-net on a tap). See tests-e2e/cases.sh for the cases.
 #
 # Usage:
 #   tests-e2e/run.sh [--vireo PATH] [--vmm vireo|qemu|both] [--cases "a b ..."] [--bench N]
@@ -10,6 +11,9 @@
 #   --vmm KIND        vireo (default), qemu (Debian's qemu-system-x86_64 with KVM: validates the
 #                     harness and the guest assets), or both (side by side in the same L1 boot)
 #   --cases LIST      subset of: bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot
+#                     blk-fs blk-trim blk-qcow2 blk-qcow2-discard blk-readonly net-ping net-data
+#                     (the blk-*/net-* cases share one guest boot per VMM; they need qemu-img,
+#                     debugfs and e2fsck on the host, and root for the tap)
 #   --bench N         also boot N times per VMM (scenario cpus, bzImage) and print the median
 #                     launch -> marker time (the issue's comparison figure; use --vmm both)
 #   --bench-cpus N    vCPUs for the benchmark boots (default 1)
@@ -29,6 +33,7 @@ repo=$(cd "$here/.." && pwd)
 vireo=${VIREO:-}
 vmm=vireo
 cases="bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot"
+cases+=" blk-fs blk-trim blk-qcow2 blk-qcow2-discard blk-readonly net-ping net-data"
 bench=0
 bench_cpus=1
 case_timeout=60
@@ -110,7 +115,7 @@ if [ "$path" = direct ]; then
     command -v qemu-system-x86_64 >/dev/null || [[ " $vmms " != *" qemu "* ]] ||
         fail_all "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)"
     (
-        export PATH="$repo/scripts/nested:$PATH"
+        export PATH="$repo/scripts/nested:$PATH:/usr/sbin:/sbin"
         export E2E_VMMS="$vmms" E2E_CASES="$cases" CASE_TIMEOUT="$case_timeout"
         export BENCH_N="$bench" BENCH_CPUS="$bench_cpus" E2E_LOGDIR="$work/logs"
         export VIREO="$vireo" QEMU=qemu-system-x86_64
@@ -129,6 +134,13 @@ EOF
         --file "$VIREO_GUEST_VMLINUX:/l2/vmlinux" --file "$here/cases.sh:/l2/cases.sh"
         --timeout $((120 + ncases * (case_timeout + 15))) --script "$work/l1.sh")
     [[ " $vmms " != *" vireo "* ]] || args+=(--bin "$vireo:/usr/bin/vireo")
+    if [[ " $cases " =~ \ (blk|net)- ]]; then
+        # host-side tools of the virtio cases, inside L1 (where the images are)
+        for t in qemu-img debugfs e2fsck; do
+            tp=$(PATH="$PATH:/usr/sbin:/sbin" command -v "$t") || fail_all "$t not installed (apt-get install qemu-utils e2fsprogs)"
+            args+=(--bin "$tp:/usr/bin/$t")
+        done
+    fi
     [[ " $vmms " != *" qemu "* ]] || args+=(--with-qemu)
     "$repo/scripts/nested/run-l1.sh" "${args[@]}" 2>&1 | tee "$logfile"
 fi

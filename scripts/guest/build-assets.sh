@@ -18,6 +18,11 @@
 #                         cpus      prints VIREO-CPUS=<n> (from /proc/cpuinfo), then poweroff -f
 #                         poweroff  poweroff -f
 #                         reboot    reboot -f
+#                         virtio    exercises the virtio disks and NIC it finds (vda: ext2 file
+#                                   system + fstrim; vdb: qcow2-overlay reads, COW, discard; vdc:
+#                                   read-only refusal; eth0: ping + transfers to 10.213.2.1),
+#                                   prints VIREO-BLK*/VIREO-NET* lines, VIREO-VIRTIO-DONE, then
+#                                   poweroff -f (see /bin/vireo-virtio below)
 #   kernel-root/        the unpacked kernel package (modules for the L1 harness)
 #   kernel-version      e.g. 6.1.0-56-cloud-amd64
 #   assets.env          shell-sourceable paths (VIREO_GUEST_VMLINUZ=... etc.)
@@ -31,7 +36,7 @@ set -euo pipefail
 CACHE_ROOT=${VIREO_CACHE:-$HOME/.cache/vireo}
 DIR=$CACHE_ROOT/guest
 # Bump when the initramfs layout or /init changes, so caches are rebuilt.
-ASSET_FORMAT=2
+ASSET_FORMAT=8
 
 print_dir=0
 force=0
@@ -221,6 +226,10 @@ case $scenario in
     reboot)
         reboot -f
         ;;
+    virtio)
+        vireo-virtio
+        poweroff -f
+        ;;
     shell)
         # setsid + cttyhack give the shell a controlling terminal on the console (ttyS0).
         setsid cttyhack sh
@@ -237,6 +246,124 @@ esac
 while :; do sleep 3600; done
 EOF
     chmod 755 "$ird/init"
+
+    cat >"$ird/bin/vireo-virtio" <<'EOF'
+#!/bin/sh
+# Scenario `virtio` of the Vireo test guest (scripts/guest/build-assets.sh). Exercises the
+# virtio devices the VMM gave it, in this order, and skips what is absent:
+#   vda  writable raw disk (>= 48 MiB): ext2 file system with a known file, then fstrim
+#   vdb  writable qcow2 overlay over a raw base whose bytes [1 MiB, 2 MiB) hold a pattern (>= 24 MiB)
+#   vdc  read-only disk
+#   eth0 NIC on a tap whose host side is 10.213.2.1/24 (guest: 10.213.2.2), with an HTTP server
+#        on port 8213 serving /blob and a TCP sink on port 8214
+# Every result is one line starting with VIREO-BLK or VIREO-NET; the last is VIREO-VIRTIO-DONE.
+# Checksums are sha256 of the bytes named; the host compares them with its side. Each line ends
+# with t=<guest uptime>.
+MiB=1048576
+say() { read -r _up _ </proc/uptime; echo "VIREO-$* t=$_up"; } # t = guest uptime (s)
+sum() { sha256sum | cut -c1-64; }
+one() { tr '\n' ' ' | tr -s ' ' | sed 's/ $//; s/ /_/g'; } # a message as one token
+
+for b in /sys/block/vd*; do
+    [ -d "$b" ] || continue
+    q=$b/queue
+    say "BLK-DEV dev=${b##*/} bytes=$(( $(cat "$b/size") * 512 )) ro=$(cat "$b/ro")" \
+        "discard_max=$(cat "$q/discard_max_bytes") discard_gran=$(cat "$q/discard_granularity")" \
+        "lbs=$(cat "$q/logical_block_size") wcache=$(cat "$q/write_cache" 2>/dev/null | tr ' ' _)"
+done
+
+if [ -b /dev/vda ]; then
+    if out=$(mke2fs -F -L vireo /dev/vda 2>&1) && mkdir -p /mnt/vda &&
+        out=$(mount -t ext4 /dev/vda /mnt/vda 2>&1); then
+        mkdir -p /mnt/vda/dir
+        seq 1 200000 >/mnt/vda/dir/data.txt
+        echo "written by the vireo test guest" >/mnt/vda/hello
+        sync
+        say "BLK-FS dev=vda file=/dir/data.txt bytes=$(wc -c </mnt/vda/dir/data.txt)" \
+            "sha256=$(sum </mnt/vda/dir/data.txt)"
+        # 24 MiB of data, deleted, then fstrim: the host must find holes where it was.
+        out=$(dd if=/dev/urandom of=/mnt/vda/big bs=1M count=24 conv=fsync 2>&1) ||
+            say "BLK-TRIM dev=vda error=dd:$(echo "$out" | one)"
+        used=$(df -k /mnt/vda | awk 'NR == 2 {print $3}')
+        rm /mnt/vda/big
+        sync
+        if out=$(fstrim -v /mnt/vda 2>&1); then
+            trimmed=$(echo "$out" | sed -n 's/.*: \([0-9]*\) bytes trimmed.*/\1/p')
+            say "BLK-TRIM dev=vda big_bytes=$((24 * MiB)) used_kib_with_big=$used trimmed=${trimmed:-none}"
+        else
+            say "BLK-TRIM dev=vda error=fstrim:$(echo "$out" | one)"
+        fi
+        out=$(umount /mnt/vda 2>&1) || say "BLK-FS dev=vda error=umount:$(echo "$out" | one)"
+    else
+        say "BLK-FS dev=vda error=$(echo "$out" | one)"
+    fi
+fi
+
+if [ -b /dev/vdb ]; then
+    # [1 MiB, 2 MiB) comes from the backing file.
+    say "BLK-QCOW2 dev=vdb base_sha256=$(dd if=/dev/vdb bs=64k skip=16 count=16 iflag=direct 2>/dev/null | sum)"
+    # 4 KiB at 1 MiB + 4 KiB: copy-on-write of a cluster that has backing data around the write.
+    head -c 4096 /dev/urandom >/tmp/p4k
+    out=$(dd if=/tmp/p4k of=/dev/vdb bs=4096 seek=257 conv=fsync 2>&1) ||
+        say "BLK-QCOW2 dev=vdb error=cow-write:$(echo "$out" | one)"
+    say "BLK-QCOW2 dev=vdb cow_offset=$((MiB + 4096)) cow_sha256=$(sum </tmp/p4k)" \
+        "region_sha256=$(dd if=/dev/vdb bs=64k skip=16 count=16 iflag=direct 2>/dev/null | sum)"
+    # 2 MiB at 8 MiB (fresh clusters), read back past the guest's page cache.
+    head -c $((2 * MiB)) /dev/urandom >/tmp/p2m
+    out=$(dd if=/tmp/p2m of=/dev/vdb bs=1M seek=8 conv=fsync 2>&1) ||
+        say "BLK-QCOW2 dev=vdb error=write:$(echo "$out" | one)"
+    say "BLK-QCOW2 dev=vdb write_offset=$((8 * MiB)) write_sha256=$(sum </tmp/p2m)" \
+        "readback_sha256=$(dd if=/dev/vdb bs=1M skip=8 count=2 iflag=direct 2>/dev/null | sum)"
+    # 2 MiB at 16 MiB, then discarded: the overlay must not keep those clusters.
+    out=$(dd if=/tmp/p2m of=/dev/vdb bs=1M seek=16 conv=fsync 2>&1) ||
+        say "BLK-QCOW2-DISCARD dev=vdb error=write:$(echo "$out" | one)"
+    if out=$(blkdiscard -o $((16 * MiB)) -l $((2 * MiB)) /dev/vdb 2>&1); then
+        say "BLK-QCOW2-DISCARD dev=vdb offset=$((16 * MiB)) bytes=$((2 * MiB)) rc=0"
+    else
+        say "BLK-QCOW2-DISCARD dev=vdb rc=1 error=$(echo "$out" | one)"
+    fi
+    sync
+fi
+
+if [ -b /dev/vdc ]; then
+    r=$(dd if=/dev/vdc bs=64k count=16 iflag=direct 2>/dev/null | sum)
+    out=$(dd if=/dev/zero of=/dev/vdc bs=4096 count=1 conv=fsync 2>&1)
+    w1=$?
+    dd if=/dev/zero of=/dev/vdc bs=4096 count=1 seek=16 oflag=direct 2>/dev/null
+    w2=$?
+    say "BLK-RO dev=vdc ro=$(cat /sys/block/vdc/ro) read_sha256=$r write_rc=$w1" \
+        "direct_write_rc=$w2 write_err=$(echo "$out" | one)"
+fi
+
+if [ -d /sys/class/net/eth0 ]; then
+    ip link set lo up
+    ip link set eth0 up
+    ip addr add 10.213.2.2/24 dev eth0
+    out=$(ping -c 3 -i 0.2 -W 5 10.213.2.1 2>&1)
+    tx=$(echo "$out" | sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p')
+    rx=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+    say "NET-PING dev=eth0 mac=$(cat /sys/class/net/eth0/address) addr=10.213.2.2" \
+        "tx=${tx:-none} rx=${rx:-none}"
+    # host -> guest: 4 MiB over HTTP
+    if out=$(timeout 60 wget -q -O /tmp/rx http://10.213.2.1:8213/blob 2>&1); then
+        say "NET-RX bytes=$(wc -c </tmp/rx) sha256=$(sum </tmp/rx)"
+    else
+        say "NET-RX error=$(echo "$out" | one)"
+    fi
+    rm -f /tmp/rx
+    # guest -> host: 2 MiB over TCP; nc half-closes at the end of its input, the sink then closes.
+    head -c $((2 * MiB)) /dev/urandom >/tmp/tx
+    out=$(timeout 60 nc 10.213.2.1 8214 </tmp/tx 2>&1)
+    rc=$?
+    say "NET-TX rc=$rc bytes=$(wc -c </tmp/tx) sha256=$(sum </tmp/tx)${out:+ out=$(echo "$out" | one)}"
+    st=/sys/class/net/eth0/statistics
+    say "NET-STATS rx_packets=$(cat $st/rx_packets) rx_bytes=$(cat $st/rx_bytes)" \
+        "tx_packets=$(cat $st/tx_packets) tx_bytes=$(cat $st/tx_bytes)" \
+        "rx_errors=$(cat $st/rx_errors) tx_errors=$(cat $st/tx_errors) rx_dropped=$(cat $st/rx_dropped)"
+fi
+say "VIRTIO-DONE"
+EOF
+    chmod 755 "$ird/bin/vireo-virtio"
     (cd "$ird" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --owner=0:0 --quiet) |
         gzip -9 >"$DIR/initramfs.cpio.gz.tmp"
     mv "$DIR/initramfs.cpio.gz.tmp" "$DIR/initramfs.cpio.gz"

@@ -4,7 +4,7 @@
 # For hosts whose /dev/kvm cannot run a stock Linux kernel at speed (this workplace: kvm_pvm).
 # L1 = Debian's cloud kernel (from scripts/guest/build-assets.sh) under
 #   qemu-system-x86_64 -accel tcg -cpu max,-xsave -smp 1 -m 2048
-# with an initramfs of busybox + kvm/kvm_amd + the binaries you pass (plus the glibc libraries
+# with an initramfs of busybox + kvm/kvm_amd + tun + the binaries you pass (plus the glibc libraries
 # `ldd` lists) + the L2 kernel/initramfs. L1's /init loads kvm_amd (nested=1), checks /dev/kvm,
 # runs your command, prints `NESTED-RESULT rc=<exit status>` and powers off. L1's serial console
 # is streamed to stdout.
@@ -141,6 +141,7 @@ if [ ! -s "$base" ] || [ "$base" -ot "$0" ] || [ "$base" -ot "$here/l2-watch" ];
         done
     }
     add_mod kvm_amd
+    add_mod tun # taps for L2 NICs (tests-e2e virtio cases)
     /bin/busybox depmod -b "$st" "$kver"
     cat >"$st/init" <<'EOF'
 #!/bin/sh
