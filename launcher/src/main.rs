@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vireo: error: {e:#}");
+            eprintln!("vireo: error: {}", render_error(&e));
             ExitCode::from(exit_code::VMM_ERROR)
         }
     }
@@ -54,4 +54,21 @@ fn init_logging() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+}
+
+/// The error and its causes on one line, leaving out a cause whose text the
+/// message before it already contains (many library errors quote their source).
+fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

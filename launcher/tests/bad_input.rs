@@ -219,3 +219,63 @@ fn command_line_longer_than_the_protocol_allows() {
         "command line is 2800 bytes; at most 2047 are allowed",
     );
 }
+
+#[test]
+fn bad_disk_and_net_flags_are_usage_errors() {
+    let fx = Fixture::create();
+    for (args, needle) in [
+        (&["--disk", "disk.img"][..], "is not key=value"),
+        (&["--disk", "path=a,format=vmdk"][..], "unknown disk format"),
+        (
+            &["--disk", "path=a,readonly=maybe"][..],
+            "must be on or off",
+        ),
+        (
+            &["--disk", "path=a,cache=none"][..],
+            "unknown --disk option 'cache'",
+        ),
+        (&["--net", "mac=52:54:00:12:34:56"][..], "needs tap=NAME"),
+    ] {
+        let out = run_guest(&fx, args);
+        assert_clean_error(&out, 2, needle);
+    }
+}
+
+#[test]
+fn unusable_disks_and_nics_are_refused_before_boot() {
+    let fx = Fixture::create();
+    let raw = fx.path("d.raw");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).expect("write disk");
+    let raw_arg = format!("path={}", raw.display());
+    let missing = format!("path={}", fx.path("missing.img").display());
+    let as_qcow2 = format!("{raw_arg},format=qcow2");
+    let junk_qcow2 = fx.path("junk.qcow2");
+    // The qcow2 magic and version 3, then nothing: a truncated header.
+    std::fs::write(&junk_qcow2, [b'Q', b'F', b'I', 0xfb, 0, 0, 0, 3]).expect("write");
+    let junk_arg = format!("path={}", junk_qcow2.display());
+    for (args, needle) in [
+        (vec!["--disk", missing.as_str()], "No such file"),
+        (vec!["--disk", as_qcow2.as_str()], "not a qcow2 image"),
+        (vec!["--disk", junk_arg.as_str()], "disk 0"),
+        (
+            vec!["--disk", raw_arg.as_str(), "--disk", raw_arg.as_str()],
+            "already attached as disk 0",
+        ),
+        (vec!["--net", "tap=vt0,mac=01:00:5e:00:00:01"], "multicast"),
+        (vec!["--net", "tap=bad/name"], "invalid tap name"),
+        (
+            vec!["--net", "tap=vt0", "--net", "tap=vt0"],
+            "already used by interface 0",
+        ),
+    ] {
+        let mut all = vec!["--cmdline", "hello"];
+        all.extend(args);
+        let out = run_guest(&fx, &all);
+        assert_clean_error(&out, 1, needle);
+    }
+    assert_eq!(
+        std::fs::read(&raw).expect("read disk"),
+        vec![0u8; 1 << 20],
+        "a refused VM must not touch the image"
+    );
+}
