@@ -5,8 +5,10 @@
 //! Rules (virtio 1.2 §2.7.4): all readable descriptors come before all
 //! writable ones; every segment lies in guest RAM; a chain has at most as
 //! many descriptors as the queue (loops end there — virtio-queue's TTL) and
-//! at most 4 GiB in total. Devices never assume how the driver framed a
-//! request into descriptors: headers are gathered across segments.
+//! at most 4 GiB in total; a chain that virtio-queue cuts short (loop, bad
+//! `next`, bad indirect table) is refused, not taken as complete. Devices
+//! never assume how the driver framed a request into descriptors: headers
+//! are gathered across segments.
 
 use std::ops::Deref;
 
@@ -43,6 +45,11 @@ pub enum ChainError {
     /// The chain has more segments than the device accepts.
     #[error("the chain has more than {0} descriptors")]
     TooManySegments(usize),
+    /// The chain ended at a descriptor that still has `NEXT` set: a loop, a
+    /// `next` index outside the table, a nested or malformed indirect table,
+    /// or more than 4 GiB in total (virtio-queue stops iterating there).
+    #[error("the chain is cut short by an invalid link")]
+    Unterminated,
     /// The chain is shorter than the request needs.
     #[error("the chain is too short: {0}")]
     TooShort(&'static str),
@@ -87,11 +94,13 @@ impl ChainLayout {
         // Walk the whole chain even after an error, so a device can still
         // write a status into the chain's last writable byte.
         let mut first_error = None;
+        let mut open_link = false;
         for desc in chain {
             if self.readable.len() + self.writable.len() >= max_segments {
                 first_error.get_or_insert(ChainError::TooManySegments(max_segments));
                 break;
             }
+            open_link = desc.has_next();
             let seg = Segment {
                 addr: desc.addr(),
                 len: desc.len(),
@@ -109,6 +118,9 @@ impl ChainLayout {
             } else {
                 first_error.get_or_insert(ChainError::ReadableAfterWritable);
             }
+        }
+        if open_link {
+            first_error.get_or_insert(ChainError::Unterminated);
         }
         first_error.map_or(Ok(()), Err)
     }

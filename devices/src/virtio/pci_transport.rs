@@ -577,10 +577,13 @@ impl VirtioPciDevice {
                 continue;
             };
             queue.set_size(regs.size);
-            queue.set_desc_table_address(Some(regs.desc as u32), Some((regs.desc >> 32) as u32));
-            queue
-                .set_avail_ring_address(Some(regs.driver as u32), Some((regs.driver >> 32) as u32));
-            queue.set_used_ring_address(Some(regs.device as u32), Some((regs.device >> 32) as u32));
+            // The try_ setters refuse misaligned rings (the plain setters
+            // would keep the default address 0 and use that instead).
+            let aligned = queue
+                .try_set_desc_table_address(GuestAddress(regs.desc))
+                .and_then(|()| queue.try_set_avail_ring_address(GuestAddress(regs.driver)))
+                .and_then(|()| queue.try_set_used_ring_address(GuestAddress(regs.device)))
+                .is_ok();
             queue.set_event_idx(event_idx);
             queue.set_ready(true);
             let notify = match self.notify[i].try_clone() {
@@ -591,7 +594,7 @@ impl VirtioPciDevice {
                     return;
                 }
             };
-            if !queue.is_valid(&self.mem) {
+            if !aligned || !queue.is_valid(&self.mem) {
                 warn!(
                     device = self.device.name(),
                     queue = i,

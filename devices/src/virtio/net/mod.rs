@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use vireo_net::{MacAddr, Offloads, Tap};
 
+use super::chain::{self, ChainLayout};
 use super::worker::Worker;
 use super::{features, read_config_image, ActivateError, Activation, VirtioDevice, TYPE_NET};
 
@@ -27,6 +28,24 @@ pub const TX_QUEUE: u16 = 1;
 /// Largest frame accepted from the driver: a 64 KiB GSO frame with its
 /// Ethernet header, plus the virtio-net header.
 pub const MAX_TX_LEN: u64 = 65_550 + vireo_net::VNET_HDR_LEN as u64;
+
+/// Most descriptors in one frame's chain (one `readv`/`writev`: `UIO_MAXIOV`).
+pub const MAX_SEGMENTS: usize = 1024;
+
+/// Checks a parsed transmit chain: device-readable only, at least a
+/// virtio-net header, at most [`MAX_TX_LEN`]. Returns the length written to
+/// the tap (header included), or `None` if the chain must be dropped.
+pub fn validate_tx(layout: &ChainLayout) -> Option<u64> {
+    let len = chain::total(&layout.readable);
+    let hdr = vireo_net::VNET_HDR_LEN as u64;
+    (layout.writable.is_empty() && (hdr..=MAX_TX_LEN).contains(&len)).then_some(len)
+}
+
+/// Checks a parsed receive chain: device-writable only, with room for at
+/// least the virtio-net header.
+pub fn validate_rx(layout: &ChainLayout) -> bool {
+    layout.readable.is_empty() && chain::total(&layout.writable) >= vireo_net::VNET_HDR_LEN as u64
+}
 
 /// virtio-net feature bits.
 pub mod feature {

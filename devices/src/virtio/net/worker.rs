@@ -19,7 +19,7 @@ use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{NetCounters, MAX_TX_LEN, RX_QUEUE, TX_QUEUE};
+use super::{validate_rx, validate_tx, NetCounters, MAX_SEGMENTS, RX_QUEUE, TX_QUEUE};
 use crate::virtio::chain::{self, ChainLayout, Segment};
 use crate::virtio::worker::{EventLoop, STOP_TOKEN};
 use crate::virtio::{ActiveQueue, GuestMemory, Interrupt};
@@ -27,8 +27,6 @@ use crate::virtio::{ActiveQueue, GuestMemory, Interrupt};
 const RX_TOKEN: u64 = 0;
 const TX_TOKEN: u64 = 1;
 const TAP_TOKEN: u64 = 2;
-/// Most descriptors in one frame's chain.
-const MAX_SEGMENTS: usize = 1024;
 
 /// Everything the worker thread owns.
 pub(super) struct NetWorker {
@@ -188,8 +186,7 @@ impl NetWorker {
             };
             let head = chain.head_index();
             let ok = self.layout.parse(chain, &self.mem, MAX_SEGMENTS).is_ok()
-                && self.layout.readable.is_empty()
-                && chain::total(&self.layout.writable) >= VNET_HDR_LEN as u64
+                && validate_rx(&self.layout)
                 && self.build_iovecs(true);
             if !ok {
                 debug!(head, "virtio-net: malformed receive chain");
@@ -260,17 +257,12 @@ impl NetWorker {
         let head = chain.head_index();
         let parsed = self.layout.parse(chain, &self.mem, MAX_SEGMENTS);
         self.layout.head = head;
-        let len = chain::total(&self.layout.readable);
-        let ok = parsed.is_ok()
-            && self.layout.writable.is_empty()
-            && len >= VNET_HDR_LEN as u64
-            && len <= MAX_TX_LEN
-            && self.build_iovecs(false);
-        if !ok {
+        let frame = parsed.ok().and_then(|()| validate_tx(&self.layout));
+        let Some(len) = frame.filter(|_| self.build_iovecs(false)) else {
             debug!(head, "virtio-net: malformed transmit chain");
             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
             return;
-        }
+        };
         match self.tap.write_iovecs(&self.iovecs) {
             Ok(_) => {
                 self.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
