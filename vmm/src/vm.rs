@@ -275,6 +275,18 @@ impl Vm {
         &self.vm_fd
     }
 
+    /// Counters of every virtio device, in PCI slot order: (device name,
+    /// (counter, value) pairs). Readable at any time from any thread.
+    pub fn device_counters(&self) -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
+        self.virtio
+            .iter()
+            .map(|d| {
+                let d = lock(d);
+                (d.name(), d.counters())
+            })
+            .collect()
+    }
+
     /// The lifecycle state.
     pub fn state(&self) -> VmState {
         self.lifecycle.state()
@@ -345,8 +357,10 @@ impl Vm {
         }
         // Stop device workers and make completed disk writes durable (qcow2
         // metadata caches included) before the process can exit.
-        for dev in &self.virtio {
-            lock(dev).reset();
+        for (index, dev) in self.virtio.iter().enumerate() {
+            let mut dev = lock(dev);
+            dev.reset();
+            info!(index, device = dev.name(), counters = ?dev.counters(), "device counters");
         }
         info!(%reason, "VM stopped");
         reason

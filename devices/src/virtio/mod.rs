@@ -155,6 +155,10 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Starts processing the queues. Called once per `DRIVER_OK`.
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// The device's counters as (name, value) pairs, for metrics and logs.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
     /// Stops processing and forgets the queues (driver reset or VM teardown).
     /// Returns once no worker touches guest memory any more; a block device
     /// also makes completed writes durable.

@@ -362,6 +362,11 @@ impl VirtioPciDevice {
         self.device.name()
     }
 
+    /// The device model's counters (see [`VirtioDevice::counters`]).
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.device.counters()
+    }
+
     /// Stops the device (as a driver reset does) and forgets negotiated state.
     pub fn reset(&mut self) {
         if self.active {

@@ -46,6 +46,34 @@ pub mod feature {
     pub const WRITE_ZEROES: u64 = 1 << 14;
 }
 
+/// Names of the backend's per-kind counters (ops, bytes, errors).
+const BACKEND_COUNTERS: [(vireo_block::OpKind, [&str; 3]); 5] = [
+    (
+        vireo_block::OpKind::Read,
+        ["read_ops", "read_bytes", "read_errors"],
+    ),
+    (
+        vireo_block::OpKind::Write,
+        ["write_ops", "write_bytes", "write_errors"],
+    ),
+    (
+        vireo_block::OpKind::Flush,
+        ["flush_ops", "flush_bytes", "flush_errors"],
+    ),
+    (
+        vireo_block::OpKind::Discard,
+        ["discard_ops", "discard_bytes", "discard_errors"],
+    ),
+    (
+        vireo_block::OpKind::WriteZeroes,
+        [
+            "write_zeroes_ops",
+            "write_zeroes_bytes",
+            "write_zeroes_errors",
+        ],
+    ),
+];
+
 /// Per-device request counters (the backend counts ops and bytes by kind).
 #[derive(Debug, Default)]
 pub struct BlockCounters {
@@ -193,6 +221,16 @@ impl VirtioDevice for VirtioBlock {
         )?;
         self.worker = Some(w);
         Ok(())
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let mut v = self.counters.snapshot().to_vec();
+        let disk = self.disk.counters();
+        for (kind, names) in BACKEND_COUNTERS {
+            let c = disk.get(kind);
+            v.extend([(names[0], c.ops), (names[1], c.bytes), (names[2], c.errors)]);
+        }
+        v
     }
 
     fn reset(&mut self) {

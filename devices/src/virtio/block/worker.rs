@@ -27,13 +27,24 @@ const QUEUE_TOKEN: u64 = 0;
 /// adaptive polling do); short enough to cost little CPU on an idle disk.
 const POLL_WINDOW: Duration = Duration::from_micros(25);
 
+/// Most requests taken from the ring before their used entries are
+/// published together (fewer cache-line hand-overs with a polling driver).
+const BATCH: usize = 32;
+
 /// Everything the worker thread owns.
 pub(super) struct BlockWorker {
-    disk: Arc<dyn DiskBackend>,
     mem: GuestMemory,
     queue: Queue,
     notify: EventFd,
     interrupt: Arc<dyn Interrupt>,
+    counters: Arc<BlockCounters>,
+    handler: RequestHandler,
+}
+
+/// Executes one chain at a time against the disk (kept apart from the queue
+/// so a batch can hold the ring iterator while requests run).
+struct RequestHandler {
+    disk: Arc<dyn DiskBackend>,
     counters: Arc<BlockCounters>,
     limits: Limits,
     layout: ChainLayout,
@@ -49,14 +60,17 @@ impl BlockWorker {
         limits: Limits,
     ) -> Self {
         Self {
-            disk,
             mem,
             queue: queue.queue,
             notify: queue.notify,
             interrupt,
-            counters,
-            limits,
-            layout: ChainLayout::default(),
+            counters: counters.clone(),
+            handler: RequestHandler {
+                disk,
+                counters,
+                limits,
+                layout: ChainLayout::default(),
+            },
         }
     }
 
@@ -108,9 +122,20 @@ impl BlockWorker {
             // No notifications while the worker is busy or polling.
             self.queue.disable_notification(&mem)?;
             let mut completed = false;
-            while let Some(chain) = self.queue.iter(&mem)?.next() {
-                let used = self.handle(chain, &mem, &mut slices);
-                self.queue.add_used(&mem, self.layout.head, used)?;
+            let mut done = [(0u16, 0u32); BATCH];
+            loop {
+                let mut n = 0;
+                for chain in self.queue.iter(&mem)?.take(BATCH) {
+                    let head = chain.head_index();
+                    done[n] = (head, self.handler.handle(chain, &mem, &mut slices));
+                    n += 1;
+                }
+                if n == 0 {
+                    break;
+                }
+                for &(head, used) in &done[..n] {
+                    self.queue.add_used(&mem, head, used)?;
+                }
                 completed = true;
             }
             if completed && self.queue.needs_notification(&mem)? {
@@ -143,7 +168,9 @@ impl BlockWorker {
             std::hint::spin_loop();
         }
     }
+}
 
+impl RequestHandler {
     /// Handles one chain; returns the used length.
     fn handle<'m>(
         &mut self,

@@ -229,6 +229,10 @@ impl VirtioDevice for VirtioNet {
         Ok(())
     }
 
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.counters.snapshot().to_vec()
+    }
+
     fn reset(&mut self) {
         if let Some(mut w) = self.worker.take() {
             w.stop();
