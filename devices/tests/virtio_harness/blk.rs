@@ -16,8 +16,8 @@ use vireo_devices::virtio::block::{feature, BlockCounters, VirtioBlock, MAX_RANG
 use vireo_devices::virtio::{features, status};
 
 use crate::driver::{
-    assert_bytes, linked, thread_names, unique_index, Desc, Driver, Seg, Used, F_INDIRECT, F_NEXT,
-    F_WRITE, MEM_SIZE,
+    assert_bytes, linked, thread_names, unique_index, Desc, Driver, Seg, Used, F_NEXT, F_WRITE,
+    MEM_SIZE,
 };
 
 /// Disk size used by most tests: 8 MiB.
@@ -116,6 +116,89 @@ impl Blk {
         self.drv.wbuf(1, UNTOUCHED)
     }
 
+    /// A FLUSH request: header and status.
+    fn flush_req(&mut self) -> [Seg; 2] {
+        [self.hdr(kind::FLUSH, 0), self.status_seg()]
+    }
+
+    /// An IN request of `len` bytes at `sector`: header, writable data, status.
+    fn in_req(&mut self, sector: u64, len: usize) -> [Seg; 3] {
+        [
+            self.hdr(kind::IN, sector),
+            self.drv.wbuf(len, UNTOUCHED),
+            self.status_seg(),
+        ]
+    }
+
+    /// An OUT request of `data` at `sector`: header, readable data, status.
+    fn out_req(&mut self, sector: u64, data: &[u8]) -> [Seg; 3] {
+        [
+            self.hdr(kind::OUT, sector),
+            self.drv.rbuf(data),
+            self.status_seg(),
+        ]
+    }
+
+    /// A `ty` request at sector 0 carrying both a readable 512-byte buffer of `fill` bytes and
+    /// a writable 512-byte buffer, then the status.
+    fn both_directions_req(&mut self, ty: u32, fill: u8) -> [Seg; 4] {
+        [
+            self.hdr(ty, 0),
+            self.drv.rbuf(&[fill; 512]),
+            self.drv.wbuf(512, UNTOUCHED),
+            self.status_seg(),
+        ]
+    }
+
+    /// A DISCARD / WRITE_ZEROES request: header, `ranges` and `extra` bytes in one readable
+    /// descriptor, then the status.
+    fn ranges_req(&mut self, ty: u32, ranges: &[[u8; 16]], extra: &[u8]) -> [Seg; 2] {
+        let mut out = header(ty, 0).to_vec();
+        out.extend(ranges.iter().flatten());
+        out.extend_from_slice(extra);
+        [self.drv.rbuf(&out), self.status_seg()]
+    }
+
+    /// Writes a hand-built two-descriptor chain, header `h` → status `st`, whose status
+    /// descriptor also has `NEXT` set and claims the successor `status_next(head)`; returns the
+    /// head.
+    fn write_hdr_status(&mut self, h: Seg, st: Seg, status_next: impl FnOnce(u16) -> u16) -> u16 {
+        let first = self.drv.take_descs(0, 2);
+        self.drv.write_desc(0, first, hdr_desc(h, first + 1));
+        self.drv
+            .write_desc(0, first + 1, linked_status_desc(st, status_next(first)));
+        first
+    }
+
+    /// Publishes the chain at `head`, notifies, and waits for its used element.
+    fn publish_and_wait(&mut self, head: u16) -> Used {
+        self.drv.publish_and_kick(0, head);
+        self.drv.wait_used(0)
+    }
+
+    /// Negotiates `features`, routes the config vector to 0, lets `setup_queue` program queue
+    /// 0 and sets DRIVER_OK. Returns the config vector's count from just before DRIVER_OK.
+    fn activate(&mut self, features: u64, setup_queue: impl FnOnce(&mut Driver)) -> u64 {
+        assert!(self.drv.negotiate(features));
+        self.drv
+            .set_common(crate::driver::reg::CONFIG_MSIX_VECTOR, 2, 0);
+        setup_queue(&mut self.drv);
+        let cfg = self.drv.msi.fired(0);
+        self.drv.driver_ok();
+        cfg
+    }
+
+    /// A device with every offered feature whose only queue has its rings at `desc` / `avail` /
+    /// `used`, after DRIVER_OK; also the config vector's count from just before DRIVER_OK.
+    fn with_rings_at(desc: u64, avail: u64, used: u64) -> (Self, u64) {
+        let mut b = Self::new_uninit(Image::Raw);
+        let f = b.drv.device_features();
+        let cfg = b.activate(f, |drv| {
+            drv.setup_queue_at(0, 256, 1, desc, avail, used);
+        });
+        (b, cfg)
+    }
+
     /// Submits `segs`, waits, and returns the used element and the chain's last writable byte.
     fn run(&mut self, segs: &[Seg]) -> (Used, u8) {
         let head = self.drv.submit(0, segs);
@@ -136,11 +219,7 @@ impl Blk {
 
     /// Writes `data` at `sector` (header, data, status) and returns the status.
     fn write(&mut self, sector: u64, data: &[u8]) -> u8 {
-        let segs = [
-            self.hdr(kind::OUT, sector),
-            self.drv.rbuf(data),
-            self.status_seg(),
-        ];
+        let segs = self.out_req(sector, data);
         let (used, st) = self.run(&segs);
         assert_eq!(used.len, 1, "OUT used length");
         st
@@ -148,13 +227,12 @@ impl Blk {
 
     /// Reads `len` bytes at `sector`; returns the status and the data.
     fn read(&mut self, sector: u64, len: usize) -> (u8, Vec<u8>) {
-        let data = self.drv.wbuf(len, UNTOUCHED);
-        let segs = [self.hdr(kind::IN, sector), data, self.status_seg()];
+        let segs = self.in_req(sector, len);
         let (used, st) = self.run(&segs);
         if st == blk_status::OK {
             assert_eq!(used.len as usize, len + 1, "IN used length");
         }
-        (st, self.drv.seg_bytes(data))
+        (st, self.drv.seg_bytes(segs[1]))
     }
 
     /// The device still serves a write/read round trip and does not need a reset.
@@ -186,9 +264,7 @@ impl Blk {
     /// Publishes an already written chain at `head`, checks the guest sees used length 0 (no
     /// writable byte the device could use) and that the device keeps working.
     fn expect_dropped(&mut self, head: u16) {
-        self.drv.publish(0, head);
-        self.drv.kick(0);
-        let used = self.drv.wait_used(0);
+        let used = self.publish_and_wait(head);
         assert_eq!(used.id, u32::from(head));
         assert_eq!(
             used.len, 0,
@@ -204,6 +280,26 @@ fn header(ty: u32, sector: u64) -> [u8; 16] {
     h[0..4].copy_from_slice(&ty.to_le_bytes());
     h[8..16].copy_from_slice(&sector.to_le_bytes());
     h
+}
+
+/// The header descriptor of a hand-built chain: `h`, linked to descriptor `next`.
+fn hdr_desc(h: Seg, next: u16) -> Desc {
+    Desc {
+        addr: h.addr,
+        len: 16,
+        flags: F_NEXT,
+        next,
+    }
+}
+
+/// A one-byte status descriptor that (wrongly) claims a successor at `next`.
+fn linked_status_desc(st: Seg, next: u16) -> Desc {
+    Desc {
+        addr: st.addr,
+        len: 1,
+        flags: F_WRITE | F_NEXT,
+        next,
+    }
 }
 
 /// A discard / write-zeroes range.
@@ -290,7 +386,7 @@ fn blk_read_only_disk() {
     assert_eq!(st, blk_status::OK);
     assert_bytes(&data, &before, "IN still works");
     // FLUSH on a read-only disk is harmless.
-    let segs = [b.hdr(kind::FLUSH, 0), b.status_seg()];
+    let segs = b.flush_req();
     assert_eq!(b.run(&segs).1, blk_status::OK);
 }
 
@@ -381,7 +477,7 @@ fn blk_many_requests_in_one_batch_and_ring_wraparound() {
         for i in 0..40u64 {
             let sector = (round * 40 + i) * 8;
             let data = vec![(round * 40 + i) as u8; 512];
-            let segs = [b.hdr(kind::OUT, sector), b.drv.rbuf(&data), b.status_seg()];
+            let segs = b.out_req(sector, &data);
             let head = b.drv.write_chain(0, &segs);
             b.drv.publish(0, head);
             heads.push(head);
@@ -405,7 +501,7 @@ fn blk_many_requests_in_one_batch_and_ring_wraparound() {
 fn blk_flush() {
     let mut b = Blk::new(Image::Raw);
     let before = b.disk.counters().get(OpKind::Flush).ops;
-    let segs = [b.hdr(kind::FLUSH, 0), b.status_seg()];
+    let segs = b.flush_req();
     let (used, st) = b.run(&segs);
     assert_eq!((st, used.len), (blk_status::OK, 1));
     assert_eq!(b.disk.counters().get(OpKind::Flush).ops, before + 1);
@@ -443,9 +539,7 @@ fn blk_discard_raw_punches_a_hole() {
     assert!(!in_hole(&b.path, 1024 * 512), "data before discard");
     let blocks_before = allocated_bytes(&b.path);
     let ranges = [range(1024, 256, 0), range(4096, 8, 0)];
-    let mut out = header(kind::DISCARD, 0).to_vec();
-    out.extend(ranges.iter().flatten());
-    let segs = [b.drv.rbuf(&out), b.status_seg()];
+    let segs = b.ranges_req(kind::DISCARD, &ranges, &[]);
     let (used, st) = b.run(&segs);
     assert_eq!((st, used.len), (blk_status::OK, 1));
     assert!(in_hole(&b.path, 1024 * 512), "discarded range is a hole");
@@ -474,9 +568,7 @@ fn blk_write_zeroes_with_and_without_unmap() {
     let mut b = Blk::new(Image::Raw);
     for (sector, unmap) in [(2048u64, 0u32), (3072, 1)] {
         assert!(b.file_bytes(sector * 512, 4096).iter().any(|&x| x != 0));
-        let mut out = header(kind::WRITE_ZEROES, 0).to_vec();
-        out.extend_from_slice(&range(sector, 64, unmap));
-        let segs = [b.drv.rbuf(&out), b.status_seg()];
+        let segs = b.ranges_req(kind::WRITE_ZEROES, &[range(sector, 64, unmap)], &[]);
         let (used, st) = b.run(&segs);
         assert_eq!((st, used.len), (blk_status::OK, 1), "unmap={unmap}");
         assert_bytes(
@@ -507,15 +599,14 @@ fn blk_qcow2_round_trip_discard_and_reopen() {
     assert_eq!(st, blk_status::OK);
     assert_bytes(&back, &data, "read back");
     // Discard the first 64 KiB cluster of it (cluster aligned), write zeroes over the second.
-    let mut out = header(kind::DISCARD, 0).to_vec();
-    out.extend_from_slice(&range(256, 128, 0));
-    let segs = [b.drv.rbuf(&out), b.status_seg()];
-    assert_eq!(b.run(&segs).1, blk_status::OK);
-    let mut out = header(kind::WRITE_ZEROES, 0).to_vec();
-    out.extend_from_slice(&range(384, 8, 1));
-    let segs = [b.drv.rbuf(&out), b.status_seg()];
-    assert_eq!(b.run(&segs).1, blk_status::OK);
-    let segs = [b.hdr(kind::FLUSH, 0), b.status_seg()];
+    for (ty, r) in [
+        (kind::DISCARD, range(256, 128, 0)),
+        (kind::WRITE_ZEROES, range(384, 8, 1)),
+    ] {
+        let segs = b.ranges_req(ty, &[r], &[]);
+        assert_eq!(b.run(&segs).1, blk_status::OK);
+    }
+    let segs = b.flush_req();
     assert_eq!(b.run(&segs).1, blk_status::OK);
     // Driver reset makes everything durable; then read the image with a fresh backend.
     b.drv.reset();
@@ -687,32 +778,20 @@ fn blk_zero_length_descriptors() {
 fn blk_bad_data_not_a_multiple_of_512() {
     let mut b = Blk::new(Image::Raw);
     let before = b.file_bytes(0, 1024);
-    let segs = [b.hdr(kind::OUT, 0), b.drv.rbuf(&[1; 700]), b.status_seg()];
+    let segs = b.out_req(0, &[1; 700]);
     b.expect_ioerr(&segs);
     assert_bytes(&b.file_bytes(0, 1024), &before, "host file unchanged");
-    let segs = [
-        b.hdr(kind::IN, 0),
-        b.drv.wbuf(100, UNTOUCHED),
-        b.status_seg(),
-    ];
+    let segs = b.in_req(0, 100);
     b.expect_ioerr(&segs);
 }
 
 #[test]
 fn blk_bad_sector_beyond_capacity() {
     let mut b = Blk::new(Image::Raw);
-    let segs = [
-        b.hdr(kind::IN, SECTORS),
-        b.drv.wbuf(512, UNTOUCHED),
-        b.status_seg(),
-    ];
+    let segs = b.in_req(SECTORS, 512);
     b.expect_ioerr(&segs);
     // Starts inside, ends outside.
-    let segs = [
-        b.hdr(kind::OUT, SECTORS - 1),
-        b.drv.rbuf(&[3; 1024]),
-        b.status_seg(),
-    ];
+    let segs = b.out_req(SECTORS - 1, &[3; 1024]);
     b.expect_ioerr(&segs);
     let len = std::fs::metadata(&b.path).expect("stat").len();
     assert_eq!(len, DISK_SIZE, "the image did not grow");
@@ -724,17 +803,9 @@ fn blk_bad_sector_beyond_capacity() {
 fn blk_bad_sector_times_512_overflows() {
     let mut b = Blk::new(Image::Raw);
     for sector in [u64::MAX, u64::MAX / 512 + 1, u64::MAX / 512] {
-        let segs = [
-            b.hdr(kind::IN, sector),
-            b.drv.wbuf(512, UNTOUCHED),
-            b.status_seg(),
-        ];
+        let segs = b.in_req(sector, 512);
         b.expect_ioerr(&segs);
-        let segs = [
-            b.hdr(kind::OUT, sector),
-            b.drv.rbuf(&[1; 512]),
-            b.status_seg(),
-        ];
+        let segs = b.out_req(sector, &[1; 512]);
         b.expect_ioerr(&segs);
     }
 }
@@ -743,21 +814,11 @@ fn blk_bad_sector_times_512_overflows() {
 fn blk_bad_wrong_direction() {
     let mut b = Blk::new(Image::Raw);
     // IN with data-out bytes.
-    let segs = [
-        b.hdr(kind::IN, 0),
-        b.drv.rbuf(&[0; 512]),
-        b.drv.wbuf(512, UNTOUCHED),
-        b.status_seg(),
-    ];
+    let segs = b.both_directions_req(kind::IN, 0);
     b.expect_ioerr(&segs);
     // OUT with data-in bytes.
     let before = b.file_bytes(0, 512);
-    let segs = [
-        b.hdr(kind::OUT, 0),
-        b.drv.rbuf(&[1; 512]),
-        b.drv.wbuf(512, UNTOUCHED),
-        b.status_seg(),
-    ];
+    let segs = b.both_directions_req(kind::OUT, 1);
     b.expect_ioerr(&segs);
     assert_bytes(&b.file_bytes(0, 512), &before, "host file unchanged");
 }
@@ -765,30 +826,10 @@ fn blk_bad_wrong_direction() {
 #[test]
 fn blk_bad_descriptor_loops_terminate() {
     let mut b = Blk::new(Image::Raw);
-    let h = b.hdr(kind::FLUSH, 0);
-    let st = b.status_seg();
+    let [h, st] = b.flush_req();
     // Status descriptor linked to itself.
-    let first = b.drv.take_descs(0, 2);
-    b.drv.write_desc(
-        0,
-        first,
-        Desc {
-            addr: h.addr,
-            len: 16,
-            flags: F_NEXT,
-            next: first + 1,
-        },
-    );
-    let d = Desc {
-        addr: st.addr,
-        len: 1,
-        flags: F_WRITE | F_NEXT,
-        next: first + 1,
-    };
-    b.drv.write_desc(0, first + 1, d);
-    b.drv.publish(0, first);
-    b.drv.kick(0);
-    let used = b.drv.wait_used(0);
+    let first = b.write_hdr_status(h, st, |first| first + 1);
+    let used = b.publish_and_wait(first);
     assert_eq!(used.id, u32::from(first));
     assert_eq!(b.drv.read(st.addr, 1)[0], blk_status::IOERR, "self loop");
     assert_eq!(used.len, 1);
@@ -796,88 +837,29 @@ fn blk_bad_descriptor_loops_terminate() {
 
     // A two-descriptor cycle: header -> status -> header -> ...
     let st = b.status_seg();
-    let first = b.drv.take_descs(0, 2);
-    b.drv.write_desc(
-        0,
-        first,
-        Desc {
-            addr: h.addr,
-            len: 16,
-            flags: F_NEXT,
-            next: first + 1,
-        },
-    );
-    let d = Desc {
-        addr: st.addr,
-        len: 1,
-        flags: F_WRITE | F_NEXT,
-        next: first,
-    };
-    b.drv.write_desc(0, first + 1, d);
-    b.drv.publish(0, first);
-    b.drv.kick(0);
-    let used = b.drv.wait_used(0);
+    let first = b.write_hdr_status(h, st, |first| first);
+    let used = b.publish_and_wait(first);
     assert_eq!(used.id, u32::from(first));
     assert_eq!(b.drv.read(st.addr, 1)[0], blk_status::IOERR, "cycle");
     b.assert_still_works();
 
     // A readable-only self loop: no status byte at all.
-    let first = b.drv.take_descs(0, 1);
-    b.drv.write_desc(
-        0,
-        first,
-        Desc {
-            addr: h.addr,
-            len: 16,
-            flags: F_NEXT,
-            next: first,
-        },
-    );
+    let first = b.drv.write_one(0, |first| hdr_desc(h, first));
     b.expect_dropped(first);
 }
 
 #[test]
 fn blk_bad_next_index_beyond_queue_size() {
     let mut b = Blk::new(Image::Raw);
-    let h = b.hdr(kind::FLUSH, 0);
-    let st = b.status_seg();
-    let first = b.drv.take_descs(0, 2);
-    b.drv.write_desc(
-        0,
-        first,
-        Desc {
-            addr: h.addr,
-            len: 16,
-            flags: F_NEXT,
-            next: first + 1,
-        },
-    );
+    let [h, st] = b.flush_req();
     // The status claims a successor at index 300 of a 256-entry table.
-    let d = Desc {
-        addr: st.addr,
-        len: 1,
-        flags: F_WRITE | F_NEXT,
-        next: 300,
-    };
-    b.drv.write_desc(0, first + 1, d);
-    b.drv.publish(0, first);
-    b.drv.kick(0);
-    let used = b.drv.wait_used(0);
+    let first = b.write_hdr_status(h, st, |_| 300);
+    let used = b.publish_and_wait(first);
     assert_eq!((used.id, used.len), (u32::from(first), 1));
     assert_eq!(b.drv.read(st.addr, 1)[0], blk_status::IOERR);
     b.assert_still_works();
     // The header's next is out of range: no status reachable.
-    let first = b.drv.take_descs(0, 1);
-    b.drv.write_desc(
-        0,
-        first,
-        Desc {
-            addr: h.addr,
-            len: 16,
-            flags: F_NEXT,
-            next: 0xffff,
-        },
-    );
+    let first = b.drv.write_one(0, |_| hdr_desc(h, 0xffff));
     b.expect_dropped(first);
 }
 
@@ -909,36 +891,18 @@ fn blk_bad_more_than_seg_max_plus_2_descriptors() {
 #[test]
 fn blk_bad_nested_indirect_table() {
     let mut b = Blk::new(Image::Raw);
-    let h = b.hdr(kind::FLUSH, 0);
-    let st = b.status_seg();
+    let [h, st] = b.flush_req();
     let inner = linked(&[h, st], 0);
     let inner_bytes: Vec<u8> = inner.iter().flat_map(|d| d.bytes()).collect();
     let inner_addr = b.drv.rbuf(&inner_bytes).addr;
     // Outer table: header, status, then an indirect descriptor (forbidden inside a table).
     let outer = [
-        Desc {
-            addr: h.addr,
-            len: 16,
-            flags: F_NEXT,
-            next: 1,
-        },
-        Desc {
-            addr: st.addr,
-            len: 1,
-            flags: F_WRITE | F_NEXT,
-            next: 2,
-        },
-        Desc {
-            addr: inner_addr,
-            len: 32,
-            flags: F_INDIRECT,
-            next: 0,
-        },
+        hdr_desc(h, 1),
+        linked_status_desc(st, 2),
+        Desc::indirect(inner_addr, 32),
     ];
     let head = b.drv.write_indirect(0, &outer);
-    b.drv.publish(0, head);
-    b.drv.kick(0);
-    let used = b.drv.wait_used(0);
+    let used = b.publish_and_wait(head);
     assert_eq!((used.id, used.len), (u32::from(head), 1));
     assert_eq!(b.drv.read(st.addr, 1)[0], blk_status::IOERR);
     b.assert_still_works();
@@ -950,34 +914,16 @@ fn blk_bad_nested_indirect_table() {
 #[test]
 fn blk_bad_indirect_table_length_not_multiple_of_16() {
     let mut b = Blk::new(Image::Raw);
-    let h = b.hdr(kind::FLUSH, 0);
-    let st = b.status_seg();
+    let [h, st] = b.flush_req();
     let table: Vec<u8> = linked(&[h, st], 0).iter().flat_map(|d| d.bytes()).collect();
     let addr = b.drv.rbuf(&table).addr;
     for len in [8u32, 24, 33, 0] {
-        let head = b.drv.take_descs(0, 1);
-        b.drv.write_desc(
-            0,
-            head,
-            Desc {
-                addr,
-                len,
-                flags: F_INDIRECT,
-                next: 0,
-            },
-        );
+        let head = b.drv.write_one(0, |_| Desc::indirect(addr, len));
         b.expect_dropped(head);
         assert_eq!(b.drv.read(st.addr, 1)[0], UNTOUCHED, "len {len}");
     }
     // Indirect table outside guest memory.
-    let head = b.drv.take_descs(0, 1);
-    let d = Desc {
-        addr: MEM_SIZE,
-        len: 32,
-        flags: F_INDIRECT,
-        next: 0,
-    };
-    b.drv.write_desc(0, head, d);
+    let head = b.drv.write_one(0, |_| Desc::indirect(MEM_SIZE, 32));
     b.expect_dropped(head);
 }
 
@@ -985,72 +931,56 @@ fn blk_bad_indirect_table_length_not_multiple_of_16() {
 fn blk_bad_discard_ranges() {
     let mut b = Blk::new(Image::Raw);
     let before = b.file_bytes(0, 64 * 1024);
-    let run = |b: &mut Blk, ty: u32, ranges: &[[u8; 16]], extra: &[u8], want: u8| {
-        let mut out = header(ty, 0).to_vec();
-        out.extend(ranges.iter().flatten());
-        out.extend_from_slice(extra);
-        let segs = [b.drv.rbuf(&out), b.status_seg()];
-        b.expect_status(&segs, want);
-    };
-    // Too many ranges.
     let many = vec![range(0, 8, 0); MAX_RANGES as usize + 1];
-    run(&mut b, kind::DISCARD, &many, &[], blk_status::IOERR);
-    run(&mut b, kind::WRITE_ZEROES, &many, &[], blk_status::IOERR);
-    // Reserved flag bits.
-    run(
-        &mut b,
-        kind::DISCARD,
-        &[range(0, 8, 2)],
-        &[],
-        blk_status::UNSUPP,
-    );
-    run(
-        &mut b,
-        kind::WRITE_ZEROES,
-        &[range(0, 8, 0x8000_0000)],
-        &[],
-        blk_status::UNSUPP,
-    );
-    // The unmap flag on a discard.
-    run(
-        &mut b,
-        kind::DISCARD,
-        &[range(0, 8, 1)],
-        &[],
-        blk_status::UNSUPP,
-    );
-    // More sectors than max_discard_sectors.
-    run(
-        &mut b,
-        kind::DISCARD,
-        &[range(0, u32::MAX, 0)],
-        &[],
-        blk_status::UNSUPP,
-    );
-    // Length not a multiple of 16, and no range at all.
-    run(
-        &mut b,
-        kind::DISCARD,
-        &[range(0, 8, 0)],
-        &[1, 2, 3],
-        blk_status::IOERR,
-    );
-    run(&mut b, kind::DISCARD, &[], &[], blk_status::IOERR);
-    // Beyond capacity, and a sector whose byte offset overflows.
-    run(
-        &mut b,
-        kind::DISCARD,
-        &[range(SECTORS, 8, 0)],
-        &[],
-        blk_status::IOERR,
-    );
-    run(
-        &mut b,
-        kind::WRITE_ZEROES,
-        &[range(u64::MAX / 256, 8, 0)],
-        &[],
-        blk_status::IOERR,
-    );
+    /// Request type, ranges, trailing bytes, expected status.
+    type Case<'a> = (u32, &'a [[u8; 16]], &'a [u8], u8);
+    let cases: [Case; 10] = [
+        // Too many ranges.
+        (kind::DISCARD, &many, &[], blk_status::IOERR),
+        (kind::WRITE_ZEROES, &many, &[], blk_status::IOERR),
+        // Reserved flag bits.
+        (kind::DISCARD, &[range(0, 8, 2)], &[], blk_status::UNSUPP),
+        (
+            kind::WRITE_ZEROES,
+            &[range(0, 8, 0x8000_0000)],
+            &[],
+            blk_status::UNSUPP,
+        ),
+        // The unmap flag on a discard.
+        (kind::DISCARD, &[range(0, 8, 1)], &[], blk_status::UNSUPP),
+        // More sectors than max_discard_sectors.
+        (
+            kind::DISCARD,
+            &[range(0, u32::MAX, 0)],
+            &[],
+            blk_status::UNSUPP,
+        ),
+        // Length not a multiple of 16, and no range at all.
+        (
+            kind::DISCARD,
+            &[range(0, 8, 0)],
+            &[1, 2, 3],
+            blk_status::IOERR,
+        ),
+        (kind::DISCARD, &[], &[], blk_status::IOERR),
+        // Beyond capacity, and a sector whose byte offset overflows.
+        (
+            kind::DISCARD,
+            &[range(SECTORS, 8, 0)],
+            &[],
+            blk_status::IOERR,
+        ),
+        (
+            kind::WRITE_ZEROES,
+            &[range(u64::MAX / 256, 8, 0)],
+            &[],
+            blk_status::IOERR,
+        ),
+    ];
+    for (ty, ranges, extra, want) in cases {
+        let segs = b.ranges_req(ty, ranges, extra);
+        b.expect_status(&segs, want);
+    }
     assert_bytes(
         &b.file_bytes(0, 64 * 1024),
         &before,
@@ -1118,14 +1048,7 @@ fn blk_ring_outside_guest_memory_at_driver_ok() {
         (0x1_0000, 0x2_0000, MEM_SIZE - 1024),
         (u64::MAX - 15, 0x2_0000, 0x3_0000),
     ] {
-        let mut b = Blk::new_uninit(Image::Raw);
-        let f = b.drv.device_features();
-        assert!(b.drv.negotiate(f));
-        b.drv
-            .set_common(crate::driver::reg::CONFIG_MSIX_VECTOR, 2, 0);
-        b.drv.setup_queue_at(0, 256, 1, desc, avail, used);
-        let cfg = b.drv.msi.fired(0);
-        b.drv.driver_ok();
+        let (mut b, cfg) = Blk::with_rings_at(desc, avail, used);
         let s = b.drv.status();
         assert_ne!(
             s & status::DEVICE_NEEDS_RESET,
@@ -1150,13 +1073,7 @@ fn blk_ring_misaligned_at_driver_ok() {
         (0x1_0000, 0x2_0001, 0x3_0000),
         (0x1_0000, 0x2_0000, 0x3_0002),
     ] {
-        let mut b = Blk::new_uninit(Image::Raw);
-        let f = b.drv.device_features();
-        assert!(b.drv.negotiate(f));
-        b.drv
-            .set_common(crate::driver::reg::CONFIG_MSIX_VECTOR, 2, 0);
-        b.drv.setup_queue_at(0, 256, 1, desc, avail, used);
-        b.drv.driver_ok();
+        let (mut b, _) = Blk::with_rings_at(desc, avail, used);
         let s = b.drv.status();
         assert_ne!(s & status::DEVICE_NEEDS_RESET, 0, "status {s:#x}");
         assert!(!thread_names().contains(&b.worker_name()));
@@ -1179,11 +1096,9 @@ fn blk_queue_not_enabled_fails_activation() {
 #[test]
 fn blk_smaller_queue_and_no_optional_ring_features() {
     let mut b = Blk::new_uninit(Image::Raw);
-    assert!(b.drv.negotiate(features::VERSION_1));
-    b.drv
-        .set_common(crate::driver::reg::CONFIG_MSIX_VECTOR, 2, 0);
-    b.drv.setup_queue(0, 16, 1);
-    b.drv.driver_ok();
+    b.activate(features::VERSION_1, |drv| {
+        drv.setup_queue(0, 16, 1);
+    });
     // 40 requests through a 16-entry ring.
     for i in 0..40u64 {
         assert_eq!(b.write(i * 8, &[i as u8; 512]), blk_status::OK);

@@ -207,6 +207,16 @@ pub struct Desc {
 }
 
 impl Desc {
+    /// A descriptor pointing to an indirect table of `len` bytes at `addr`.
+    pub fn indirect(addr: u64, len: u32) -> Self {
+        Self {
+            addr,
+            len,
+            flags: F_INDIRECT,
+            next: 0,
+        }
+    }
+
     /// Its 16-byte little-endian encoding.
     pub fn bytes(&self) -> [u8; 16] {
         let mut b = [0u8; 16];
@@ -688,18 +698,14 @@ impl Driver {
         let bytes: Vec<u8> = descs.iter().flat_map(|d| d.bytes()).collect();
         let table = self.alloc(bytes.len());
         self.write(table, &bytes);
-        let head = self.take_descs(q, 1);
-        self.write_desc(
-            q,
-            head,
-            Desc {
-                addr: table,
-                len: bytes.len() as u32,
-                flags: F_INDIRECT,
-                next: 0,
-            },
-        );
-        head
+        self.write_one(q, |_| Desc::indirect(table, bytes.len() as u32))
+    }
+
+    /// Takes one descriptor index of queue `q` and writes `build(index)` there; returns the index.
+    pub fn write_one(&mut self, q: u16, build: impl FnOnce(u16) -> Desc) -> u16 {
+        let i = self.take_descs(q, 1);
+        self.write_desc(q, i, build(i));
+        i
     }
 
     /// Puts `head` in the avail ring (setting `used_event` so every completion interrupts) and
@@ -733,20 +739,23 @@ impl Driver {
         self.bar.notify + n * u64::from(self.bar.notify_multiplier)
     }
 
-    /// Writes `segs` as a chain, publishes it and notifies; returns the head.
-    pub fn submit(&mut self, q: u16, segs: &[Seg]) -> u16 {
-        let head = self.write_chain(q, segs);
+    /// Publishes the chain at `head` and notifies queue `q`; returns `head`.
+    pub fn publish_and_kick(&mut self, q: u16, head: u16) -> u16 {
         self.publish(q, head);
         self.kick(q);
         head
     }
 
+    /// Writes `segs` as a chain, publishes it and notifies; returns the head.
+    pub fn submit(&mut self, q: u16, segs: &[Seg]) -> u16 {
+        let head = self.write_chain(q, segs);
+        self.publish_and_kick(q, head)
+    }
+
     /// Like [`Driver::submit`] through an indirect table.
     pub fn submit_indirect(&mut self, q: u16, segs: &[Seg]) -> u16 {
         let head = self.write_indirect(q, &linked(segs, 0));
-        self.publish(q, head);
-        self.kick(q);
-        head
+        self.publish_and_kick(q, head)
     }
 
     /// The device's used-ring `idx`.

@@ -26,6 +26,13 @@ fn blk_driver() -> (Driver, TempDir) {
     (Driver::new(Box::new(dev)), dir)
 }
 
+/// Like [`blk_driver`], initialised with every offered feature.
+fn ready_blk_driver() -> (Driver, TempDir) {
+    let (mut d, dir) = blk_driver();
+    d.init_all();
+    (d, dir)
+}
+
 /// Runs a FLUSH and returns its head; the caller waits.
 fn flush(d: &mut Driver) -> (u16, Seg) {
     let h = d.rbuf(&{
@@ -35,6 +42,31 @@ fn flush(d: &mut Driver) -> (u16, Seg) {
     });
     let st = d.wbuf(1, 0xee);
     (d.submit(0, &[h, st]), st)
+}
+
+/// Runs a FLUSH and waits for it to complete; returns its status segment.
+#[track_caller]
+fn flush_and_wait(d: &mut Driver, what: &str) -> Seg {
+    let (head, st) = flush(d);
+    assert_eq!(d.wait_used(0).id, u32::from(head), "{what}");
+    st
+}
+
+/// Runs a FLUSH and checks it completes with status OK (the queue works).
+#[track_caller]
+fn assert_flush_ok(d: &mut Driver) {
+    let st = flush_and_wait(d, "flush completed");
+    assert_eq!(d.seg_bytes(st)[0], blk_status::OK);
+}
+
+/// Waits until vector `v`'s pending bit is set in the PBA; fails the test after [`TIMEOUT`].
+#[track_caller]
+fn wait_pending(d: &mut Driver, v: u16) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !d.pending(v) {
+        assert!(std::time::Instant::now() < deadline, "PBA bit never set");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 #[test]
@@ -125,8 +157,7 @@ fn unoffered_feature_or_missing_version_1_keeps_features_ok_clear() {
 
 #[test]
 fn reset_returns_registers_to_defaults() {
-    let (mut d, _dir) = blk_driver();
-    d.init_all();
+    let (mut d, _dir) = ready_blk_driver();
     assert_ne!(d.status(), 0);
     // Program some non-default values, then reset.
     d.set_common(reg::QUEUE_SELECT, 2, 0);
@@ -150,9 +181,7 @@ fn reset_returns_registers_to_defaults() {
     assert_eq!(d.isr(), 0);
     // And it initialises again.
     d.init_all();
-    let (head, st) = flush(&mut d);
-    assert_eq!(d.wait_used(0).id, u32::from(head));
-    assert_eq!(d.seg_bytes(st)[0], blk_status::OK);
+    assert_flush_ok(&mut d);
 }
 
 #[test]
@@ -235,8 +264,7 @@ fn queue_addresses_accept_any_access_width() {
 
 #[test]
 fn queue_registers_are_frozen_after_driver_ok() {
-    let (mut d, _dir) = blk_driver();
-    d.init_all();
+    let (mut d, _dir) = ready_blk_driver();
     let q = d.queue(0);
     d.set_common(reg::QUEUE_SELECT, 2, 0);
     d.set_common(reg::QUEUE_SIZE, 2, 16);
@@ -248,9 +276,7 @@ fn queue_registers_are_frozen_after_driver_ok() {
     assert_eq!(d.common(reg::QUEUE_DRIVER, 8), q.avail);
     assert_eq!(d.common(reg::QUEUE_DEVICE, 8), q.used);
     // The queue still works at its original rings.
-    let (head, st) = flush(&mut d);
-    assert_eq!(d.wait_used(0).id, u32::from(head));
-    assert_eq!(d.seg_bytes(st)[0], blk_status::OK);
+    assert_flush_ok(&mut d);
 }
 
 #[test]
@@ -280,42 +306,29 @@ fn msix_routes_follow_the_table() {
 
 #[test]
 fn msix_masked_vector_pends_and_fires_on_unmask() {
-    let (mut d, _dir) = blk_driver();
-    d.init_all();
+    let (mut d, _dir) = ready_blk_driver();
     d.mask_vector(1, true);
     let fired = d.msi.fired(1);
-    let (head, _) = flush(&mut d);
-    assert_eq!(d.wait_used(0).id, u32::from(head), "completed (polled)");
+    flush_and_wait(&mut d, "completed (polled)");
     // The interrupt is raised right after the used ring is written: wait for the pending bit.
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !d.pending(1) {
-        assert!(std::time::Instant::now() < deadline, "PBA bit never set");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    wait_pending(&mut d, 1);
     assert_eq!(d.msi.fired(1), fired, "masked vector did not fire");
     assert_ne!(d.isr() & 1, 0, "ISR queue bit");
     d.mask_vector(1, false);
     assert_eq!(d.msi.fired(1), fired + 1, "fired on unmask");
     assert!(!d.pending(1), "pending bit cleared");
     // Unmasked again: the next completion fires directly.
-    let (head, _) = flush(&mut d);
-    assert_eq!(d.wait_used(0).id, u32::from(head));
+    flush_and_wait(&mut d, "flush completed");
     assert!(d.msi.wait_fired(1, fired + 1, TIMEOUT));
 }
 
 #[test]
 fn msix_function_mask_pends_all_vectors() {
-    let (mut d, _dir) = blk_driver();
-    d.init_all();
+    let (mut d, _dir) = ready_blk_driver();
     d.set_msix_control(true, true);
     let fired = d.msi.fired(1);
-    let (head, _) = flush(&mut d);
-    assert_eq!(d.wait_used(0).id, u32::from(head));
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !d.pending(1) {
-        assert!(std::time::Instant::now() < deadline, "PBA bit never set");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    flush_and_wait(&mut d, "flush completed");
+    wait_pending(&mut d, 1);
     assert_eq!(d.msi.fired(1), fired);
     d.set_msix_control(true, false);
     assert_eq!(
@@ -328,13 +341,11 @@ fn msix_function_mask_pends_all_vectors() {
 
 #[test]
 fn msix_disabled_sets_only_the_isr() {
-    let (mut d, _dir) = blk_driver();
-    d.init_all();
+    let (mut d, _dir) = ready_blk_driver();
     d.set_msix_control(false, false);
     let fired = d.msi.fired(1);
     let _ = d.isr();
-    let (head, _) = flush(&mut d);
-    assert_eq!(d.wait_used(0).id, u32::from(head));
+    flush_and_wait(&mut d, "flush completed");
     let deadline = std::time::Instant::now() + TIMEOUT;
     let mut isr = 0;
     while isr & 1 == 0 {
@@ -360,16 +371,13 @@ fn queue_with_no_vector_completes_without_msi() {
     d.set_common(reg::CONFIG_MSIX_VECTOR, 2, 0);
     d.setup_queue(0, 256, NO_VECTOR);
     d.driver_ok();
-    let (head, st) = flush(&mut d);
-    assert_eq!(d.wait_used(0).id, u32::from(head));
-    assert_eq!(d.seg_bytes(st)[0], blk_status::OK);
+    assert_flush_ok(&mut d);
     assert_eq!(d.msi.fired(0) + d.msi.fired(1), 0);
 }
 
 #[test]
 fn unknown_bar_offsets_and_notify_addresses_are_harmless() {
-    let (mut d, _dir) = blk_driver();
-    d.init_all();
+    let (mut d, _dir) = ready_blk_driver();
     for off in [
         0x38u64,
         0xff,
@@ -391,9 +399,7 @@ fn unknown_bar_offsets_and_notify_addresses_are_harmless() {
     d.bar_write(n + 0xffc, 2, 0);
     d.bar_write(n + 1, 1, 0);
     assert_eq!(d.status() & status::DEVICE_NEEDS_RESET, 0);
-    let (head, st) = flush(&mut d);
-    assert_eq!(d.wait_used(0).id, u32::from(head));
-    assert_eq!(d.seg_bytes(st)[0], blk_status::OK);
+    assert_flush_ok(&mut d);
 }
 
 #[test]
