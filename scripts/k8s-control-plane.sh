@@ -243,7 +243,12 @@ EOF
   fi
   if [[ -n "$crds" ]]; then
     "${kubectl[@]}" apply -f "$crds" >&2
-    "${kubectl[@]}" wait --for condition=established --timeout=30s crd --all >&2
+    # Retried: `kubectl wait` fails at once (instead of waiting) while a just-created CRD has
+    # no .status.conditions yet.
+    if ! wait_for 60 "${kubectl[@]}" wait --for condition=established --timeout=10s crd --all; then
+      "${kubectl[@]}" get crd -o wide >&2 || true
+      die "CRDs did not become established"
+    fi
   fi
 
   setsid "$BIN/kube-controller-manager" \
