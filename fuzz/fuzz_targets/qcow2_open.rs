@@ -46,7 +46,9 @@ fn exercise(disk: &dyn DiskBackend, script: &[u8; 16]) {
         let offset = (word.wrapping_mul(0x9e37_79b9) << 9) % size;
         let len = (((step[1] as usize) << 8 | step[2] as usize) % (MEM / 2)).max(1);
         let len = len.min((size - offset) as usize);
-        let slice = mem.get_slice(GuestAddress((i * 512) as u64), len).expect("slice");
+        let slice = mem
+            .get_slice(GuestAddress((i * 512) as u64), len)
+            .expect("slice");
         let bufs = [slice];
         match step[3] % 6 {
             0 | 1 => {
@@ -64,7 +66,9 @@ fn exercise(disk: &dyn DiskBackend, script: &[u8; 16]) {
         }
     }
     let _ = disk.flush();
-    let slice = mem.get_slice(GuestAddress(0), 4096.min(size as usize)).expect("slice");
+    let slice = mem
+        .get_slice(GuestAddress(0), 4096.min(size as usize))
+        .expect("slice");
     let _ = disk.read_vectored(0, &[slice]);
 }
 
@@ -78,7 +82,11 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(path, &data[16..]).is_err() {
         return;
     }
-    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(path) else {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    else {
         return;
     };
     if let Ok(disk) = open_qcow2_file(path, file, false) {

@@ -10,38 +10,16 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
-use vireo_block::{create_raw, open_disk, DiskBackend, Format, OpenOptions};
 use vireo_devices::virtio::block::request::{self, Limits, RequestError};
 use vireo_devices::virtio::block::{MAX_RANGES, MAX_RANGE_SECTORS, SEG_MAX};
 use vireo_devices::virtio::chain::{self, ChainLayout};
 use virtio_queue::{QueueOwnedT, QueueT};
 
-fn disk() -> &'static dyn DiskBackend {
-    static DISK: OnceLock<Box<dyn DiskBackend>> = OnceLock::new();
-    DISK.get_or_init(|| {
-        let dir = PathBuf::from(format!("/dev/shm/vireo-fuzz-blk-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("fuzz dir");
-        let path = dir.join("disk.raw");
-        let _ = std::fs::remove_file(&path);
-        create_raw(&path, 1 << 20).expect("create raw disk");
-        let opts = OpenOptions {
-            format: Some(Format::Raw),
-            serial: Some("fuzz".into()),
-            ..OpenOptions::default()
-        };
-        open_disk(&path, &opts).expect("open raw disk")
-    })
-    .as_ref()
-}
-
 fuzz_target!(|data: &[u8]| {
     let mem = common::memory();
     let mut queue = common::load(&mem, data);
-    let disk = disk();
+    let disk = common::raw_disk("blk");
     let limits = Limits {
         max_ranges: MAX_RANGES,
         max_range_sectors: MAX_RANGE_SECTORS,
@@ -61,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
             .map_err(RequestError::from)
             .and_then(|()| request::parse(&layout, &mem));
         let outcome = match parsed {
-            Ok(req) => request::execute(&req, &layout, &mem, disk, &limits, &mut slices),
+            Ok(req) => request::execute(&req, &layout, &mem, disk.as_ref(), &limits, &mut slices),
             Err(_) => request::finish(&layout, &mem, request::status::IOERR, 0),
         };
         assert!(

@@ -8,12 +8,12 @@
 
 #![no_main]
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use vireo_block::{create_raw, open_disk, DiskBackend, Format, OpenOptions};
 use vireo_devices::pci::PciDevice;
 use vireo_devices::virtio::block::VirtioBlock;
 use vireo_devices::virtio::interrupt::{MsiMessage, MsiVectors};
@@ -38,24 +38,6 @@ impl MsiVectors for Vectors {
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
-}
-
-fn disk() -> Arc<dyn DiskBackend> {
-    static DISK: OnceLock<Arc<dyn DiskBackend>> = OnceLock::new();
-    DISK.get_or_init(|| {
-        let dir = PathBuf::from(format!("/dev/shm/vireo-fuzz-pci-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("fuzz dir");
-        let path = dir.join("disk.raw");
-        let _ = std::fs::remove_file(&path);
-        create_raw(&path, 1 << 20).expect("create raw disk");
-        let opts = OpenOptions {
-            format: Some(Format::Raw),
-            serial: Some("fuzz".into()),
-            ..OpenOptions::default()
-        };
-        Arc::from(open_disk(&path, &opts).expect("open raw disk"))
-    })
-    .clone()
 }
 
 struct Ops<'a>(&'a [u8]);
@@ -85,7 +67,7 @@ fn bar_offset(region: u8, off: u16) -> u64 {
 fuzz_target!(|data: &[u8]| {
     let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
     let vectors = Arc::new(Vectors(AtomicU64::new(0)));
-    let blk = VirtioBlock::new(disk(), 0);
+    let blk = VirtioBlock::new(common::raw_disk("pci"), 0);
     let Ok(mut dev) = VirtioPciDevice::new(Box::new(blk), mem.clone(), 0xc000_0000, vectors) else {
         return;
     };

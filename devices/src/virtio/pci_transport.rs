@@ -342,13 +342,8 @@ impl VirtioPciDevice {
     pub fn ioeventfds(&self) -> Vec<(u64, &EventFd)> {
         self.notify
             .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                (
-                    self.bar_addr + NOTIFY_OFFSET + i as u64 * u64::from(NOTIFY_MULTIPLIER),
-                    e,
-                )
-            })
+            .zip(0u16..)
+            .map(|(e, i)| (notify_address(self.bar_addr, i).0, e))
             .collect()
     }
 
@@ -739,7 +734,7 @@ impl BusDevice for VirtioPciDevice {
     }
 }
 
-/// Guest-physical address helper for tests and the VMM.
+/// The guest-physical notify address of `queue` for a BAR0 at `bar`.
 pub fn notify_address(bar: u64, queue: u16) -> GuestAddress {
     GuestAddress(bar + NOTIFY_OFFSET + u64::from(queue) * u64::from(NOTIFY_MULTIPLIER))
 }

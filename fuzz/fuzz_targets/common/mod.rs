@@ -13,6 +13,10 @@
 
 #![allow(dead_code)] // Each target uses a subset.
 
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use vireo_block::{create_raw, open_disk, DiskBackend, Format, OpenOptions};
 use vireo_devices::virtio::GuestMemory;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
@@ -93,4 +97,23 @@ pub fn load(mem: &GuestMemory, data: &[u8]) -> Queue {
     q.set_ready(true);
     assert!(q.is_valid(mem), "the harness's rings are valid");
     q
+}
+
+/// A 1 MiB raw disk in `/dev/shm/vireo-fuzz-<tag>-<pid>`, created once per process.
+pub fn raw_disk(tag: &str) -> Arc<dyn DiskBackend> {
+    static DISK: OnceLock<Arc<dyn DiskBackend>> = OnceLock::new();
+    DISK.get_or_init(|| {
+        let dir = PathBuf::from(format!("/dev/shm/vireo-fuzz-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("fuzz dir");
+        let path = dir.join("disk.raw");
+        let _ = std::fs::remove_file(&path);
+        create_raw(&path, 1 << 20).expect("create raw disk");
+        let opts = OpenOptions {
+            format: Some(Format::Raw),
+            serial: Some("fuzz".into()),
+            ..OpenOptions::default()
+        };
+        Arc::from(open_disk(&path, &opts).expect("open raw disk"))
+    })
+    .clone()
 }

@@ -200,7 +200,6 @@ pub fn execute<'m>(
         Ok(n) => (status::OK, n),
         Err(s) => (s, 0),
     };
-    slices.clear();
     finish(layout, mem, status, data_written)
 }
 

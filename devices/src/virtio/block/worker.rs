@@ -4,7 +4,6 @@
 
 use std::num::Wrapping;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,7 +157,7 @@ impl BlockWorker {
     fn poll_for_work(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {
         let start = Instant::now();
         loop {
-            let avail = self.queue.avail_idx(mem, AtomicOrdering::Acquire)?;
+            let avail = self.queue.avail_idx(mem, Ordering::Acquire)?;
             if avail != Wrapping(self.queue.next_avail()) {
                 return Ok(true);
             }
@@ -186,7 +185,6 @@ impl RequestHandler {
             .parse(chain, mem, max)
             .map_err(request::RequestError::from)
             .and_then(|()| request::parse(&self.layout, mem));
-        self.layout.head = head;
         let outcome = match parsed {
             Ok(req) => request::execute(
                 &req,

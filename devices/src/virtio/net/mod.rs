@@ -113,7 +113,6 @@ impl NetCounters {
 #[derive(Debug)]
 pub struct VirtioNet {
     tap: Arc<Tap>,
-    mac: MacAddr,
     config: [u8; 12],
     counters: Arc<NetCounters>,
     worker: Option<Worker>,
@@ -129,7 +128,6 @@ impl VirtioNet {
         config[8..10].copy_from_slice(&1u16.to_le_bytes());
         Self {
             tap: Arc::new(tap),
-            mac,
             config,
             counters: Arc::new(NetCounters::default()),
             worker: None,
@@ -144,7 +142,9 @@ impl VirtioNet {
 
     /// The guest's MAC address.
     pub fn mac(&self) -> MacAddr {
-        self.mac
+        let mut b = [0u8; 6];
+        b.copy_from_slice(&self.config[0..6]);
+        MacAddr::from_bytes(b)
     }
 }
 

@@ -256,7 +256,6 @@ impl NetWorker {
     fn send(&mut self, chain: DescriptorChain<&GuestMemory>) {
         let head = chain.head_index();
         let parsed = self.layout.parse(chain, &self.mem, MAX_SEGMENTS);
-        self.layout.head = head;
         let frame = parsed.ok().and_then(|()| validate_tx(&self.layout));
         let Some(len) = frame.filter(|_| self.build_iovecs(false)) else {
             debug!(head, "virtio-net: malformed transmit chain");
