@@ -18,9 +18,10 @@
 //!   a read-only disk report the write's status (`blk-ro write-status=…`).
 //! - `blk-edge NTH`: the device's error paths (`edge <case> status=…`,
 //!   then `edge ok`).
-//! - `blk-bench NTH MODE BLOCK-BYTES QUEUE-DEPTH TOTAL REGION-MIB` with MODE
-//!   `randread|randwrite|seqread|seqwrite`: `bench-start`, then `bench-done
-//!   requests=… bytes=… errors=…`.
+//! - `blk-bench NTH MODE BLOCK-BYTES QUEUE-DEPTH TOTAL REGION-MIB [PAUSES]`
+//!   with MODE `randread|randwrite|seqread|seqwrite` (PAUSES: PAUSE
+//!   instructions between looks at an empty used ring, default 256):
+//!   `bench-start`, then `bench-done requests=… bytes=… errors=…`.
 //! - `net-ping GUEST-IP HOST-IP`: ARP for the host, three ICMP echoes
 //!   (`net arp-reply …`, `net icmp-reply seq=…`, `net ok tx=… rx=…`).
 //! - `net-bench GUEST-IP HOST-IP FRAMES FRAME-BYTES`: UDP frames to the

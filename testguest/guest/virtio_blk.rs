@@ -409,11 +409,12 @@ const MAX_BENCH_DEPTH: u64 = 128;
 /// header cache lines from the device thread and cost 25 % of throughput.
 const IDLE_PAUSES: u32 = 256;
 
-/// `blk-bench <nth-disk> <mode> <block-bytes> <queue-depth> <total-requests> <region-mib>`.
+/// `blk-bench <nth-disk> <mode> <block-bytes> <queue-depth> <total-requests> <region-mib> [<pauses>]`
+/// (`pauses` defaults to [`IDLE_PAUSES`]).
 ///
-/// Each in-flight slot owns a fixed descriptor chain and a memory area
-/// laid out as `[.. header][data][status]`, so a slot is resubmitted by
-/// rewriting its header and pushing its head again. Three descriptors per
+/// Each in-flight slot owns a fixed descriptor chain and a memory area (a
+/// page for the header and status, then the data), so a slot is
+/// resubmitted by rewriting its header and pushing its head again. Three descriptors per
 /// request (header, data, status) when the queue has room; otherwise two,
 /// with the header or the status contiguous with the data (any layout is
 /// allowed under VERSION_1).
@@ -426,6 +427,7 @@ pub fn scenario_bench(args: &mut Args<'_>, mem_size: u64) -> VResult<()> {
     let depth = parse_u64(args.next(), 1);
     let total = parse_u64(args.next(), 1000);
     let region_mib = parse_u64(args.next(), 64);
+    let idle_pauses = parse_u64(args.next(), IDLE_PAUSES as u64);
     if block == 0 || !block.is_multiple_of(SECTOR_SIZE) || block > MAX_BENCH_BLOCK {
         return Err(fail_with(
             "block-bytes must be a multiple of 512 up to 1 MiB, got",
@@ -466,7 +468,11 @@ pub fn scenario_bench(args: &mut Args<'_>, mem_size: u64) -> VResult<()> {
         2
     };
 
-    // Slot memory: header in the 16 bytes before the data, status after it.
+    // Slot memory: a page holding the header and, for three-descriptor
+    // chains, the status byte in the same cache line (as Linux's driver
+    // keeps both in one request struct), then the data. Two-descriptor
+    // chains put the header right before the data and the status right
+    // after it.
     let block_sz = block as usize;
     let stride = mem::align_up(4096 + block_sz + 1, 4096);
     let mut high = Bump::above_image(mem_size);
@@ -476,8 +482,22 @@ pub fn scenario_bench(args: &mut Args<'_>, mem_size: u64) -> VResult<()> {
         (need >> 20) as u64 + 1,
     ))?;
     let data_of = |s: usize| base + s * stride + 4096;
-    let hdr_of = |s: usize| data_of(s) - req::HEADER_SIZE;
-    let status_of = |s: usize| data_of(s) + block_sz;
+    let hdr_of = |s: usize| {
+        if per == 3 {
+            // Each slot's header line sits at a different offset in its
+            // page, so the lines do not all compete for one cache set.
+            base + s * stride + (s % 64) * 64
+        } else {
+            data_of(s) - req::HEADER_SIZE
+        }
+    };
+    let status_of = |s: usize| {
+        if per == 3 {
+            hdr_of(s) + req::HEADER_SIZE
+        } else {
+            data_of(s) + block_sz
+        }
+    };
 
     let read = mode.is_read();
     let rtype = if read { req::IN } else { req::OUT };
@@ -572,7 +592,7 @@ pub fn scenario_bench(args: &mut Args<'_>, mem_size: u64) -> VResult<()> {
             // Back off between looks at the used ring: re-reading it at full
             // speed keeps pulling the cache line away from the device thread
             // that is about to write it.
-            for _ in 0..IDLE_PAUSES {
+            for _ in 0..idle_pauses {
                 core::hint::spin_loop();
             }
         }

@@ -20,6 +20,7 @@ pub mod interrupt;
 pub mod msix;
 pub mod net;
 pub mod pci_transport;
+pub(crate) mod prefetch;
 pub mod worker;
 
 use std::sync::Arc;

@@ -7,6 +7,12 @@
 //! and execution live in `request.rs`, separate from the event loop, so the
 //! fuzz target and the unit-test driver harness exercise exactly the code
 //! the worker runs.
+//!
+//! The worker takes up to 32 requests at a time and handles them in passes
+//! (walk the chains, read the headers, do the I/O, complete), so the
+//! guest-written header lines are fetched in parallel (prefetched while the
+//! chains are walked) and back-to-back syscalls keep the kernel's read path
+//! warm. The README's benchmark table gives the measured effect.
 
 pub mod request;
 mod worker;

@@ -195,12 +195,42 @@ pub fn execute<'m>(
     limits: &Limits,
     slices: &mut Vec<GuestSlice<'m>>,
 ) -> Outcome {
+    let done = perform(req, layout, mem, disk, limits, slices);
+    finish(layout, mem, done.status, done.data_written)
+}
+
+/// What [`perform`] did: the status to report and the data bytes it wrote
+/// into the guest's writable buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Performed {
+    /// `status::*`.
+    pub status: u8,
+    /// Data bytes written into the writable buffers (the status excluded).
+    pub data_written: u64,
+}
+
+/// Runs `req` against `disk` but leaves the status byte unwritten, so a
+/// worker can do the I/O of a whole batch before it completes any of it
+/// ([`execute`] = `perform` + [`finish`]).
+pub fn perform<'m>(
+    req: &Request,
+    layout: &ChainLayout,
+    mem: &'m GuestMemory,
+    disk: &dyn DiskBackend,
+    limits: &Limits,
+    slices: &mut Vec<GuestSlice<'m>>,
+) -> Performed {
     slices.clear();
-    let (status, data_written) = match run(req, layout, mem, disk, limits, slices) {
-        Ok(n) => (status::OK, n),
-        Err(s) => (s, 0),
-    };
-    finish(layout, mem, status, data_written)
+    match run(req, layout, mem, disk, limits, slices) {
+        Ok(n) => Performed {
+            status: status::OK,
+            data_written: n,
+        },
+        Err(s) => Performed {
+            status: s,
+            data_written: 0,
+        },
+    }
 }
 
 /// Writes `status` into the last writable byte and computes the used length.

@@ -16,7 +16,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{self, Limits};
 use super::{BlockCounters, SEG_MAX};
-use crate::virtio::chain::ChainLayout;
+use crate::virtio::chain::{ChainError, ChainLayout};
+use crate::virtio::prefetch;
 use crate::virtio::worker::{EventLoop, STOP_TOKEN};
 use crate::virtio::{ActiveQueue, GuestMemory, Interrupt};
 
@@ -26,8 +27,12 @@ const QUEUE_TOKEN: u64 = 0;
 /// adaptive polling do); short enough to cost little CPU on an idle disk.
 const POLL_WINDOW: Duration = Duration::from_micros(25);
 
-/// Most requests taken from the ring before their used entries are
-/// published together (fewer cache-line hand-overs with a polling driver).
+/// Most requests taken from the ring at once. A batch is handled in passes:
+/// walk every chain (starting the fetch of each request's header line), read
+/// every header, do every request's I/O, then write every status and used
+/// entry. The guest's cache lines are then fetched in parallel instead of
+/// one miss at a time, and the syscalls run back to back with the kernel's
+/// read path warm (see the `block` module docs for the measured effect).
 const BATCH: usize = 32;
 
 /// Everything the worker thread owns.
@@ -40,13 +45,38 @@ pub(super) struct BlockWorker {
     handler: RequestHandler,
 }
 
-/// Executes one chain at a time against the disk (kept apart from the queue
-/// so a batch can hold the ring iterator while requests run).
+/// Executes batches of chains against the disk (kept apart from the queue
+/// so a batch can hold the ring iterator while requests are parsed).
 struct RequestHandler {
     disk: Arc<dyn DiskBackend>,
     counters: Arc<BlockCounters>,
     limits: Limits,
+    slots: Vec<Slot>,
+}
+
+/// One request of a batch as it moves through the passes.
+struct Slot {
     layout: ChainLayout,
+    /// Whether the chain obeys the shared rules (first pass).
+    chain: Result<(), ChainError>,
+    /// The request, or why it is malformed (second pass).
+    parsed: Result<request::Request, request::RequestError>,
+    /// What its I/O did (third pass).
+    performed: request::Performed,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self {
+            layout: ChainLayout::default(),
+            chain: Ok(()),
+            parsed: Err(request::RequestError::NoStatus),
+            performed: request::Performed {
+                status: request::status::IOERR,
+                data_written: 0,
+            },
+        }
+    }
 }
 
 impl BlockWorker {
@@ -68,7 +98,7 @@ impl BlockWorker {
                 disk,
                 counters,
                 limits,
-                layout: ChainLayout::default(),
+                slots: (0..BATCH).map(|_| Slot::default()).collect(),
             },
         }
     }
@@ -121,19 +151,26 @@ impl BlockWorker {
             // No notifications while the worker is busy or polling.
             self.queue.disable_notification(&mem)?;
             let mut completed = false;
-            let mut done = [(0u16, 0u32); BATCH];
             loop {
                 let mut n = 0;
                 for chain in self.queue.iter(&mem)?.take(BATCH) {
-                    let head = chain.head_index();
-                    done[n] = (head, self.handler.handle(chain, &mem, &mut slices));
+                    self.handler.take(n, chain, &mem);
                     n += 1;
                 }
                 if n == 0 {
                     break;
                 }
-                for &(head, used) in &done[..n] {
-                    self.queue.add_used(&mem, head, used)?;
+                self.handler.parse(n, &mem);
+                self.handler.perform(n, &mem, &mut slices);
+                // Last pass: statuses and used entries.
+                for slot in &self.handler.slots[..n] {
+                    let out = request::finish(
+                        &slot.layout,
+                        &mem,
+                        slot.performed.status,
+                        slot.performed.data_written,
+                    );
+                    self.queue.add_used(&mem, slot.layout.head, out.used_len)?;
                 }
                 completed = true;
             }
@@ -155,13 +192,16 @@ impl BlockWorker {
     /// requests, so a busy driver need not notify (a notification costs a
     /// VM exit and a thread wake-up). Returns whether work arrived.
     fn poll_for_work(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {
-        let start = Instant::now();
+        // The clock is read only once the ring is seen empty: a busy driver
+        // usually has posted more by the time a batch completes.
+        let mut start = None;
         loop {
             let avail = self.queue.avail_idx(mem, Ordering::Acquire)?;
             if avail != Wrapping(self.queue.next_avail()) {
                 return Ok(true);
             }
-            if start.elapsed() >= POLL_WINDOW {
+            let started = *start.get_or_insert_with(Instant::now);
+            if started.elapsed() >= POLL_WINDOW {
                 return Ok(false);
             }
             std::hint::spin_loop();
@@ -170,39 +210,72 @@ impl BlockWorker {
 }
 
 impl RequestHandler {
-    /// Handles one chain; returns the used length.
-    fn handle<'m>(
+    /// First pass: splits `chain` into slot `n`'s layout and starts
+    /// fetching the cache line of its header (which the driver has just
+    /// written, so it sits in another CPU's cache), for writing, because
+    /// drivers often keep the status byte next to the header.
+    fn take(
         &mut self,
-        chain: virtio_queue::DescriptorChain<&'m GuestMemory>,
+        n: usize,
+        chain: virtio_queue::DescriptorChain<&GuestMemory>,
+        mem: &GuestMemory,
+    ) {
+        let slot = &mut self.slots[n];
+        slot.chain = slot.layout.parse(chain, mem, SEG_MAX as usize + 2);
+        if let (Ok(()), Some(header)) = (&slot.chain, slot.layout.readable.first()) {
+            prefetch::for_write(mem, header.addr);
+        }
+    }
+
+    /// Second pass: parses the requests of slots `..n`.
+    fn parse(&mut self, n: usize, mem: &GuestMemory) {
+        for slot in &mut self.slots[..n] {
+            slot.parsed = std::mem::replace(&mut slot.chain, Ok(()))
+                .map_err(request::RequestError::from)
+                .and_then(|()| request::parse(&slot.layout, mem));
+        }
+    }
+
+    /// Third pass: does the I/O of slots `..n`, leaving their status bytes
+    /// unwritten.
+    fn perform<'m>(
+        &mut self,
+        n: usize,
         mem: &'m GuestMemory,
         slices: &mut Vec<vireo_block::GuestSlice<'m>>,
-    ) -> u32 {
-        let head = chain.head_index();
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let max = SEG_MAX as usize + 2;
-        let parsed = self
-            .layout
-            .parse(chain, mem, max)
-            .map_err(request::RequestError::from)
-            .and_then(|()| request::parse(&self.layout, mem));
-        let outcome = match parsed {
-            Ok(req) => request::execute(
-                &req,
-                &self.layout,
-                mem,
-                self.disk.as_ref(),
-                &self.limits,
-                slices,
-            ),
-            Err(e) => {
-                debug!(head, error = %e, "virtio-blk: malformed request");
-                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                request::finish(&self.layout, mem, request::status::IOERR, 0)
+    ) {
+        let (mut malformed, mut failed) = (0, 0);
+        for slot in &mut self.slots[..n] {
+            slot.performed = match &slot.parsed {
+                Ok(req) => request::perform(
+                    req,
+                    &slot.layout,
+                    mem,
+                    self.disk.as_ref(),
+                    &self.limits,
+                    slices,
+                ),
+                Err(e) => {
+                    debug!(head = slot.layout.head, error = %e, "virtio-blk: malformed request");
+                    malformed += 1;
+                    request::Performed {
+                        status: request::status::IOERR,
+                        data_written: 0,
+                    }
+                }
+            };
+            if slot.performed.status != request::status::OK {
+                failed += 1;
             }
-        };
-        if outcome.status != request::status::OK {
-            self.counters.failed.fetch_add(1, Ordering::Relaxed);
         }
-        outcome.used_len
+        // One update per batch: the counters are read by other threads.
+        let c = &self.counters;
+        c.requests.fetch_add(n as u64, Ordering::Relaxed);
+        if malformed > 0 {
+            c.malformed.fetch_add(malformed, Ordering::Relaxed);
+        }
+        if failed > 0 {
+            c.failed.fetch_add(failed, Ordering::Relaxed);
+        }
     }
 }
