@@ -16,7 +16,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vireo_block::vm_memory::bitmap::AtomicBitmap;
 use vireo_block::vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vireo_block::{create_qcow2_overlay, open_disk, DiskBackend, Format, OpenOptions};
 
@@ -27,7 +26,7 @@ const SMALL_OPS: usize = 50_000;
 const LARGE_PASSES: usize = 2;
 const RUNS: usize = 7;
 
-type Mem = GuestMemoryMmap<AtomicBitmap>;
+type Mem = GuestMemoryMmap<vireo_block::DirtyBitmap>;
 
 /// What a column does for one request.
 trait Target {

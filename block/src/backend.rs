@@ -13,15 +13,16 @@ use std::fmt;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use vm_memory::bitmap::{AtomicBitmap, BS};
+use vm_memory::bitmap::BS;
 use vm_memory::VolatileSlice;
 
+use crate::dirty::DirtyBitmap;
 use crate::error::{BlockError, Result};
 use crate::probe::Format;
 
 /// A slice of guest memory as virtio-blk gets it from a descriptor chain of a
-/// `GuestMemoryMmap<AtomicBitmap>` (`mem.get_slice(addr, len)`).
-pub type GuestSlice<'a> = VolatileSlice<'a, BS<'a, AtomicBitmap>>;
+/// `GuestMemoryMmap<DirtyBitmap>` (`mem.get_slice(addr, len)`).
+pub type GuestSlice<'a> = VolatileSlice<'a, BS<'a, DirtyBitmap>>;
 
 /// What a disk can do beyond read/write/flush, so virtio-blk advertises only what works.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -69,6 +69,7 @@
 
 mod backend;
 mod create;
+mod dirty;
 mod disk;
 mod error;
 mod formats;
@@ -83,6 +84,7 @@ pub use backend::{
     GuestSlice, OpCounts, OpKind,
 };
 pub use create::{create_qcow2, create_qcow2_overlay, create_raw, DEFAULT_CLUSTER_SIZE};
+pub use dirty::{DirtyBitmap, DIRTY_PAGE_SIZE};
 pub use error::{BlockError, CompressionType, MetadataTable, Result};
 pub use formats::qcow2::MAX_BACKING_DEPTH;
 pub use open::{open_disk, open_qcow2_file, OpenOptions};

@@ -12,14 +12,13 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use vireo_block::vm_memory::bitmap::AtomicBitmap;
 use vireo_block::vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vireo_block::{open_qcow2_file, DiskBackend};
 
 const MEM: usize = 256 * 1024;
 
-fn memory() -> &'static GuestMemoryMmap<AtomicBitmap> {
-    static MEMORY: OnceLock<GuestMemoryMmap<AtomicBitmap>> = OnceLock::new();
+fn memory() -> &'static GuestMemoryMmap<vireo_block::DirtyBitmap> {
+    static MEMORY: OnceLock<GuestMemoryMmap<vireo_block::DirtyBitmap>> = OnceLock::new();
     MEMORY.get_or_init(|| {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).expect("guest memory")
     })

@@ -5,17 +5,17 @@
 //!                                  (devices, ECAM, IOAPIC, LAPIC)
 //! ```
 //! RAM is anonymous `MAP_NORESERVE` memory, so pages the guest never touches
-//! cost the host nothing. Every region carries an [`AtomicBitmap`] so writes
+//! cost the host nothing. Every region carries a [`DirtyBitmap`] so writes
 //! made by devices through `vm-memory` are tracked for live migration.
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use thiserror::Error;
-use vm_memory::bitmap::AtomicBitmap;
+use vireo_block::DirtyBitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Guest memory with dirty-page tracking of device writes.
-pub type GuestMemory = GuestMemoryMmap<AtomicBitmap>;
+pub type GuestMemory = GuestMemoryMmap<DirtyBitmap>;
 
 /// Start of the hole below 4 GiB reserved for PCI MMIO and platform devices.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;

@@ -5,12 +5,11 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use vireo_block::vm_memory::bitmap::AtomicBitmap;
 use vireo_block::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vireo_block::DiskBackend;
 
 /// Guest memory as the VMM has it.
-pub type Mem = GuestMemoryMmap<AtomicBitmap>;
+pub type Mem = GuestMemoryMmap<vireo_block::DirtyBitmap>;
 
 /// A guest memory of `len` bytes at address 0.
 pub fn memory(len: usize) -> Mem {

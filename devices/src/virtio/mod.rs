@@ -27,7 +27,6 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use virtio_queue::Queue;
-use vm_memory::bitmap::AtomicBitmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use interrupt::Interrupt;
@@ -35,7 +34,7 @@ pub use pci_transport::VirtioPciDevice;
 
 /// Guest memory as devices see it: mmap-backed, with a dirty bitmap so
 /// device writes are tracked for migration.
-pub type GuestMemory = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+pub type GuestMemory = vm_memory::GuestMemoryMmap<vireo_block::DirtyBitmap>;
 
 /// Device type of a network card.
 pub const TYPE_NET: u16 = 1;
