@@ -7,7 +7,9 @@
 //!
 //! Environment: `VIREO_BENCH_DIR` (default `/dev/shm`, so both sides hit the
 //! page cache and the figure is the VMM's overhead, not the disk's),
-//! `VIREO_BENCH_SCALE` (default 1; multiplies request counts).
+//! `VIREO_BENCH_SCALE` (default 1; multiplies request counts),
+//! `VIREO_BENCH_REPS` (default 5; alternating guest/host runs per block row,
+//! medians reported).
 //!
 //! Guest side: `blk-bench 0 MODE BYTES QD COUNT REGION_MIB` keeps QD requests
 //! in flight (EVENT_IDX) and the time between its `bench-start` and
@@ -23,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use vireo_benches::vireo_binary;
+use vireo_benches::{median, vireo_binary};
 
 const REGION_MIB: u64 = 256;
 const QUEUE_DEPTH: u32 = 32;
@@ -151,20 +153,97 @@ fn make_images(dir: &Path) -> (PathBuf, PathBuf) {
     (raw, qcow2)
 }
 
+/// Repetitions per row (`VIREO_BENCH_REPS`, default 5): the guest and the
+/// host runs alternate, and each side's median is reported, so the slow
+/// drifts of a shared machine hit both sides alike.
+fn reps() -> usize {
+    std::env::var("VIREO_BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(5)
+}
+
+/// One block workload: what the guest runs and what the host does.
+struct BlkCase<'a> {
+    name: String,
+    fmt: &'a str,
+    image: &'a Path,
+    host_file: &'a Path,
+    mode: &'a str,
+    write: bool,
+    random: bool,
+    bs: u64,
+    count: u64,
+    region_mib: u64,
+}
+
+/// Runs `case` [`reps`] times on each side, alternating, after one
+/// warm-up run of each (page cache, the guest's first touch of its buffers).
+fn blk_row(vireo: &Path, guest: &Path, case: &BlkCase<'_>) -> Row {
+    let disk = vec![
+        "--disk".to_string(),
+        format!("path={},format={}", case.image.display(), case.fmt),
+    ];
+    let cmdline = |n: u64| {
+        format!(
+            "blk-bench 0 {} {} {QUEUE_DEPTH} {n} {}",
+            case.mode, case.bs, case.region_mib
+        )
+    };
+    let host = || {
+        host_run(
+            case.host_file,
+            case.write,
+            case.random,
+            case.bs,
+            case.count,
+            case.region_mib,
+        )
+    };
+    let _ = guest_run(vireo, guest, &cmdline(case.count / 10), &disk, None);
+    let _ = host();
+    let (mut guest_rates, mut host_rates) = (Vec::new(), Vec::new());
+    for _ in 0..reps() {
+        let (t, done) = guest_run(vireo, guest, &cmdline(case.count), &disk, None);
+        assert_eq!(
+            field(&done, "errors"),
+            0,
+            "guest reported I/O errors: {done}"
+        );
+        guest_rates.push(field(&done, "requests") as f64 / t);
+        host_rates.push(case.count as f64 / host());
+    }
+    let (guest_rate, host_rate) = (median(&mut guest_rates), median(&mut host_rates));
+    let (guest_v, host_v, unit) = if case.bs >= 1 << 20 {
+        let mib = case.bs as f64 / (1 << 20) as f64;
+        (guest_rate * mib, host_rate * mib, "MiB/s")
+    } else {
+        (guest_rate, host_rate, "IOPS")
+    };
+    Row {
+        name: case.name.clone(),
+        guest: guest_v,
+        host: host_v,
+        unit,
+    }
+}
+
 fn blk_rows(vireo: &Path, guest: &Path, rows: &mut Vec<Row>) {
     let base = std::env::var_os("VIREO_BENCH_DIR")
         .map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from);
     let dir = tempfile::tempdir_in(&base).expect("bench dir");
     let (raw, qcow2) = make_images(dir.path());
     let s = scale();
-    let cases: [(&str, &str, bool, bool, u64, u64); 4] = [
+    // (label, mode, write, random, block bytes, requests)
+    let workloads: [(&str, &str, bool, bool, u64, u64); 4] = [
         (
             "4 KiB random read",
             "randread",
             false,
             true,
             4096,
-            100_000 * s,
+            1_000_000 * s,
         ),
         (
             "4 KiB random write",
@@ -172,7 +251,7 @@ fn blk_rows(vireo: &Path, guest: &Path, rows: &mut Vec<Row>) {
             true,
             true,
             4096,
-            100_000 * s,
+            300_000 * s,
         ),
         (
             "1 MiB sequential read",
@@ -180,7 +259,7 @@ fn blk_rows(vireo: &Path, guest: &Path, rows: &mut Vec<Row>) {
             false,
             false,
             1 << 20,
-            2_000 * s,
+            4_000 * s,
         ),
         (
             "1 MiB sequential write",
@@ -188,79 +267,46 @@ fn blk_rows(vireo: &Path, guest: &Path, rows: &mut Vec<Row>) {
             true,
             false,
             1 << 20,
-            2_000 * s,
+            4_000 * s,
         ),
     ];
     // The same random read over a 16 MiB region: page-cache lookups then hit
     // the CPU caches, so the row shows the virtio path's own cost.
     let small = 16;
-    let count = 300_000 * s;
-    let disk = vec![
-        "--disk".to_string(),
-        format!("path={},format=raw", raw.display()),
-    ];
-    let cmd = |n: u64| format!("blk-bench 0 randread 4096 {QUEUE_DEPTH} {n} {small}");
-    let _ = guest_run(vireo, guest, &cmd(count / 10), &disk, None);
-    let (t, done) = guest_run(vireo, guest, &cmd(count), &disk, None);
-    assert_eq!(
-        field(&done, "errors"),
-        0,
-        "guest reported I/O errors: {done}"
-    );
-    let host_t = host_run(&raw, false, true, 4096, count, small);
-    rows.push(Row {
-        name: format!("raw 4 KiB random read, {small} MiB span"),
-        guest: field(&done, "requests") as f64 / t,
-        host: count as f64 / host_t,
-        unit: "IOPS",
-    });
-    for (fmt, path) in [("raw", &raw), ("qcow2", &qcow2)] {
-        for (label, mode, write, random, bs, count) in cases {
-            let disk = vec![
-                "--disk".to_string(),
-                format!("path={},format={fmt}", path.display()),
-            ];
-            let cmdline = format!("blk-bench 0 {mode} {bs} {QUEUE_DEPTH} {count} {REGION_MIB}");
-            // Warm the page cache and the guest's first touch of its buffers.
-            let _ = guest_run(
+    rows.push(blk_row(
+        vireo,
+        guest,
+        &BlkCase {
+            name: format!("raw 4 KiB random read, {small} MiB span"),
+            fmt: "raw",
+            image: &raw,
+            host_file: &raw,
+            mode: "randread",
+            write: false,
+            random: true,
+            bs: 4096,
+            count: 1_000_000 * s,
+            region_mib: small,
+        },
+    ));
+    for (fmt, image) in [("raw", &raw), ("qcow2", &qcow2)] {
+        for (label, mode, write, random, bs, count) in workloads {
+            rows.push(blk_row(
                 vireo,
                 guest,
-                &format!(
-                    "blk-bench 0 {mode} {bs} {QUEUE_DEPTH} {} {REGION_MIB}",
-                    count / 10
-                ),
-                &disk,
-                None,
-            );
-            let (t, done) = guest_run(vireo, guest, &cmdline, &disk, None);
-            let errors = field(&done, "errors");
-            assert_eq!(errors, 0, "guest reported I/O errors: {done}");
-            let n = field(&done, "requests");
-            // The host does the same I/O on the file the guest used.
-            let host_t = host_run(
-                path_for_host(fmt, path, &raw),
-                write,
-                random,
-                bs,
-                count,
-                REGION_MIB,
-            );
-            let (guest_v, host_v, unit) = if bs >= 1 << 20 {
-                let mib = (n * bs) as f64 / (1 << 20) as f64;
-                (
-                    mib / t,
-                    (count * bs) as f64 / (1 << 20) as f64 / host_t,
-                    "MiB/s",
-                )
-            } else {
-                (n as f64 / t, count as f64 / host_t, "IOPS")
-            };
-            rows.push(Row {
-                name: format!("{fmt} {label}"),
-                guest: guest_v,
-                host: host_v,
-                unit,
-            });
+                &BlkCase {
+                    name: format!("{fmt} {label}"),
+                    fmt,
+                    image,
+                    host_file: path_for_host(fmt, image, &raw),
+                    mode,
+                    write,
+                    random,
+                    bs,
+                    count,
+                    region_mib: REGION_MIB,
+                },
+            ));
         }
     }
 }
@@ -345,7 +391,10 @@ fn main() {
     let mut rows = Vec::new();
     blk_rows(&vireo, &guest, &mut rows);
     net_rows(&vireo, &guest, &mut rows);
-    println!("virtio I/O: test guest (ring 3, real KVM, QD {QUEUE_DEPTH}) vs. the host on the same file (QD 1, pread/pwrite)");
+    println!(
+        "virtio I/O: test guest (ring 3, real KVM, QD {QUEUE_DEPTH}) vs. the host on the same file (QD 1, pread/pwrite); block rows: median of {} alternating runs per side",
+        reps()
+    );
     println!(
         "| workload                              | guest via vireo | host direct | guest/host |"
     );
