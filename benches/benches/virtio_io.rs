@@ -15,8 +15,10 @@
 //! in flight (EVENT_IDX) and the time between its `bench-start` and
 //! `bench-done` lines is measured here. Host side: one thread doing
 //! `pread`/`pwrite` of the same size at the same kind of offsets on the same
-//! file. qcow2 images are fully allocated (converted from the raw one) so
-//! reads hit data clusters, not holes.
+//! file: for qcow2 the host reads and writes the image file itself at its
+//! data clusters' offsets (from `qemu-img map`), so both sides touch the same
+//! page-cache pages. qcow2 images are fully allocated (converted from the raw
+//! one) so reads hit data clusters, not holes.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -107,8 +109,61 @@ impl XorShift {
     }
 }
 
-/// Host baseline: `count` synchronous requests of `bs` bytes; returns seconds.
-fn host_run(path: &Path, write: bool, random: bool, bs: u64, count: u64, region_mib: u64) -> f64 {
+/// Where the disk's bytes lie in an image file: `(disk offset, length, file
+/// offset)` extents, from `qemu-img map` (a raw file maps to itself).
+struct ImageMap(Vec<(u64, u64, u64)>);
+
+impl ImageMap {
+    fn identity() -> Self {
+        Self(vec![(0, u64::MAX, 0)])
+    }
+
+    /// The extents of `image` from `qemu-img map --output=json`; every byte
+    /// of the benchmark's region must be allocated data.
+    fn of(image: &Path) -> Self {
+        let out = Command::new("qemu-img")
+            .args(["map", "--output=json"])
+            .arg(image)
+            .output()
+            .expect("qemu-img map");
+        assert!(out.status.success(), "qemu-img map failed");
+        let extents: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("qemu-img map JSON");
+        let map = extents
+            .as_array()
+            .expect("an array of extents")
+            .iter()
+            .filter(|e| e["data"].as_bool() == Some(true))
+            .map(|e| {
+                let n = |k: &str| e[k].as_u64().unwrap_or_else(|| panic!("extent {k}: {e}"));
+                (n("start"), n("length"), n("offset"))
+            })
+            .collect();
+        Self(map)
+    }
+
+    /// The file offset of the `len` disk bytes at `off`, which must lie in
+    /// one extent.
+    fn file_offset(&self, off: u64, len: u64) -> u64 {
+        self.0
+            .iter()
+            .find(|&&(start, n, _)| off >= start && off - start <= n.saturating_sub(len))
+            .map(|&(start, _, file)| file + (off - start))
+            .unwrap_or_else(|| panic!("disk bytes {off:#x}+{len:#x} are not in one data extent"))
+    }
+}
+
+/// Host baseline: `count` synchronous requests of `bs` bytes at the file
+/// offsets `map` gives for the disk offsets the guest uses; returns seconds.
+fn host_run(
+    path: &Path,
+    map: &ImageMap,
+    write: bool,
+    random: bool,
+    bs: u64,
+    count: u64,
+    region_mib: u64,
+) -> f64 {
     let f = File::options()
         .read(true)
         .write(write)
@@ -124,7 +179,7 @@ fn host_run(path: &Path, write: bool, random: bool, bs: u64, count: u64, region_
         } else {
             i % blocks
         };
-        let off = block * bs;
+        let off = map.file_offset(block * bs, bs);
         if write {
             f.write_all_at(&buf, off).expect("pwrite");
         } else {
@@ -170,6 +225,7 @@ struct BlkCase<'a> {
     fmt: &'a str,
     image: &'a Path,
     host_file: &'a Path,
+    host_map: &'a ImageMap,
     mode: &'a str,
     write: bool,
     random: bool,
@@ -194,6 +250,7 @@ fn blk_row(vireo: &Path, guest: &Path, case: &BlkCase<'_>) -> Row {
     let host = || {
         host_run(
             case.host_file,
+            case.host_map,
             case.write,
             case.random,
             case.bs,
@@ -270,6 +327,8 @@ fn blk_rows(vireo: &Path, guest: &Path, rows: &mut Vec<Row>) {
             4_000 * s,
         ),
     ];
+    let identity = ImageMap::identity();
+    let qcow2_map = ImageMap::of(&qcow2);
     // The same random read over a 16 MiB region: page-cache lookups then hit
     // the CPU caches, so the row shows the virtio path's own cost.
     let small = 16;
@@ -281,6 +340,7 @@ fn blk_rows(vireo: &Path, guest: &Path, rows: &mut Vec<Row>) {
             fmt: "raw",
             image: &raw,
             host_file: &raw,
+            host_map: &identity,
             mode: "randread",
             write: false,
             random: true,
@@ -289,7 +349,7 @@ fn blk_rows(vireo: &Path, guest: &Path, rows: &mut Vec<Row>) {
             region_mib: small,
         },
     ));
-    for (fmt, image) in [("raw", &raw), ("qcow2", &qcow2)] {
+    for (fmt, image, map) in [("raw", &raw, &identity), ("qcow2", &qcow2, &qcow2_map)] {
         for (label, mode, write, random, bs, count) in workloads {
             rows.push(blk_row(
                 vireo,
@@ -298,7 +358,8 @@ fn blk_rows(vireo: &Path, guest: &Path, rows: &mut Vec<Row>) {
                     name: format!("{fmt} {label}"),
                     fmt,
                     image,
-                    host_file: path_for_host(fmt, image, &raw),
+                    host_file: image,
+                    host_map: map,
                     mode,
                     write,
                     random,
@@ -308,16 +369,6 @@ fn blk_rows(vireo: &Path, guest: &Path, rows: &mut Vec<Row>) {
                 },
             ));
         }
-    }
-}
-
-/// The host baseline for qcow2 is the same I/O on the raw file with the same
-/// data: the host has no qcow2 driver of its own to compare against.
-fn path_for_host<'a>(fmt: &str, path: &'a Path, raw: &'a Path) -> &'a Path {
-    if fmt == "qcow2" {
-        raw
-    } else {
-        path
     }
 }
 
