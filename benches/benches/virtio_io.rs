@@ -9,7 +9,8 @@
 //! page cache and the figure is the VMM's overhead, not the disk's),
 //! `VIREO_BENCH_SCALE` (default 1; multiplies request counts),
 //! `VIREO_BENCH_REPS` (default 5; alternating guest/host runs per block row,
-//! medians reported).
+//! medians reported), `VIREO_BENCH_ROWS` (run only the block rows whose name
+//! contains it, e.g. `raw 4 KiB random read`).
 //!
 //! Guest side: `blk-bench 0 MODE BYTES QD COUNT REGION_MIB` keeps QD requests
 //! in flight (EVENT_IDX) and the time between its `bench-start` and
@@ -234,6 +235,12 @@ struct BlkCase<'a> {
     region_mib: u64,
 }
 
+/// Whether the row named `name` is selected (`VIREO_BENCH_ROWS`: a
+/// substring of the row names to run; all rows when unset).
+fn selected(name: &str) -> bool {
+    std::env::var("VIREO_BENCH_ROWS").map_or(true, |want| name.contains(&want))
+}
+
 /// Runs `case` [`reps`] times on each side, alternating, after one
 /// warm-up run of each (page cache, the guest's first touch of its buffers).
 fn blk_row(vireo: &Path, guest: &Path, case: &BlkCase<'_>) -> Row {
@@ -332,42 +339,39 @@ fn blk_rows(vireo: &Path, guest: &Path, rows: &mut Vec<Row>) {
     // The same random read over a 16 MiB region: page-cache lookups then hit
     // the CPU caches, so the row shows the virtio path's own cost.
     let small = 16;
-    rows.push(blk_row(
-        vireo,
-        guest,
-        &BlkCase {
-            name: format!("raw 4 KiB random read, {small} MiB span"),
-            fmt: "raw",
-            image: &raw,
-            host_file: &raw,
-            host_map: &identity,
-            mode: "randread",
-            write: false,
-            random: true,
-            bs: 4096,
-            count: 1_000_000 * s,
-            region_mib: small,
-        },
-    ));
+    let mut push = |case: BlkCase<'_>| {
+        if selected(&case.name) {
+            rows.push(blk_row(vireo, guest, &case));
+        }
+    };
+    push(BlkCase {
+        name: format!("raw 4 KiB random read, {small} MiB span"),
+        fmt: "raw",
+        image: &raw,
+        host_file: &raw,
+        host_map: &identity,
+        mode: "randread",
+        write: false,
+        random: true,
+        bs: 4096,
+        count: 1_000_000 * s,
+        region_mib: small,
+    });
     for (fmt, image, map) in [("raw", &raw, &identity), ("qcow2", &qcow2, &qcow2_map)] {
         for (label, mode, write, random, bs, count) in workloads {
-            rows.push(blk_row(
-                vireo,
-                guest,
-                &BlkCase {
-                    name: format!("{fmt} {label}"),
-                    fmt,
-                    image,
-                    host_file: image,
-                    host_map: map,
-                    mode,
-                    write,
-                    random,
-                    bs,
-                    count,
-                    region_mib: REGION_MIB,
-                },
-            ));
+            push(BlkCase {
+                name: format!("{fmt} {label}"),
+                fmt,
+                image,
+                host_file: image,
+                host_map: map,
+                mode,
+                write,
+                random,
+                bs,
+                count,
+                region_mib: REGION_MIB,
+            });
         }
     }
 }
@@ -380,6 +384,9 @@ impl Drop for Netns {
 }
 
 fn net_rows(vireo: &Path, guest: &Path, rows: &mut Vec<Row>) {
+    if !selected("net guest→tap") {
+        return;
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("net rows skipped: creating a network namespace and tap needs root");
