@@ -231,3 +231,31 @@ pub fn slices<'m>(
         (false, None) => Err(ChainError::TooShort("data")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_ram_accepts_ranges_inside_or_across_adjacent_regions_only() {
+        let page = 0x1000;
+        // Two adjacent regions, then a hole, then a third.
+        let mem = GuestMemory::from_ranges(&[
+            (GuestAddress(0), 2 * page),
+            (GuestAddress(2 * page as u64), page),
+            (GuestAddress(8 * page as u64), page),
+        ])
+        .expect("memory");
+        let at = |p: u64| GuestAddress(p * page as u64);
+        assert!(in_ram(&mem, at(0), 2 * page as u32));
+        assert!(
+            in_ram(&mem, at(1), 2 * page as u32),
+            "across adjacent regions"
+        );
+        assert!(!in_ram(&mem, at(2), 2 * page as u32), "into the hole");
+        assert!(!in_ram(&mem, at(4), 1), "in the hole");
+        assert!(in_ram(&mem, at(8), page as u32));
+        assert!(!in_ram(&mem, at(8), page as u32 + 1), "past the end of RAM");
+        assert!(!in_ram(&mem, GuestAddress(u64::MAX), 1));
+    }
+}

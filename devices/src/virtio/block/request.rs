@@ -209,6 +209,16 @@ pub struct Performed {
     pub data_written: u64,
 }
 
+impl Performed {
+    /// A request that failed with `status` and wrote no data.
+    pub fn failed(status: u8) -> Self {
+        Self {
+            status,
+            data_written: 0,
+        }
+    }
+}
+
 /// Runs `req` against `disk` but leaves the status byte unwritten, so a
 /// worker can do the I/O of a whole batch before it completes any of it
 /// ([`execute`] = `perform` + [`finish`]).
@@ -226,10 +236,7 @@ pub fn perform<'m>(
             status: status::OK,
             data_written: n,
         },
-        Err(s) => Performed {
-            status: s,
-            data_written: 0,
-        },
+        Err(s) => Performed::failed(s),
     }
 }
 

@@ -71,10 +71,7 @@ impl Default for Slot {
             layout: ChainLayout::default(),
             chain: Ok(()),
             parsed: Err(request::RequestError::NoStatus),
-            performed: request::Performed {
-                status: request::status::IOERR,
-                data_written: 0,
-            },
+            performed: request::Performed::failed(request::status::IOERR),
         }
     }
 }
@@ -258,10 +255,7 @@ impl RequestHandler {
                 Err(e) => {
                     debug!(head = slot.layout.head, error = %e, "virtio-blk: malformed request");
                     malformed += 1;
-                    request::Performed {
-                        status: request::status::IOERR,
-                        data_written: 0,
-                    }
+                    request::Performed::failed(request::status::IOERR)
                 }
             };
             if slot.performed.status != request::status::OK {
