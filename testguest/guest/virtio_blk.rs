@@ -420,10 +420,10 @@ const PUBLISH_EVERY: u64 = 8;
 ///
 /// Each in-flight slot owns a fixed descriptor chain and a memory area (a
 /// page for the header and status, then the data), so a slot is
-/// resubmitted by rewriting its header and pushing its head again. Three descriptors per
-/// request (header, data, status) when the queue has room; otherwise two,
-/// with the header or the status contiguous with the data (any layout is
-/// allowed under VERSION_1).
+/// resubmitted by rewriting its header and pushing its head again. Three
+/// descriptors per request (header, data, status) when the queue has room;
+/// otherwise two, with the header or the status contiguous with the data
+/// (any layout is allowed under VERSION_1).
 pub fn scenario_bench(args: &mut Args<'_>, mem_size: u64) -> VResult<()> {
     let nth = parse_u64(args.next(), 0);
     let mode = Mode::parse(args.next()).ok_or(fail(
