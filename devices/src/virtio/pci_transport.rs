@@ -63,8 +63,18 @@ const ISR_QUEUE: u8 = 1;
 /// ISR bit: the configuration changed.
 const ISR_CONFIG: u8 = 2;
 
-/// The most queues a device can have here (notify region / 4).
-const MAX_QUEUES: usize = (NOTIFY_SIZE / NOTIFY_MULTIPLIER as u64) as usize;
+/// The most queues a device can have here: each needs a notify address and
+/// an MSI-X vector besides the configuration vector, and the table region
+/// (up to the PBA) holds `MSIX_ENTRY_SIZE`-byte entries.
+const MAX_QUEUES: usize = {
+    let by_notify = (NOTIFY_SIZE / NOTIFY_MULTIPLIER as u64) as usize;
+    let by_vectors = ((MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET) / msix::MSIX_ENTRY_SIZE) as usize - 1;
+    if by_notify < by_vectors {
+        by_notify
+    } else {
+        by_vectors
+    }
+};
 
 /// State shared by the transport and the interrupt object given to workers.
 #[derive(Debug)]
@@ -228,6 +238,9 @@ pub enum TransportError {
     /// An eventfd could not be created.
     #[error("cannot create a queue notification eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// The capabilities do not fit in PCI configuration space.
+    #[error("virtio device {0}: its PCI capabilities do not fit in configuration space")]
+    ConfigSpaceFull(&'static str),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -295,13 +308,13 @@ impl VirtioPciDevice {
             vendor_cap(CFG_ISR, ISR_OFFSET, ISR_SIZE, None),
             vendor_cap(CFG_DEVICE, DEVICE_CFG_OFFSET, DEVICE_CFG_SIZE, None),
         ];
+        let full = || TransportError::ConfigSpaceFull(device.name());
         for cap in caps {
-            // Four vendor capabilities and MSI-X fit easily in 192 bytes.
-            let _ = config.add_capability(CAP_VENDOR, &cap);
+            config.add_capability(CAP_VENDOR, &cap).ok_or_else(full)?;
         }
         let msix = MsixState::new(vectors);
         let body = msix.capability_body(0, MSIX_TABLE_OFFSET as u32, MSIX_PBA_OFFSET as u32);
-        let msix_cap = config.add_capability(MSIX_CAP_ID, &body).unwrap_or(0);
+        let msix_cap = config.add_capability(MSIX_CAP_ID, &body).ok_or_else(full)?;
         config.set_writable(msix_cap + 3, &[(msix::CONTROL_WRITABLE >> 8) as u8]);
         let notify = sizes
             .iter()

@@ -87,8 +87,8 @@ pub struct BlockCounters {
     pub requests: AtomicU64,
     /// Requests completed with an error status.
     pub failed: AtomicU64,
-    /// Chains refused as malformed (a subset of `failed`, plus chains with no
-    /// status byte that completed with length 0).
+    /// Chains refused as malformed (all also counted in `failed`, including
+    /// chains with no status byte, which complete with length 0).
     pub malformed: AtomicU64,
     /// Interrupts sent to the driver.
     pub interrupts: AtomicU64,
@@ -240,9 +240,12 @@ impl VirtioDevice for VirtioBlock {
     }
 
     fn reset(&mut self) {
-        if let Some(mut w) = self.worker.take() {
-            w.stop();
-        }
+        // Only a device that ran has anything to flush; this also makes a
+        // second reset (VM exit, then drop) a no-op.
+        let Some(mut worker) = self.worker.take() else {
+            return;
+        };
+        worker.stop();
         if let Err(e) = self.disk.flush() {
             tracing::warn!(disk = %self.disk.device_id(), error = %e, "flush at device reset failed");
         }

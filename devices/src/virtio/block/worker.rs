@@ -37,7 +37,9 @@ const BATCH: usize = 32;
 
 /// Everything the worker thread owns.
 pub(super) struct BlockWorker {
-    mem: GuestMemory,
+    /// Shared so `drain` can hold it while `self` is borrowed mutably
+    /// (cloning a `GuestMemoryMmap` allocates).
+    mem: Arc<GuestMemory>,
     queue: Queue,
     notify: EventFd,
     interrupt: Arc<dyn Interrupt>,
@@ -86,7 +88,7 @@ impl BlockWorker {
         limits: Limits,
     ) -> Self {
         Self {
-            mem,
+            mem: Arc::new(mem),
             queue: queue.queue,
             notify: queue.notify,
             interrupt,
@@ -142,44 +144,45 @@ impl BlockWorker {
     }
 
     fn drain(&mut self) -> Result<(), QueueError> {
-        let mem = self.mem.clone();
+        let mem = Arc::clone(&self.mem);
+        let mem = &*mem;
         let mut slices = Vec::with_capacity(16);
         loop {
             // No notifications while the worker is busy or polling.
-            self.queue.disable_notification(&mem)?;
+            self.queue.disable_notification(mem)?;
             let mut completed = false;
             loop {
                 let mut n = 0;
-                for chain in self.queue.iter(&mem)?.take(BATCH) {
-                    self.handler.take(n, chain, &mem);
+                for chain in self.queue.iter(mem)?.take(BATCH) {
+                    self.handler.take(n, chain, mem);
                     n += 1;
                 }
                 if n == 0 {
                     break;
                 }
-                self.handler.parse(n, &mem);
-                self.handler.perform(n, &mem, &mut slices);
+                self.handler.parse(n, mem);
+                self.handler.perform(n, mem, &mut slices);
                 // Last pass: statuses and used entries.
                 for slot in &self.handler.slots[..n] {
                     let out = request::finish(
                         &slot.layout,
-                        &mem,
+                        mem,
                         slot.performed.status,
                         slot.performed.data_written,
                     );
-                    self.queue.add_used(&mem, slot.layout.head, out.used_len)?;
+                    self.queue.add_used(mem, slot.layout.head, out.used_len)?;
                 }
                 completed = true;
             }
-            if completed && self.queue.needs_notification(&mem)? {
+            if completed && self.queue.needs_notification(mem)? {
                 self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
                 self.interrupt.signal_used(0);
             }
-            if self.poll_for_work(&mem)? {
+            if self.poll_for_work(mem)? {
                 continue;
             }
             // Re-enable notifications; a request that raced in is handled now.
-            if !self.queue.enable_notification(&mem)? {
+            if !self.queue.enable_notification(mem)? {
                 return Ok(());
             }
         }

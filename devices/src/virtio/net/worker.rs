@@ -31,7 +31,9 @@ const TAP_TOKEN: u64 = 2;
 /// Everything the worker thread owns.
 pub(super) struct NetWorker {
     tap: Arc<Tap>,
-    mem: GuestMemory,
+    /// Shared so a drain loop can hold it while `self` is borrowed mutably
+    /// (cloning a `GuestMemoryMmap` allocates).
+    mem: Arc<GuestMemory>,
     rx: Queue,
     rx_notify: EventFd,
     tx: Queue,
@@ -59,7 +61,7 @@ impl NetWorker {
     ) -> Self {
         Self {
             tap,
-            mem,
+            mem: Arc::new(mem),
             rx: rx.queue,
             rx_notify: rx.notify,
             tx: tx.queue,
@@ -174,11 +176,11 @@ impl NetWorker {
 
     fn receive(&mut self, ev: &mut EventLoop) -> Result<(), QueueError> {
         let mut delivered = false;
-        let mem = self.mem.clone();
+        let mem = Arc::clone(&self.mem);
         loop {
-            let Some(chain) = self.rx.iter(&mem)?.next() else {
+            let Some(chain) = self.rx.iter(&*mem)?.next() else {
                 // No buffers: stop watching the tap until the driver posts some.
-                if self.rx.enable_notification(&self.mem)? {
+                if self.rx.enable_notification(&*self.mem)? {
                     continue;
                 }
                 self.watch_tap(ev, false);
@@ -191,7 +193,7 @@ impl NetWorker {
             if !ok {
                 debug!(head, "virtio-net: malformed receive chain");
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                self.rx.add_used(&self.mem, head, 0)?;
+                self.rx.add_used(&*self.mem, head, 0)?;
                 delivered = true;
                 continue;
             }
@@ -200,7 +202,7 @@ impl NetWorker {
                     self.mark_dirty(n);
                     // num_buffers = 1: one chain per frame (no MRG_RXBUF).
                     chain::write_bytes(&self.mem, &self.layout.writable, 10, &1u16.to_le_bytes());
-                    self.rx.add_used(&self.mem, head, n as u32)?;
+                    self.rx.add_used(&*self.mem, head, n as u32)?;
                     self.counters.rx_frames.fetch_add(1, Ordering::Relaxed);
                     self.counters
                         .rx_bytes
@@ -223,7 +225,7 @@ impl NetWorker {
                 }
             }
         }
-        if delivered && self.rx.needs_notification(&self.mem)? {
+        if delivered && self.rx.needs_notification(&*self.mem)? {
             self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
             self.interrupt.signal_used(RX_QUEUE);
         }
@@ -232,21 +234,20 @@ impl NetWorker {
 
     fn transmit(&mut self) -> Result<(), QueueError> {
         let mut sent = false;
-        let mem = self.mem.clone();
+        let mem = Arc::clone(&self.mem);
         loop {
-            if self.tx.event_idx_enabled() {
-                self.tx.disable_notification(&mem)?;
-            }
-            while let Some(chain) = self.tx.iter(&mem)?.next() {
+            // No notifications while draining (a no-op under EVENT_IDX).
+            self.tx.disable_notification(&*mem)?;
+            while let Some(chain) = self.tx.iter(&*mem)?.next() {
                 self.send(chain);
-                self.tx.add_used(&self.mem, self.layout.head, 0)?;
+                self.tx.add_used(&*self.mem, self.layout.head, 0)?;
                 sent = true;
             }
-            if !self.tx.enable_notification(&self.mem)? {
+            if !self.tx.enable_notification(&*self.mem)? {
                 break;
             }
         }
-        if sent && self.tx.needs_notification(&self.mem)? {
+        if sent && self.tx.needs_notification(&*self.mem)? {
             self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
             self.interrupt.signal_used(TX_QUEUE);
         }
