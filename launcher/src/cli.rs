@@ -202,17 +202,15 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     for (k, v) in parse_kv(s, &["path", "format", "readonly"], "--disk")? {
         match k {
             "path" => disk.path = PathBuf::from(v),
-            "format" => {
-                if v != "raw" && v != "qcow2" {
-                    return Err(format!("unknown disk format '{v}' (expected raw or qcow2)"));
-                }
-                disk.format = Some(v.to_owned());
-            }
+            "format" => disk.format = Some(v.to_owned()),
             _ => disk.readonly = parse_on_off(k, v)?,
         }
     }
     if disk.path.as_os_str().is_empty() {
         return Err(format!("--disk '{s}' needs path=FILE"));
+    }
+    if let Err(v) = disk.image_format() {
+        return Err(format!("unknown disk format '{v}' (expected raw or qcow2)"));
     }
     Ok(disk)
 }

@@ -62,6 +62,21 @@ pub struct DiskConfig {
     pub readonly: bool,
 }
 
+impl DiskConfig {
+    /// The image format `format` names, or `None` to probe the image.
+    ///
+    /// # Errors
+    /// The name, when it is neither `raw` nor `qcow2`.
+    pub fn image_format(&self) -> Result<Option<vireo_block::Format>, &str> {
+        match self.format.as_deref() {
+            None => Ok(None),
+            Some("raw") => Ok(Some(vireo_block::Format::Raw)),
+            Some("qcow2") => Ok(Some(vireo_block::Format::Qcow2)),
+            Some(other) => Err(other),
+        }
+    }
+}
+
 /// A network interface in the launch spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -264,13 +279,11 @@ impl VmConfig {
             return Err(ConfigError::TooManyDevices { count });
         }
         for (index, disk) in self.disks.iter().enumerate() {
-            if let Some(format) = &disk.format {
-                if format != "raw" && format != "qcow2" {
-                    return Err(ConfigError::InvalidDiskFormat {
-                        index,
-                        format: format.clone(),
-                    });
-                }
+            if let Err(format) = disk.image_format() {
+                return Err(ConfigError::InvalidDiskFormat {
+                    index,
+                    format: format.to_owned(),
+                });
             }
             if let Some(first) = self.disks[..index].iter().position(|d| d.path == disk.path) {
                 return Err(ConfigError::DuplicateDisk {

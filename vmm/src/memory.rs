@@ -5,17 +5,17 @@
 //!                                  (devices, ECAM, IOAPIC, LAPIC)
 //! ```
 //! RAM is anonymous `MAP_NORESERVE` memory, so pages the guest never touches
-//! cost the host nothing. Every region carries a [`DirtyBitmap`] so writes
+//! cost the host nothing. Every region carries a [`vireo_block::DirtyBitmap`] so writes
 //! made by devices through `vm-memory` are tracked for live migration.
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use thiserror::Error;
-use vireo_block::DirtyBitmap;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-/// Guest memory with dirty-page tracking of device writes.
-pub type GuestMemory = GuestMemoryMmap<DirtyBitmap>;
+/// Guest memory with dirty-page tracking of device writes (the devices'
+/// type, so they share the VM's memory without conversion).
+pub use vireo_devices::virtio::GuestMemory;
 
 /// Start of the hole below 4 GiB reserved for PCI MMIO and platform devices.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;

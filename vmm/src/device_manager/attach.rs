@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use kvm_ioctls::VmFd;
 use tracing::info;
-use vireo_block::{open_disk, Format, OpenOptions};
+use vireo_block::{open_disk, OpenOptions};
 use vireo_devices::virtio::block::VirtioBlock;
 use vireo_devices::virtio::net::VirtioNet;
 use vireo_devices::virtio::GuestMemory;
@@ -24,11 +24,10 @@ pub fn attach_devices(
     nets: &[NetConfig],
 ) -> Result<(), DeviceError> {
     for (index, d) in disks.iter().enumerate() {
-        let format = match d.format.as_deref() {
-            None => None,
-            Some("qcow2") => Some(Format::Qcow2),
-            Some(_) => Some(Format::Raw),
-        };
+        let format = d.image_format().map_err(|format| DeviceError::DiskFormat {
+            index,
+            format: format.to_owned(),
+        })?;
         let opts = OpenOptions {
             format,
             read_only: d.readonly,
@@ -39,14 +38,6 @@ pub fn attach_devices(
             path: d.path.display().to_string(),
             source,
         })?;
-        info!(
-            index,
-            path = %d.path.display(),
-            format = ?disk.format(),
-            size = disk.size(),
-            read_only = disk.read_only(),
-            "disk opened"
-        );
         let dev = VirtioBlock::new(Arc::from(disk), index);
         dm.add_virtio(vm, Box::new(dev), mem)?;
     }
