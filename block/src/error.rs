@@ -338,7 +338,7 @@ pub enum BlockError {
     InvalidClusterSize(u64),
 
     /// Image creation was asked for a size that is not a multiple of 512 or is too large.
-    #[error("invalid disk size {0} (must be a non-zero multiple of 512 up to 2^55)")]
+    #[error("invalid disk size {0} (must be a non-zero multiple of 512 up to 2^56)")]
     InvalidDiskSize(u64),
 
     /// Image creation refused to overwrite an existing file.

@@ -12,7 +12,6 @@
 //! arithmetic is checked; nothing here can panic or allocate more than one cluster (2 MiB).
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::error::{BlockError, CompressionType, MetadataTable, Result};
@@ -383,7 +382,7 @@ fn check_table(
 }
 
 fn read_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
-    file.read_exact_at(buf, offset)
+    crate::formats::raw::io::read_exact_at_aligned(file, buf, offset)
         .map_err(|e| BlockError::io("read header", path, e))
 }
 

@@ -11,9 +11,10 @@
 //! - `backing.rs` resolves and opens the backing chain (loops, depth, formats, relative paths).
 //! - Data path: guest slices become imago I/O vectors without copying; imago marks the guest
 //!   memory dirty when a read's vector is dropped.
-//! - Locking: reads, writes and write-zeroes share a read lock; discard takes the write lock
-//!   because imago may free clusters a concurrent request still maps (imago's `unsafe`
-//!   discard contract is met by exclusion, so we use its safe `&mut` API).
+//! - Locking: reads, writes and v2 write-zeroes (which write zero data) share a read lock;
+//!   discard and v3 write-zeroes take the write lock because imago may free or remap clusters
+//!   a concurrent request still maps (imago's `unsafe` discard contract is met by exclusion,
+//!   so we use its safe `&mut` API).
 //! - Fast path: requests inside one cluster that the top image owns outright (allocated,
 //!   "copied") go straight to the file with the raw engine's syscalls, using a small mapping
 //!   cache filled from imago's own lookups. Such mappings change only through discard and

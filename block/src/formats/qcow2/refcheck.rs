@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::header::Qcow2Header;
@@ -142,7 +141,7 @@ fn read_entries(file: &File, path: &Path, offset: u64, count: u64) -> Result<Vec
 }
 
 fn read_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
-    file.read_exact_at(buf, offset).map_err(|e| {
+    crate::formats::raw::io::read_exact_at_aligned(file, buf, offset).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             BlockError::Truncated {
                 needed: offset.saturating_add(buf.len() as u64),

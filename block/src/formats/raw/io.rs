@@ -88,6 +88,33 @@ pub(super) fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u6
     Ok(())
 }
 
+/// Reads exactly `buf.len()` bytes at `offset` through an aligned bounce buffer covering the
+/// range, so it works whether or not `file` was opened `O_DIRECT` (image metadata read at open
+/// time, not the data path). A range past the end of the file is `UnexpectedEof`.
+pub(crate) fn read_exact_at_aligned(
+    file: &File,
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<()> {
+    let align = BOUNCE_ALIGN as u64;
+    let start = offset - offset % align;
+    let skip = (offset - start) as usize;
+    let mut bounce = AlignedBuf::zeroed(skip + buf.len())
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+    let data = bounce.as_mut_slice();
+    let mut done = 0;
+    while done < skip + buf.len() {
+        match file.read_at(&mut data[done..], start + done as u64) {
+            Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.copy_from_slice(&data[skip..skip + buf.len()]);
+    Ok(())
+}
+
 /// Copy the first bytes of `bufs` into `out`; returns how many were available.
 pub(super) fn copy_prefix(bufs: &[GuestSlice<'_>], out: &mut [u8]) -> usize {
     let mut done = 0;

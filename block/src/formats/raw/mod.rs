@@ -214,24 +214,23 @@ impl Engine for RawEngine {
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
-        if !self.probed || offset >= QCOW2_MAGIC.len() as u64 {
-            let res = if self.block_device {
-                self.blk_range_ioctl(BLKZEROOUT, offset, len)
+        // Zeroes never form a format magic, so the sector-0 guard of probed images has
+        // nothing to refuse here, whichever way they are written.
+        let res = if self.block_device {
+            self.blk_range_ioctl(BLKZEROOUT, offset, len)
+        } else {
+            let mode = if may_unmap {
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
             } else {
-                let mode = if may_unmap {
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
-                } else {
-                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
-                };
-                self.fallocate(mode, offset, len)
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
             };
-            match res {
-                Ok(()) => return Ok(()),
-                Err(e) if is_unsupported(&e) => {}
-                Err(e) => return Err(BlockError::io("write-zeroes", &self.path, e)),
-            }
+            self.fallocate(mode, offset, len)
+        };
+        match res {
+            Ok(()) => return Ok(()),
+            Err(e) if is_unsupported(&e) => {}
+            Err(e) => return Err(BlockError::io("write-zeroes", &self.path, e)),
         }
-        // Zeroes never form a magic, so the sector-0 guard has nothing to refuse here.
         self.check_direct(offset, len)?;
         io::write_zeroes_at(&self.file, &self.path, offset, len)
     }
