@@ -36,11 +36,7 @@ fn open(
 fn open_err(path: &Path) -> BlockError {
     match open(path, Some(Format::Qcow2), false) {
         Ok(disk) => panic!("{} opened: {disk:?}", path.display()),
-        Err(e) => {
-            // The message must name the problem (Display is what users see).
-            assert!(!e.to_string().is_empty());
-            e
-        }
+        Err(e) => e,
     }
 }
 

@@ -36,7 +36,6 @@ pub fn qemu_img(args: &[&str]) -> Output {
     run("qemu-img", args)
 }
 
-/// `qemu-io -f <fmt> -c <cmd>… <path>`; asserts no command reported an error.
 /// Creates a qcow2 overlay at `path` over `backing` (a path as written into
 /// the header, relative to the overlay's directory) of format `backing_fmt`,
 /// with optional `-o` creation options.
@@ -49,6 +48,7 @@ pub fn qemu_overlay(path: &str, backing: &str, backing_fmt: &str, opts: Option<&
     qemu_img(&args)
 }
 
+/// `qemu-io -f <fmt> -c <cmd>… <path>`; asserts no command reported an error.
 pub fn qemu_io(path: &Path, format: &str, cmds: &[String]) {
     let mut args = vec!["-f".to_string(), format.to_string()];
     for c in cmds {

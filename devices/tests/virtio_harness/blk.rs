@@ -535,7 +535,7 @@ fn allocated_bytes(path: &Path) -> u64 {
 #[test]
 fn blk_discard_raw_punches_a_hole() {
     let mut b = Blk::new(Image::Raw);
-    // Sectors 1024.. (512 KiB in) hold data from the initial fill; flush so blocks exist.
+    // Sectors 1024.. (512 KiB in) hold data from the initial fill.
     assert!(!in_hole(&b.path, 1024 * 512), "data before discard");
     let blocks_before = allocated_bytes(&b.path);
     let ranges = [range(1024, 256, 0), range(4096, 8, 0)];

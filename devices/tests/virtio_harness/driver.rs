@@ -341,6 +341,9 @@ impl Driver {
         let mut l = BarLayout::default();
         let mut ptr = usize::from(self.cfg::<1>(0x34)[0]);
         let mut seen = 0;
+        // Which of the common (1), notify (2), ISR (3) and device (4)
+        // structures the list described.
+        let mut found = [false; 5];
         while ptr != 0 {
             seen += 1;
             assert!(seen < 48, "capability list loops");
@@ -352,6 +355,9 @@ impl Driver {
                     assert_eq!(bar, 0, "virtio structures are in BAR0");
                     let offset = u64::from(self.cfg32(ptr + 8));
                     let length = u64::from(self.cfg32(ptr + 12));
+                    if let Some(f) = found.get_mut(usize::from(cfg_type)) {
+                        *f = true;
+                    }
                     match cfg_type {
                         1 => l.common = offset,
                         2 => {
@@ -380,10 +386,13 @@ impl Driver {
             }
             ptr = usize::from(next);
         }
-        assert_ne!(l.notify_multiplier, 0, "notify capability found");
+        assert_eq!(
+            found[1..],
+            [true; 4],
+            "common, notify, ISR and device capabilities"
+        );
+        assert_ne!(l.notify_multiplier, 0, "notify multiplier");
         assert_ne!(l.msix_cap, 0, "MSI-X capability found");
-        assert_ne!(l.isr, 0, "ISR capability found");
-        assert_ne!(l.device, 0, "device capability found");
         l
     }
 
