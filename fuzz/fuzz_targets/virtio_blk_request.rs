@@ -1,9 +1,10 @@
 //! Fuzz target: virtio-blk requests from arbitrary descriptor chains.
 //!
 //! The input is a small guest memory image (see `common/mod.rs`): a descriptor table, an avail
-//! ring and buffer bytes. Every chain offered is run exactly as the device worker runs it —
-//! `ChainLayout::parse`, `request::parse`, `request::execute` (or `finish` with IOERR) and
-//! `add_used` — against a 1 MiB raw disk in /dev/shm. Nothing may panic, and the used length
+//! ring and buffer bytes. Every chain offered goes through the steps the device worker runs —
+//! `ChainLayout::parse`, `request::parse`, `request::execute` (= `perform` + `finish`; or
+//! `finish` with IOERR) and `add_used` — one chain at a time (the worker does each step for a
+//! batch of chains before the next), against a 1 MiB raw disk in /dev/shm. Nothing may panic, and the used length
 //! never exceeds the chain's writable bytes.
 
 #![no_main]

@@ -4,9 +4,10 @@
 //! B selects (BCD or binary, 24-hour or 12-hour), computed at each read, so the
 //! guest's wall clock starts right. The update-in-progress bit always reads 0
 //! and register D reports valid time, so guests (Linux `rtc_cmos`) never spin
-//! waiting for an update. Guest writes to the time registers are ignored: the
-//! host clock is authoritative. No interrupts are raised (no alarm, periodic
-//! or update interrupts); the other 114 bytes are plain CMOS RAM.
+//! waiting for an update. Guest writes to the time and alarm registers
+//! (0x00–0x09) are ignored: the host clock is authoritative, and no
+//! interrupts are raised (no alarm, periodic or update interrupts). The
+//! century byte (0x32) is computed too; the rest is plain CMOS RAM.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -76,9 +76,11 @@ impl ChainLayout {
 
     /// Fills the layout from `chain`, checking the rules in the module docs.
     /// `max_segments` bounds the total number of descriptors. On error the
-    /// layout still holds every segment seen (bad ones included), so the
-    /// caller can report a status in the last writable byte; writes through
-    /// [`write_bytes`] re-check that the byte is in guest memory.
+    /// layout still holds the segments seen up to that point (out-of-RAM ones
+    /// included; a readable segment after a writable one is dropped, and
+    /// parsing stops at `max_segments`), so the caller can report a status in
+    /// the last writable byte; writes through [`write_bytes`] re-check that
+    /// the byte is in guest memory.
     pub fn parse<M>(
         &mut self,
         chain: DescriptorChain<M>,

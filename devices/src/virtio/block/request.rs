@@ -72,7 +72,8 @@ pub struct Request {
     pub kind: RequestKind,
     /// First sector (for IN/OUT).
     pub sector: u64,
-    /// Data bytes: data-in length for IN/GET_ID, data-out length for the others.
+    /// Data bytes: data-in length for IN/GET_ID, data-out length for OUT,
+    /// DISCARD and WRITE_ZEROES, 0 for FLUSH and unsupported types.
     pub data_len: u64,
 }
 
