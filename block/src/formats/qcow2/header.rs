@@ -386,8 +386,13 @@ fn read_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> 
         .map_err(|e| BlockError::io("read header", path, e))
 }
 
+/// Host offset bits of an L1 entry (the L2 table's offset).
+pub(super) const L1_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// Host offset bits of a refcount-table entry (the refcount block's offset).
+pub(super) const RT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
+
 /// Big-endian u32 at `pos`; callers guarantee `pos + 4 <= buf.len()` (0 otherwise).
-fn be32(buf: &[u8], pos: usize) -> u32 {
+pub(super) fn be32(buf: &[u8], pos: usize) -> u32 {
     buf.get(pos..pos + 4)
         .and_then(|b| b.try_into().ok())
         .map(u32::from_be_bytes)
@@ -395,7 +400,7 @@ fn be32(buf: &[u8], pos: usize) -> u32 {
 }
 
 /// Big-endian u64 at `pos` (0 if out of range).
-fn be64(buf: &[u8], pos: usize) -> u64 {
+pub(super) fn be64(buf: &[u8], pos: usize) -> u64 {
     buf.get(pos..pos + 8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)

@@ -16,11 +16,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 
-use super::header::Qcow2Header;
+use super::header::{Qcow2Header, L1_OFFSET_MASK, RT_OFFSET_MASK};
 use crate::error::{BlockError, MetadataTable, Result};
-
-/// Offset bits of L1 and refcount table entries.
-const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 
 /// Check that every metadata cluster is distinct and has a non-zero refcount.
 pub(crate) fn check_metadata_refcounts(file: &File, path: &Path, hdr: &Qcow2Header) -> Result<()> {
@@ -67,13 +64,13 @@ pub(crate) fn check_metadata_refcounts(file: &File, path: &Path, hdr: &Qcow2Head
         claim(l1_offset + i * cs, MetadataTable::L1Table)?;
     }
     for entry in &l1 {
-        let l2 = entry & OFFSET_MASK;
+        let l2 = entry & L1_OFFSET_MASK;
         if l2 != 0 {
             claim(l2, MetadataTable::L2Table)?;
         }
     }
     for entry in &reftable {
-        let rb = entry & OFFSET_MASK;
+        let rb = entry & RT_OFFSET_MASK;
         if rb != 0 {
             claim(rb, MetadataTable::RefcountBlock)?;
         }
@@ -94,7 +91,7 @@ pub(crate) fn check_metadata_refcounts(file: &File, path: &Path, hdr: &Qcow2Head
         let rb_offset = usize::try_from(rt_index)
             .ok()
             .and_then(|i| reftable.get(i))
-            .map_or(0, |e| e & OFFSET_MASK);
+            .map_or(0, |e| e & RT_OFFSET_MASK);
         let refcount = if rb_offset == 0 {
             0
         } else {
@@ -136,7 +133,7 @@ fn read_entries(file: &File, path: &Path, offset: u64, count: u64) -> Result<Vec
     read_at(file, path, &mut raw, offset)?;
     Ok(raw
         .chunks_exact(8)
-        .map(|c| c.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+        .map(|c| super::header::be64(c, 0))
         .collect())
 }
 

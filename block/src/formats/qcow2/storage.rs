@@ -64,10 +64,7 @@ use super::header::Qcow2Header;
 /// Header bytes holding `l1_size` (u32 at 36), `l1_table_offset` (u64 at 40),
 /// `refcount_table_offset` (u64 at 48) and `refcount_table_clusters` (u32 at 56).
 const HEADER_POINTERS: Range<u64> = 36..60;
-/// Host offset bits of an L1 entry.
-const L1_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
-/// Host offset bits of a refcount-table entry.
-const RT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
+use super::header::{L1_OFFSET_MASK, RT_OFFSET_MASK};
 
 /// Where the pointer tables are (from the header, followed when imago moves them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,12 +92,8 @@ impl Layout {
 
     /// Decode the pointer fields from header bytes 36..60.
     fn from_header_bytes(b: &[u8; 24]) -> Self {
-        let be32 = |i: usize| u64::from(u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]));
-        let be64 = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_be_bytes(a)
-        };
+        let be32 = |i: usize| u64::from(super::header::be32(b, i));
+        let be64 = |i: usize| super::header::be64(b, i);
         Layout {
             l1_entries: be32(0),
             l1_offset: be64(4),
@@ -379,11 +372,8 @@ impl GuardedFile {
                 self.read_view(pos, &mut old, &none)?;
                 self.read_view(pos, &mut new, &pending)?;
                 for (o, w) in old.chunks_exact(8).zip(new.chunks_exact(8)) {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(o);
-                    let old_target = u64::from_be_bytes(a) & mask;
-                    a.copy_from_slice(w);
-                    let new_target = u64::from_be_bytes(a) & mask;
+                    let old_target = super::header::be64(o, 0) & mask;
+                    let new_target = super::header::be64(w, 0) & mask;
                     if new_target != 0 && new_target != old_target {
                         self.ensure_refcounted(g, &new_layout, new_target >> cb, &pending)?;
                     }
