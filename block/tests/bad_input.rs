@@ -10,31 +10,11 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use vireo_block::{
-    open_disk, BlockError, CompressionType, DiskBackend, Format, MetadataTable, OpenOptions,
-    MAX_BACKING_DEPTH,
+    open_disk, BlockError, CompressionType, Format, MetadataTable, OpenOptions, MAX_BACKING_DEPTH,
 };
 
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf8 path")
-}
-
-fn open(
-    path: &Path,
-    format: Option<Format>,
-    read_only: bool,
-) -> Result<Box<dyn DiskBackend>, BlockError> {
-    open_disk(
-        path,
-        &OpenOptions {
-            format,
-            read_only,
-            ..OpenOptions::default()
-        },
-    )
-}
-
 fn open_err(path: &Path) -> BlockError {
-    match open(path, Some(Format::Qcow2), false) {
+    match open_as(path, Some(Format::Qcow2), false) {
         Ok(disk) => panic!("{} opened: {disk:?}", path.display()),
         Err(e) => e,
     }
@@ -215,7 +195,7 @@ fn backing_chain_too_deep() {
     ));
     // One layer less opens.
     let ok = dir.path().join(format!("l{}.qcow2", MAX_BACKING_DEPTH - 1));
-    open(&ok, Some(Format::Qcow2), true).expect("chain of the maximum depth");
+    open_as(&ok, Some(Format::Qcow2), true).expect("chain of the maximum depth");
 }
 
 #[test]
@@ -240,7 +220,7 @@ fn backing_format_not_recorded_is_refused_for_qcow2_only() {
         other => panic!("unexpected {other:?}"),
     }
     // A probed raw backing is accepted.
-    open(&dir.path().join("r.qcow2"), Some(Format::Qcow2), false).expect("raw backing probed");
+    open_as(&dir.path().join("r.qcow2"), Some(Format::Qcow2), false).expect("raw backing probed");
 }
 
 #[test]
@@ -337,7 +317,7 @@ fn unreferenced_metadata_refused_for_writing_only() {
             offset: 0x30000
         }
     ));
-    let disk = open(&img, Some(Format::Qcow2), true).expect("read-only open");
+    let disk = open_as(&img, Some(Format::Qcow2), true).expect("read-only open");
     let mem = memory(mem_for(4096));
     assert_eq!(read(disk.as_ref(), &mem, 0, 4096), vec![0x42; 4096]);
 
@@ -363,7 +343,7 @@ fn raw_is_never_reinterpreted() {
     std::fs::copy(&qcow, &raw).expect("copy");
     let head = std::fs::read(&raw).expect("read")[..4096].to_vec();
     // Explicit raw: the qcow2 header is just data.
-    let disk = open(&raw, Some(Format::Raw), false).expect("open raw");
+    let disk = open_as(&raw, Some(Format::Raw), false).expect("open raw");
     assert_eq!(disk.format(), Format::Raw);
     let mem = memory(mem_for(4096));
     assert_eq!(read(disk.as_ref(), &mem, 0, 4096), head);
@@ -372,7 +352,7 @@ fn raw_is_never_reinterpreted() {
     // A probed raw disk refuses to gain a qcow2 magic at offset 0 (and allows other writes).
     let plain = dir.path().join("plain.img");
     std::fs::write(&plain, vec![0u8; 1 << 20]).expect("write");
-    let disk = open(&plain, None, false).expect("probe raw");
+    let disk = open_as(&plain, None, false).expect("probe raw");
     assert_eq!(disk.format(), Format::Raw);
     let mem = memory(mem_for(4096));
     let mut sector = head[..512].to_vec();
@@ -395,7 +375,7 @@ fn raw_is_never_reinterpreted() {
 fn read_only_and_range_checks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let img = fresh(dir.path(), "ro.qcow2");
-    let disk = open(&img, Some(Format::Qcow2), true).expect("open");
+    let disk = open_as(&img, Some(Format::Qcow2), true).expect("open");
     assert!(disk.read_only());
     assert!(!disk.capabilities().discard && !disk.capabilities().write_zeroes);
     let mem = memory(mem_for(4096));
@@ -419,7 +399,7 @@ fn read_only_and_range_checks() {
     assert_eq!(c.get(vireo_block::OpKind::Write).errors, 1);
     assert_eq!(c.get(vireo_block::OpKind::Read).errors, 1);
     drop(disk);
-    let disk = open(&img, Some(Format::Qcow2), false).expect("open rw");
+    let disk = open_as(&img, Some(Format::Qcow2), false).expect("open rw");
     assert!(matches!(
         disk.write_zeroes(u64::MAX, 2, false),
         Err(BlockError::OutOfRange { .. })

@@ -8,36 +8,21 @@ use std::path::Path;
 
 use common::*;
 use vireo_block::{
-    create_qcow2, create_qcow2_overlay, create_raw, open_disk, BlockError, DiskBackend, Format,
-    OpenOptions, DEFAULT_CLUSTER_SIZE,
+    create_qcow2, create_qcow2_overlay, create_raw, open_disk, BlockError, Format, OpenOptions,
+    DEFAULT_CLUSTER_SIZE,
 };
 
 const MIB: u64 = 1 << 20;
 
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf8 path")
-}
-
 fn info(path: &Path) -> String {
     String::from_utf8_lossy(&qemu_img(&["info", "--output=json", p(path)]).stdout).into_owned()
-}
-
-fn open(path: &Path, format: Format) -> Box<dyn DiskBackend> {
-    open_disk(
-        path,
-        &OpenOptions {
-            format: Some(format),
-            ..OpenOptions::default()
-        },
-    )
-    .expect("open")
 }
 
 /// We write 0xa1 at 1 MiB − 512 (crossing clusters), qemu-io checks it (and that 7 MiB is still
 /// zero); qemu-io writes 0xb2 at
 /// 3 MiB, we check it.
 fn exchange(path: &Path, format: Format) {
-    let disk = open(path, format);
+    let disk = open_rw(path, format);
     let mem = memory(mem_for(256 * 1024));
     write(disk.as_ref(), &mem, MIB - 512, &[0xa1; 70000]);
     disk.flush().expect("flush");
@@ -51,7 +36,7 @@ fn exchange(path: &Path, format: Format) {
             format!("write -P 0xb2 {} 4096", 3 * MIB),
         ],
     );
-    let disk = open(path, format);
+    let disk = open_rw(path, format);
     assert_eq!(read(disk.as_ref(), &mem, 3 * MIB, 4096), vec![0xb2; 4096]);
 }
 
@@ -110,7 +95,7 @@ fn overlays_over_raw_and_qcow2_bases() {
                 && info.contains("\"virtual-size\": 8388608"),
             "{info}"
         );
-        let disk = open(&overlay, Format::Qcow2);
+        let disk = open_rw(&overlay, Format::Qcow2);
         let mem = memory(mem_for(8192));
         assert_eq!(read(disk.as_ref(), &mem, 4096, 8192), vec![pat; 8192]);
         drop(disk);
@@ -170,7 +155,7 @@ fn submit_completes_inline_with_the_callers_tag() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("disk.img");
     create_raw(&path, 8 * MIB).expect("create");
-    let disk = open(&path, Format::Raw);
+    let disk = open_rw(&path, Format::Raw);
     let mem = memory(mem_for(4096));
     assert!(disk.completion_fd().is_none());
 

@@ -16,24 +16,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use vireo_block::{open_disk, DiskBackend, Format, OpenOptions};
+use vireo_block::{DiskBackend, Format};
 
 const MIB: u64 = 1024 * 1024;
-
-fn open_rw(path: &Path, format: Format) -> Box<dyn DiskBackend> {
-    open_disk(
-        path,
-        &OpenOptions {
-            format: Some(format),
-            ..OpenOptions::default()
-        },
-    )
-    .expect("open")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf8 path")
-}
 
 /// qemu-io pattern writes: (offset, len, pattern byte). Unaligned, cluster-crossing, far out.
 fn qemu_writes(size: u64) -> Vec<(u64, u64, u8)> {

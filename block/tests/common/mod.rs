@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use vireo_block::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vireo_block::DiskBackend;
+use vireo_block::{open_disk, BlockError, DiskBackend, Format, OpenOptions};
 
 /// Guest memory as the VMM has it.
 pub type Mem = GuestMemoryMmap<vireo_block::DirtyBitmap>;
@@ -29,6 +29,32 @@ pub fn run(tool: &str, args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// A path as the `&str` the QEMU tools take.
+pub fn p(path: &Path) -> &str {
+    path.to_str().expect("utf8 path")
+}
+
+/// Opens `path` with the given format (`None`: probe) and access.
+pub fn open_as(
+    path: &Path,
+    format: Option<Format>,
+    read_only: bool,
+) -> Result<Box<dyn DiskBackend>, BlockError> {
+    open_disk(
+        path,
+        &OpenOptions {
+            format,
+            read_only,
+            ..OpenOptions::default()
+        },
+    )
+}
+
+/// Opens `path` read-write as `format`; the test fails if it cannot.
+pub fn open_rw(path: &Path, format: Format) -> Box<dyn DiskBackend> {
+    open_as(path, Some(format), false).expect("open")
 }
 
 /// `qemu-img …`

@@ -137,16 +137,17 @@ impl Cmos {
     }
 
     fn read_register(&self, reg: u8) -> u8 {
-        let t = CivilTime::from_unix((self.now)());
+        // The clock is read only for the registers that show it.
+        let t = || CivilTime::from_unix((self.now)());
         match reg {
-            REG_SECONDS => self.encode(t.second),
-            REG_MINUTES => self.encode(t.minute),
-            REG_HOURS => self.encode_hour(t.hour),
-            REG_WEEKDAY => self.encode(t.weekday),
-            REG_DAY => self.encode(t.day),
-            REG_MONTH => self.encode(t.month),
-            REG_YEAR => self.encode((t.year % 100) as u8),
-            REG_CENTURY => self.encode((t.year / 100) as u8),
+            REG_SECONDS => self.encode(t().second),
+            REG_MINUTES => self.encode(t().minute),
+            REG_HOURS => self.encode_hour(t().hour),
+            REG_WEEKDAY => self.encode(t().weekday),
+            REG_DAY => self.encode(t().day),
+            REG_MONTH => self.encode(t().month),
+            REG_YEAR => self.encode((t().year % 100) as u8),
+            REG_CENTURY => self.encode((t().year / 100) as u8),
             // Update in progress (bit 7) is never set.
             REG_A => self.ram[usize::from(REG_A)] & 0x7f,
             REG_C => 0,

@@ -30,8 +30,8 @@ pub struct PciConfigSpace {
 impl std::fmt::Debug for PciConfigSpace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PciConfigSpace")
-            .field("vendor", &self.read_u16(0))
-            .field("device", &self.read_u16(2))
+            .field("vendor", &self.u16_at(0))
+            .field("device", &self.u16_at(2))
             .finish()
     }
 }
@@ -121,10 +121,6 @@ impl PciConfigSpace {
     /// The current address of 32-bit memory BAR `index`.
     pub fn bar_addr(&self, index: usize) -> Option<u32> {
         (index < NUM_BARS).then(|| self.read_u32(BAR0_OFFSET + index * 4) & !0xf)
-    }
-
-    fn read_u16(&self, off: usize) -> u16 {
-        u16::from_le_bytes([self.bytes[off], self.bytes[off + 1]])
     }
 
     fn read_u32(&self, off: usize) -> u32 {
