@@ -2,9 +2,10 @@
 //!
 //! Every chain offered (see `common/mod.rs` for the input layout) is parsed as the net worker
 //! parses it and checked as a transmit and as a receive chain with the same functions the
-//! worker uses (`validate_tx`, `validate_rx`). Properties: no panic; a chain is never valid in
-//! both directions; every segment of a valid chain maps to one host slice (what the worker
-//! builds its iovecs from); a valid receive chain can take the `num_buffers` field.
+//! worker uses (`validate_tx`, `validate_rx`), in guest memory of two adjacent regions.
+//! Properties: no panic; every segment of a valid chain maps to one host slice (what the worker
+//! builds its iovecs from, so a buffer spanning the region boundary must have been refused);
+//! a valid receive chain can take the `num_buffers` field.
 
 #![no_main]
 
@@ -12,7 +13,7 @@ mod common;
 
 use libfuzzer_sys::fuzz_target;
 use vireo_devices::virtio::chain::{self, ChainLayout, Segment};
-use vireo_devices::virtio::net::{validate_rx, validate_tx, MAX_SEGMENTS, MAX_TX_LEN};
+use vireo_devices::virtio::net::{validate_rx, validate_tx, MAX_SEGMENTS};
 use vireo_devices::virtio::GuestMemory;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryBackend;
@@ -39,14 +40,10 @@ fuzz_target!(|data: &[u8]| {
         };
         let head = chain.head_index();
         let parsed = layout.parse(chain, &mem, MAX_SEGMENTS).is_ok();
-        let tx = parsed.then(|| validate_tx(&layout)).flatten();
-        let rx = parsed && validate_rx(&layout);
-        assert!(!(rx && tx.is_some()), "chain valid in both directions");
-        if let Some(len) = tx {
-            assert!((12..=MAX_TX_LEN).contains(&len));
-            assert_eq!(len, chain::total(&layout.readable));
+        if parsed && validate_tx(&layout).is_some() {
             all_map(&mem, &layout.readable);
         }
+        let rx = parsed && validate_rx(&layout);
         if rx {
             all_map(&mem, &layout.writable);
             assert!(chain::write_bytes(

@@ -30,9 +30,12 @@ const DATA: u64 = 0x4000;
 /// Most chains taken from the queue in one run.
 pub const MAX_CHAINS: usize = 512;
 
-/// Fresh zeroed guest memory (a new anonymous mapping: cheap, and runs do not leak state).
+/// Fresh zeroed guest memory (new anonymous mappings: cheap, and runs do not leak state), in
+/// two adjacent regions so buffers that span a region boundary are exercised too.
 pub fn memory() -> GuestMemory {
-    GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory")
+    let half = MEM_SIZE / 2;
+    GuestMemory::from_ranges(&[(GuestAddress(0), half), (GuestAddress(half as u64), half)])
+        .expect("guest memory")
 }
 
 struct Cursor<'a>(&'a [u8]);
