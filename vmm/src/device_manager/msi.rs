@@ -18,7 +18,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VmFd;
 use vireo_devices::virtio::interrupt::{MsiMessage, MsiVectors};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vireo_devices::IrqLine;
 
 use super::DeviceError;
 
@@ -113,7 +113,7 @@ impl GsiRouter {
 #[derive(Debug)]
 pub struct KvmMsiVectors {
     router: Arc<GsiRouter>,
-    vectors: Vec<(u32, EventFd)>,
+    vectors: Vec<(u32, IrqLine)>,
 }
 
 impl KvmMsiVectors {
@@ -122,12 +122,7 @@ impl KvmMsiVectors {
         let mut vectors = Vec::with_capacity(count);
         for _ in 0..count {
             let gsi = router.allocate();
-            let fd = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
-            router
-                .vm
-                .register_irqfd(&fd, gsi)
-                .map_err(|source| DeviceError::Irqfd { gsi, source })?;
-            vectors.push((gsi, fd));
+            vectors.push((gsi, super::irq_line(&router.vm, gsi)?));
         }
         Ok(Self { router, vectors })
     }
@@ -147,10 +142,10 @@ impl MsiVectors for KvmMsiVectors {
     }
 
     fn fire(&self, index: usize) -> io::Result<()> {
-        let (_, fd) = self
+        let (_, line) = self
             .vectors
             .get(index)
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        fd.write(1)
+        line.trigger()
     }
 }
