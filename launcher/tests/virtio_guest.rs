@@ -9,6 +9,10 @@
 
 mod common;
 
+/// Root check and `ip` helper shared with the `net` crate's tap tests.
+#[path = "../../net/tests/common/mod.rs"]
+mod netcommon;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -68,11 +72,6 @@ fn has_line(text: &str, line: &str) -> bool {
     text.lines().any(|l| l == line)
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn qemu_img_available() -> bool {
     Command::new("qemu-img")
         .arg("--version")
@@ -121,7 +120,7 @@ impl NetNs {
         // A leftover from an earlier, killed run of the same pid is unlikely
         // but harmless to remove.
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
+        netcommon::ip(&["netns", "add", &name]);
         Self { name }
     }
 
@@ -129,7 +128,7 @@ impl NetNs {
     fn ip(&self, args: &[&str]) -> String {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);
-        ip(&all)
+        netcommon::ip(&all)
     }
 
     /// `ip netns exec <ns> vireo run --kernel <guest> ARGS`.
@@ -152,16 +151,6 @@ impl Drop for NetNs {
             .args(["netns", "del", &self.name])
             .output();
     }
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// RX packet count of `dev` in `ns`, from `ip -j -s link show`.
@@ -320,8 +309,7 @@ fn read_only_disk_refuses_writes_and_says_so() {
 
 #[test]
 fn disks_then_nics_in_command_line_order() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root for a network namespace and a tap");
+    if !netcommon::root_or_skip("disks_then_nics_in_command_line_order") {
         return;
     }
     let fx = Fixture::create();
@@ -376,8 +364,7 @@ fn disks_then_nics_in_command_line_order() {
 
 #[test]
 fn ping_the_host_through_a_tap() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root for a network namespace and a tap");
+    if !netcommon::root_or_skip("ping_the_host_through_a_tap") {
         return;
     }
     let fx = Fixture::create();
