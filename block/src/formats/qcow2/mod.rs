@@ -176,6 +176,27 @@ impl Qcow2Engine {
         cache[cluster as usize % MAP_CACHE_ENTRIES] = (cluster + 1, host - in_cluster);
     }
 
+    /// One read or write under the shared lock: straight to the file (`fast`, given the host
+    /// offset) when the request lies in a cached, owned cluster; otherwise through imago
+    /// (`slow`), remembering the cluster's mapping afterwards.
+    fn transfer(
+        &self,
+        offset: u64,
+        bufs: &[GuestSlice<'_>],
+        fast: impl FnOnce(u64) -> Result<()>,
+        slow: impl FnOnce(&FormatAccess<ImagoFile>) -> Result<()>,
+    ) -> Result<()> {
+        let image = self.shared();
+        if let Some(host) = self.cached_host(offset, crate::backend::total_len(bufs)) {
+            return fast(host);
+        }
+        let res = slow(&image);
+        if res.is_ok() {
+            self.remember(&image, offset);
+        }
+        res
+    }
+
     /// Forget all cached mappings (caller holds the exclusive image lock).
     fn forget_mappings(&self) {
         let mut cache = self
@@ -214,35 +235,33 @@ impl Engine for Qcow2Engine {
     }
 
     fn read(&self, offset: u64, bufs: &[GuestSlice<'_>]) -> Result<()> {
-        let image = self.shared();
-        let len = crate::backend::total_len(bufs);
-        if let Some(host) = self.cached_host(offset, len) {
-            return raw_io::read_vectored_at(&self.file, &self.path, self.direct, bufs, host);
-        }
-        let (vector, guard) = IoVectorMut::from_volatile_slice(bufs.iter());
-        let res = image.readv(vector, offset).map_err(self.err("read"));
-        // Dropping the guard marks the guest memory dirty.
-        drop(guard);
-        if res.is_ok() {
-            self.remember(&image, offset);
-        }
-        res
+        self.transfer(
+            offset,
+            bufs,
+            |host| raw_io::read_vectored_at(&self.file, &self.path, self.direct, bufs, host),
+            |image| {
+                let (vector, guard) = IoVectorMut::from_volatile_slice(bufs.iter());
+                let res = image.readv(vector, offset).map_err(self.err("read"));
+                // Dropping the guard marks the guest memory dirty.
+                drop(guard);
+                res
+            },
+        )
     }
 
     fn write(&self, offset: u64, bufs: &[GuestSlice<'_>]) -> Result<()> {
-        let image = self.shared();
-        let len = crate::backend::total_len(bufs);
-        if let Some(host) = self.cached_host(offset, len) {
+        self.transfer(
+            offset,
+            bufs,
             // An owned, allocated cluster is written in place, exactly as imago would.
-            return raw_io::write_vectored_at(&self.file, &self.path, self.direct, bufs, host);
-        }
-        let (vector, guard) = IoVector::from_volatile_slice(bufs.iter());
-        let res = image.writev(vector, offset).map_err(self.err("write"));
-        drop(guard);
-        if res.is_ok() {
-            self.remember(&image, offset);
-        }
-        res
+            |host| raw_io::write_vectored_at(&self.file, &self.path, self.direct, bufs, host),
+            |image| {
+                let (vector, guard) = IoVector::from_volatile_slice(bufs.iter());
+                let res = image.writev(vector, offset).map_err(self.err("write"));
+                drop(guard);
+                res
+            },
+        )
     }
 
     fn flush(&self) -> Result<()> {
