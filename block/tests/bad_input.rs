@@ -24,7 +24,7 @@ fn open_err(path: &Path) -> BlockError {
 /// 0x20000, L1 at 0x30000).
 fn fresh(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
-    qemu_img(&["create", "-q", "-f", "qcow2", p(&path), "1M"]);
+    qemu_create(&path, "qcow2", "1M", None);
     qemu_io(&path, "qcow2", &["write -P 0x42 0 64k".to_string()]);
     path
 }
@@ -174,14 +174,7 @@ fn backing_chain_too_deep() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut below = "l0.raw".to_string();
     let mut below_fmt = "raw";
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "raw",
-        p(&dir.path().join(&below)),
-        "1M",
-    ]);
+    qemu_create(&dir.path().join(&below), "raw", "1M", None);
     for i in 1..=MAX_BACKING_DEPTH {
         let name = format!("l{i}.qcow2");
         qemu_overlay(p(&dir.path().join(&name)), &below, below_fmt, None);
@@ -203,7 +196,7 @@ fn backing_format_not_recorded_is_refused_for_qcow2_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = fresh(dir.path(), "base.qcow2");
     let raw = dir.path().join("base.raw");
-    qemu_img(&["create", "-q", "-f", "raw", p(&raw), "1M"]);
+    qemu_create(&raw, "raw", "1M", None);
     for (name, backing, fmt) in [("q.qcow2", &base, "qcow2"), ("r.qcow2", &raw, "raw")] {
         let top = dir.path().join(name);
         qemu_overlay(p(&top), p(backing), fmt, None);
@@ -229,32 +222,15 @@ fn unsupported_features_are_named() {
     let d = dir.path();
 
     let zstd = d.join("zstd.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "compression_type=zstd",
-        p(&zstd),
-        "1M",
-    ]);
+    qemu_create(&zstd, "qcow2", "1M", Some("compression_type=zstd"));
     assert!(matches!(
         open_err(&zstd),
         BlockError::UnsupportedCompression(CompressionType::Zstd)
     ));
 
     let ext = d.join("ext.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        &format!("data_file={}", p(&d.join("data.raw"))),
-        p(&ext),
-        "1M",
-    ]);
+    let data_file = format!("data_file={}", p(&d.join("data.raw")));
+    qemu_create(&ext, "qcow2", "1M", Some(&data_file));
     assert!(matches!(open_err(&ext), BlockError::ExternalDataFile));
 
     let unknown = fresh(d, "unknown.qcow2");
@@ -277,16 +253,7 @@ fn unsupported_features_are_named() {
     assert!(matches!(open_err(&crypt), BlockError::Encrypted(1)));
 
     let extl2 = d.join("extl2.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "extended_l2=on",
-        p(&extl2),
-        "1M",
-    ]);
+    qemu_create(&extl2, "qcow2", "1M", Some("extended_l2=on"));
     assert!(matches!(open_err(&extl2), BlockError::ExtendedL2));
 
     let badversion = fresh(d, "v4.qcow2");

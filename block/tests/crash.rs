@@ -139,17 +139,7 @@ fn sigkill_during_writes() {
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("crash.qcow2");
-    let p = image.to_str().expect("utf8");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=512",
-        p,
-        &SIZE.to_string(),
-    ]);
+    qemu_create(&image, "qcow2", &SIZE.to_string(), Some("cluster_size=512"));
     let mut model = Model {
         data: vec![0; SIZE as usize],
         known: vec![true; SIZE as usize],
@@ -186,15 +176,7 @@ fn sigkill_during_writes() {
 
         model.apply_log(&std::fs::read_to_string(&log).unwrap_or_default());
         let raw = dir.path().join("readback.raw");
-        qemu_img(&[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            p,
-            raw.to_str().expect("utf8"),
-        ]);
+        qemu_img(&["convert", "-f", "qcow2", "-O", "raw", p(&image), p(&raw)]);
         model.verify(&std::fs::read(&raw).expect("readback"), round);
     }
     eprintln!(

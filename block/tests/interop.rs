@@ -112,16 +112,7 @@ fn roundtrip(cluster_size: u64, compat: &str, lazy_refcounts: bool, size: u64) {
         "cluster_size={cluster_size},compat={compat},lazy_refcounts={}",
         if lazy_refcounts { "on" } else { "off" }
     );
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        &opts,
-        p(&image),
-        &size.to_string(),
-    ]);
+    qemu_create(&image, "qcow2", &size.to_string(), Some(&opts));
     let mut model = vec![0u8; size as usize];
     apply_qemu_writes(&image, "qcow2", &qemu_writes(size), &mut model);
 
@@ -186,7 +177,7 @@ fn zlib_compressed_clusters() {
     let src = dir.path().join("src.raw");
     let image = dir.path().join("compressed.qcow2");
     let size = 8 * MIB;
-    qemu_img(&["create", "-q", "-f", "raw", p(&src), &size.to_string()]);
+    qemu_create(&src, "raw", &size.to_string(), None);
     let mut model = vec![0u8; size as usize];
     apply_qemu_writes(&src, "raw", &qemu_writes(size), &mut model);
     // Compressible but not constant data across several clusters.
@@ -232,7 +223,7 @@ fn internal_snapshot_present() {
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("snap.qcow2");
     let size = 8 * MIB;
-    qemu_img(&["create", "-q", "-f", "qcow2", p(&image), &size.to_string()]);
+    qemu_create(&image, "qcow2", &size.to_string(), None);
     let mut model = vec![0u8; size as usize];
     apply_qemu_writes(&image, "qcow2", &qemu_writes(size), &mut model);
     qemu_img(&["snapshot", "-c", "before", p(&image)]);
@@ -286,7 +277,7 @@ fn three_deep_backing_chain() {
     let mid = sub.join("mid.qcow2");
     let upper = d.join("upper.qcow2");
     let top = d.join("top.qcow2");
-    qemu_img(&["create", "-q", "-f", "raw", p(&base), &size.to_string()]);
+    qemu_create(&base, "raw", &size.to_string(), None);
     // Relative names resolve against the naming image's directory: mid is in sub/.
     qemu_overlay(
         p(&mid),
@@ -348,7 +339,7 @@ fn three_deep_backing_chain() {
 fn discard_frees_clusters_consistently() {
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("d.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", p(&image), "8M"]);
+    qemu_create(&image, "qcow2", "8M", None);
     qemu_io(&image, "qcow2", &["write -P 0x5a 0 4M".to_string()]);
     let disk = open_rw(&image, Format::Qcow2);
     disk.discard(MIB, 2 * MIB).expect("discard");
@@ -380,7 +371,7 @@ fn raw_roundtrip() {
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("disk.raw");
     let size = 8 * MIB;
-    qemu_img(&["create", "-q", "-f", "raw", p(&image), &size.to_string()]);
+    qemu_create(&image, "raw", &size.to_string(), None);
     let mut model = vec![0u8; size as usize];
     apply_qemu_writes(&image, "raw", &qemu_writes(size), &mut model);
     let reference = dir.path().join("ref.raw");
@@ -410,7 +401,7 @@ fn fast_path_stays_coherent() {
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("fast.qcow2");
     let size = 4 * MIB;
-    qemu_img(&["create", "-q", "-f", "qcow2", p(&image), &size.to_string()]);
+    qemu_create(&image, "qcow2", &size.to_string(), None);
     qemu_io(&image, "qcow2", &["write -P 0x31 0 1M".to_string()]);
     qemu_img(&["snapshot", "-c", "s", p(&image)]); // clusters 0..1M now shared
     let mut model = vec![0u8; size as usize];

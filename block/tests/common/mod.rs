@@ -62,6 +62,16 @@ pub fn qemu_img(args: &[&str]) -> Output {
     run("qemu-img", args)
 }
 
+/// `qemu-img create -q -f <format> [-o <opts>] <path> <size>`.
+pub fn qemu_create(path: &Path, format: &str, size: &str, opts: Option<&str>) -> Output {
+    let mut args = vec!["create", "-q", "-f", format];
+    if let Some(o) = opts {
+        args.extend(["-o", o]);
+    }
+    args.extend([p(path), size]);
+    qemu_img(&args)
+}
+
 /// Creates a qcow2 overlay at `path` over `backing` (a path as written into
 /// the header, relative to the overlay's directory) of format `backing_fmt`,
 /// with optional `-o` creation options.
