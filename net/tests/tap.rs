@@ -5,26 +5,12 @@
 mod common;
 
 use std::io;
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::*;
-use vireo_net::{MacAddr, NetError, Offloads, Tap, VNET_HDR_LEN};
+use vireo_net::{NetError, Offloads, Tap, VNET_HDR_LEN};
 
-const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
-const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-fn guest_mac() -> MacAddr {
-    "02:12:34:56:78:9a".parse().expect("valid MAC")
-}
-
-/// Opens `name` and gives the host side `HOST_IP/24`.
-fn tap_with_address(name: &str) -> Tap {
-    let tap = Tap::open(name).unwrap_or_else(|e| panic!("Tap::open({name}): {e}"));
-    ip(&["addr", "add", "10.213.0.1/24", "dev", name]);
-    tap
-}
 
 #[test]
 fn open_creates_an_up_tap_with_vnet_hdr() {
@@ -89,9 +75,7 @@ fn arp_request_gets_kernel_reply() {
         let mac = guest_mac();
         send_frame(&tap, &arp_request(mac, GUEST_IP, HOST_IP));
 
-        let (hdr, reply) = recv_frame(&tap, TIMEOUT, |f| {
-            ethertype(f) == Some(ETHERTYPE_ARP) && f.get(20..22) == Some(&[0, 2])
-        });
+        let (hdr, reply) = recv_frame(&tap, TIMEOUT, is_arp_reply);
         // No offloads: plain frame, kernel leaves flags and gso_type zero.
         assert_eq!(hdr[0], 0, "vnet flags");
         assert_eq!(hdr[1], 0, "vnet gso_type");

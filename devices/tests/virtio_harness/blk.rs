@@ -275,7 +275,7 @@ impl Blk {
 }
 
 /// A request header.
-fn header(ty: u32, sector: u64) -> [u8; 16] {
+pub(crate) fn header(ty: u32, sector: u64) -> [u8; 16] {
     let mut h = [0u8; 16];
     h[0..4].copy_from_slice(&ty.to_le_bytes());
     h[8..16].copy_from_slice(&sector.to_le_bytes());

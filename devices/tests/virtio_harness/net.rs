@@ -3,27 +3,23 @@
 //! reply comes back through the receive queue. Needs root (prints `SKIPPED` otherwise).
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vireo_devices::virtio::net::{feature, NetCounters, VirtioNet, MAX_TX_LEN, RX_QUEUE, TX_QUEUE};
 use vireo_devices::virtio::{features, status};
-use vireo_net::{MacAddr, Tap, VNET_HDR_LEN};
+use vireo_net::VNET_HDR_LEN;
 
 use crate::driver::{assert_bytes, linked, unique_index, Driver, Seg, Used, MEM_SIZE, TIMEOUT};
-use crate::netcommon::{arp_request, ethertype, in_netns, ip, link_mac, root_or_skip};
+use crate::netcommon::{
+    arp_request, guest_mac, in_netns, ip, is_arp_reply, link_mac, root_or_skip, tap_with_address,
+    GUEST_IP, HOST_IP,
+};
 
 const TAP: &str = "vtap0";
-const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
-const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
 const RX_BUF: usize = 2048;
 const UNTOUCHED: u8 = 0xee;
-
-fn guest_mac() -> MacAddr {
-    "02:12:34:56:78:9a".parse().expect("valid MAC")
-}
 
 /// A virtio-net device on a fresh tap, initialised with every offered feature.
 struct Net {
@@ -35,8 +31,7 @@ struct Net {
 
 impl Net {
     fn new() -> Self {
-        let tap = Tap::open(TAP).unwrap_or_else(|e| panic!("Tap::open: {e}"));
-        ip(&["addr", "add", "10.213.0.1/24", "dev", TAP]);
+        let tap = tap_with_address(TAP);
         let dev = VirtioNet::new(tap, guest_mac(), unique_index());
         let counters = dev.counters();
         let mut drv = Driver::new(Box::new(dev));
@@ -94,7 +89,7 @@ impl Net {
         loop {
             assert!(Instant::now() < deadline, "no ARP reply");
             let (used, hdr, frame) = self.recv();
-            if ethertype(&frame) == Some(0x0806) && frame.get(20..22) == Some(&[0, 2]) {
+            if is_arp_reply(&frame) {
                 return (used, hdr, frame);
             }
             self.post_rx(1);
@@ -163,7 +158,7 @@ fn send_arp_and_wait_for_reply_queued(n: &mut Net) {
     ip(&["neigh", "flush", "dev", TAP]);
     n.send_arp();
     let deadline = Instant::now() + TIMEOUT;
-    while !ip(&["neigh", "show", "dev", TAP]).contains("10.213.0.2") {
+    while !ip(&["neigh", "show", "dev", TAP]).contains(&GUEST_IP.to_string()) {
         assert!(
             Instant::now() < deadline,
             "the kernel never saw the ARP request"

@@ -10,6 +10,28 @@ use std::time::{Duration, Instant};
 
 use vireo_net::{MacAddr, Tap, VNET_HDR_LEN};
 
+/// The host side's address on a test tap (`tap_with_address`).
+pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
+/// The address the tests' guest side uses.
+pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
+
+/// The MAC address the tests' guest side uses.
+pub fn guest_mac() -> MacAddr {
+    "02:12:34:56:78:9a".parse().expect("valid MAC")
+}
+
+/// Opens (or creates) the tap `name` and gives its host side `HOST_IP/24`.
+pub fn tap_with_address(name: &str) -> Tap {
+    let tap = Tap::open(name).unwrap_or_else(|e| panic!("Tap::open({name}): {e}"));
+    ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", name]);
+    tap
+}
+
+/// Whether `frame` (Ethernet) is an ARP reply.
+pub fn is_arp_reply(frame: &[u8]) -> bool {
+    ethertype(frame) == Some(ETHERTYPE_ARP) && frame.get(20..22) == Some(&[0, 2])
+}
+
 /// Whether we are root; if not, prints why the calling test is skipped.
 pub fn root_or_skip(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
