@@ -168,7 +168,15 @@ async fn reconcile(rt: Arc<VMRuntime>, ctx: Arc<Context>) -> Result<Action> {
             .iter()
             .map(|v| format!("{}/{}", v.namespace().unwrap_or_default(), v.name_any()))
             .collect();
-        if force {
+        // Force-deleting belongs to disabling a runtime that is still up (or still being
+        // disabled). Once it is disabled, VMs created later are refused, not deleted (the VM
+        // reconciler marks them VMRuntimeDisabled).
+        let disabling = old.ready
+            || old
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Disabling" && c.is_true());
+        if force && disabling {
             delete_all(&ctx).await?;
             conds.push(Condition::new(
                 "Disabling",
