@@ -155,6 +155,13 @@ impl Drop for Console {
     }
 }
 
+/// Binds the console socket so that `path` appears only once it accepts
+/// connections.
+///
+/// `bind(2)` creates the socket file before `listen(2)` runs, and a client
+/// that connects in between is refused. So the socket is bound and put in the
+/// listening state under a temporary name in the same directory and then
+/// renamed to `path`, which is atomic: whoever sees `path` can connect.
 fn bind_socket(path: &Path) -> Result<UnixListener, ConsoleError> {
     let err = |source| ConsoleError::Socket {
         path: path.to_owned(),
@@ -165,9 +172,29 @@ fn bind_socket(path: &Path) -> Result<UnixListener, ConsoleError> {
         use std::os::unix::fs::FileTypeExt;
         if meta.file_type().is_socket() {
             std::fs::remove_file(path).map_err(err)?;
+        } else {
+            return Err(err(io::Error::from(io::ErrorKind::AlreadyExists)));
         }
     }
-    UnixListener::bind(path).map_err(err)
+    let staging = staging_path(path);
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).map_err(err)?;
+    if let Err(e) = std::fs::rename(&staging, path) {
+        let _ = std::fs::remove_file(&staging);
+        return Err(err(e));
+    }
+    Ok(listener)
+}
+
+/// A name beside `path` to bind under before the socket is renamed into
+/// place: `.<name>.<pid>` in the same directory, so the rename cannot cross a
+/// file system.
+fn staging_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}", std::process::id()))
 }
 
 /// Copies bytes from `src` into the UART until `src` ends.
@@ -268,5 +295,49 @@ fn accept_clients(listener: UnixListener, peer: Arc<UnixPeer>, serial: Arc<Mutex
         if let Err(e) = spawned {
             warn!(error = %e, "cannot start serial input thread");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vireo-console-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    #[test]
+    fn socket_accepts_as_soon_as_it_appears_and_leaves_no_staging_file() {
+        let dir = scratch_dir("bind");
+        let path = dir.join("serial.sock");
+        let listener = bind_socket(&path).expect("bind");
+        UnixStream::connect(&path).expect("connect");
+        let (_peer, _) = listener.accept().expect("accept");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("serial.sock")]);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_but_a_regular_file_is_kept() {
+        let dir = scratch_dir("stale");
+        let path = dir.join("serial.sock");
+        drop(bind_socket(&path).expect("first bind"));
+        let listener = bind_socket(&path).expect("stale socket replaced");
+        UnixStream::connect(&path).expect("connect");
+        drop(listener);
+
+        let file = dir.join("notes.txt");
+        std::fs::write(&file, b"keep me").expect("write");
+        let e = bind_socket(&file).expect_err("a regular file is not replaced");
+        assert!(matches!(e, ConsoleError::Socket { .. }), "{e}");
+        assert_eq!(std::fs::read(&file).expect("read"), b"keep me");
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }
