@@ -247,7 +247,7 @@ pub fn report_usage_error(e: clap::Error) -> ExitCode {
     }
     let rendered = e.render().to_string();
     let first = rendered.lines().next().unwrap_or("invalid arguments");
-    eprintln!("vireo: {first} (see vireo --help)");
+    crate::logging::error_line(&format!("vireo: {first} (see vireo --help)"));
     ExitCode::from(exit_code::USAGE)
 }
 

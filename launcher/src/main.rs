@@ -12,13 +12,12 @@
 mod cli;
 mod exit_code;
 mod kube;
+mod logging;
 mod run;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command};
 
@@ -27,7 +26,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return cli::report_usage_error(e),
     };
-    init_logging();
+    logging::init();
     let result = match cli.command {
         Command::Run(args) => args
             .into_config()
@@ -40,20 +39,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vireo: error: {}", render_error(&e));
+            logging::error_line(&format!("vireo: error: {}", render_error(&e)));
             ExitCode::from(exit_code::VMM_ERROR)
         }
     }
-}
-
-fn init_logging() {
-    let filter = EnvFilter::try_from_env("VIREO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
 }
 
 /// The error and its causes on one line, leaving out a cause whose text the

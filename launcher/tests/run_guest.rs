@@ -119,7 +119,7 @@ fn spawn_with_socket_console(
     fx: &Fixture,
     sock: &std::path::Path,
     scenario: &str,
-) -> (std::process::Child, UnixStream) {
+) -> (Running, UnixStream) {
     let child = vireo()
         .args(["run", "--cmdline", scenario, "--serial"])
         .arg(format!("unix={}", sock.display()))
@@ -130,6 +130,7 @@ fn spawn_with_socket_console(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    let child = Running::new(child);
     wait_for_path(sock, Duration::from_secs(20));
     let stream = UnixStream::connect(sock).expect("connect");
     stream
@@ -142,7 +143,7 @@ fn spawn_with_socket_console(
 fn serial_input_over_unix_socket_reaches_the_guest() {
     let fx = Fixture::create();
     let sock = fx.path("serial.sock");
-    let (mut child, stream) = spawn_with_socket_console(&fx, &sock, "echo");
+    let (child, stream) = spawn_with_socket_console(&fx, &sock, "echo");
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut writer = stream;
     let mut line = String::new();
@@ -170,8 +171,8 @@ fn serial_input_over_unix_socket_reaches_the_guest() {
             "echo: quit\n".to_string()
         ]
     );
-    let status = child.wait().expect("wait");
-    assert_eq!(status.code(), Some(0));
+    let out = child.wait_within(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!sock.exists(), "the socket is removed when the VM ends");
 }
 
@@ -213,22 +214,50 @@ fn guest_enumerates_pci_through_ports_and_ecam() {
     assert!(text.contains("port and ECAM access agree"), "{text}");
 }
 
-#[test]
-fn sigterm_stops_a_guest_without_acpi_at_once_and_cleans_up() {
-    let fx = Fixture::create();
-    let sock = fx.path("console.sock");
-    let (child, stream) = spawn_with_socket_console(&fx, &sock, "idle");
+/// Sends SIGTERM to the `vireo` process behind `child`.
+fn sigterm(child: &mut Running) {
+    let pid = libc::pid_t::try_from(child.child().id()).expect("pid");
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child,
+    // not yet reaped.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+}
+
+/// Connects to the console and waits for the `idle` scenario's ready line.
+fn wait_idle_ready(stream: UnixStream) {
     let mut line = String::new();
     BufReader::new(stream)
         .read_line(&mut line)
         .expect("ready line");
     assert_eq!(line, "idle: ready\n");
-    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
-    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(rc, 0);
-    let out = child.wait_with_output().expect("wait");
+}
+
+#[test]
+fn sigterm_stops_a_guest_without_acpi_at_once_and_cleans_up() {
+    let fx = Fixture::create();
+    let sock = fx.path("console.sock");
+    let (mut child, stream) = spawn_with_socket_console(&fx, &sock, "idle");
+    wait_idle_ready(stream);
+    sigterm(&mut child);
+    let out = child.wait_within(Duration::from_secs(30));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("not booted with ACPI"), "{err}");
+    assert!(!sock.exists(), "console socket removed");
+}
+
+#[test]
+fn sigterm_still_stops_the_vm_after_stderr_is_closed() {
+    // A log line that cannot be written (the reader of stderr is gone) used
+    // to panic the signal thread inside tracing-subscriber, and SIGTERM was
+    // then ignored with the guest still running.
+    let fx = Fixture::create();
+    let sock = fx.path("console.sock");
+    let (mut child, stream) = spawn_with_socket_console(&fx, &sock, "idle");
+    wait_idle_ready(stream);
+    drop(child.child().stderr.take());
+    sigterm(&mut child);
+    let out = child.wait_within(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0));
     assert!(!sock.exists(), "console socket removed");
 }

@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A scratch directory holding the test guest ELF.
@@ -48,27 +48,65 @@ pub fn run_guest(fx: &Fixture, args: &[&str]) -> Output {
 }
 
 pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn vireo");
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
+    Running::new(child).wait_within(limit)
+}
+
+/// A `vireo` process a test started. Dropping it (a test that failed
+/// half-way) kills the process, so a failed test never leaves a VM spinning
+/// on the host behind it.
+pub struct Running {
+    child: Option<Child>,
+}
+
+impl Running {
+    pub fn new(child: Child) -> Self {
+        Self { child: Some(child) }
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.child
+            .as_mut()
+            .expect("the child is held until waited for")
+    }
+
+    /// Waits for the process to exit and returns its output; kills it and
+    /// fails the test if it is still running after `limit`.
+    pub fn wait_within(mut self, limit: Duration) -> Output {
+        let mut child = self
+            .child
+            .take()
+            .expect("the child is held until waited for");
+        let start = Instant::now();
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                return child.wait_with_output().expect("output");
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "vireo did not finish within {limit:?}\nstdout: {}\nstderr: {}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        if start.elapsed() > limit {
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "vireo did not finish within {limit:?}\nstdout: {}\nstderr: {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let _ = child.wait();
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
