@@ -190,3 +190,31 @@ fn sigkill_during_writes() {
         model.acked_writes
     );
 }
+
+/// A data cluster freed by a discard and reused at once as a new L2 table must not stay named
+/// by the old L2 entry on disk. imago clears that entry only in its cache while it writes the
+/// new table's L1 pointer straight to disk; the engine writes the caches back after every free.
+/// The "crash" here is a process that never writes its caches back (the engine is leaked, not
+/// dropped), which is what a SIGKILL right after the second request leaves behind.
+#[test]
+fn freed_data_cluster_reused_as_l2_table_is_not_referenced_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("reuse.qcow2");
+    qemu_create(&image, "qcow2", &SIZE.to_string(), Some("cluster_size=512"));
+    let mem = memory(mem_for(64 * 1024));
+    let disk = open_rw(&image, Format::Qcow2);
+    // 32 KiB = one whole L2 table's worth of 512-byte data clusters (64 entries).
+    write(disk.as_ref(), &mem, 0, &payload(7, 32 * 1024));
+    disk.flush().expect("flush");
+    disk.discard(0, 32 * 1024).expect("discard");
+    // Zeroes 1 MiB further on need a new L2 table (l1[32]); the first free cluster is one of
+    // the 64 just freed.
+    disk.write_zeroes(1 << 20, 4096, true)
+        .expect("write zeroes");
+    std::mem::forget(disk);
+    let (code, report) = check(&image);
+    assert!(
+        (code == 0 || code == 3) && !report.contains("ERROR"),
+        "qemu-img check exit {code}:\n{report}"
+    );
+}

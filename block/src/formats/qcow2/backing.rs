@@ -23,6 +23,7 @@ use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, StorageOpen
 use tracing::debug;
 
 use super::header::Qcow2Header;
+use super::storage::FreeSignal;
 use crate::error::{BlockError, Result};
 use crate::probe::{probe_file, Format};
 
@@ -48,15 +49,22 @@ pub(crate) fn open_chain(
     header: Qcow2Header,
     writable: bool,
     direct: bool,
+    frees: &FreeSignal,
 ) -> Result<FormatAccess<ImagoFile>> {
     let mut layers = resolve(path, file, header, direct)?;
     let count = layers.len();
     let top = layers.remove(0);
     let mut below: Option<FormatAccess<ImagoFile>> = None;
     for layer in layers.into_iter().rev() {
-        below = Some(open_layer(layer, below, false, direct)?);
+        below = Some(open_layer(layer, below, false, direct, None)?);
     }
-    let access = open_layer(top, below, writable, direct)?;
+    let access = open_layer(
+        top,
+        below,
+        writable,
+        direct,
+        writable.then(|| frees.clone()),
+    )?;
     debug!(path = %path.display(), layers = count, "opened qcow2 chain");
     Ok(access)
 }
@@ -67,6 +75,7 @@ fn open_layer(
     below: Option<FormatAccess<ImagoFile>>,
     writable: bool,
     direct: bool,
+    frees: Option<FreeSignal>,
 ) -> Result<FormatAccess<ImagoFile>> {
     let opts = StorageOpenOptions::new()
         .filename(&layer.path)
@@ -74,7 +83,7 @@ fn open_layer(
         .direct(direct);
     // Only a writable qcow2 layer (the top) gets the pointer-ordering guard.
     let guarded = layer.header.as_ref().filter(|_| writable);
-    let storage = ImagoFile::new(layer.file, opts.clone(), guarded)
+    let storage = ImagoFile::new(layer.file, opts.clone(), guarded, frees)
         .map_err(|e| BlockError::qcow2("open", &layer.path, e))?;
     match layer.header {
         None => Raw::builder(storage)

@@ -26,6 +26,10 @@
 //!   writable top image, writes the refcount of a newly allocated L2 table / refcount block /
 //!   L1 table to disk before the pointer to it (imago 0.2.6 keeps that refcount in its cache
 //!   while writing the pointer directly; a kill in between left a table with refcount 0).
+//! - Frees: after any request in which imago freed clusters (signalled by `GuardedFile`, see
+//!   `storage::FreeSignal`), the engine writes imago's metadata caches back, and discard /
+//!   write-zeroes run one L2 table's range at a time, so a freed data cluster is never reused
+//!   (e.g. as a new L2 table) while a stale L2 entry on disk still names it.
 
 mod backing;
 mod header;
@@ -44,6 +48,7 @@ use tracing::debug;
 pub use backing::MAX_BACKING_DEPTH;
 pub(crate) use backing::{resolve_relative, ImagoFile};
 pub(crate) use header::{Qcow2Header, MAX_VIRTUAL_SIZE};
+use storage::FreeSignal;
 
 use crate::backend::{Capabilities, GuestSlice};
 use crate::disk::Engine;
@@ -69,6 +74,9 @@ pub(crate) struct Qcow2Engine {
     /// or write-zeroes, which clear this cache under the exclusive lock. Entry: (guest
     /// cluster + 1, host cluster offset); 0 means empty.
     map_cache: Mutex<Vec<(u64, u64)>>,
+    /// Raised when imago frees clusters; the engine then writes imago's metadata caches back
+    /// before anything can reuse them ([`Qcow2Engine::settle_frees`]).
+    frees: FreeSignal,
 }
 
 impl std::fmt::Debug for Qcow2Engine {
@@ -112,7 +120,8 @@ impl Qcow2Engine {
         }
         let (version, cluster_bits, size) = (header.version, header.cluster_bits, header.size);
         let cluster_size = header.cluster_size();
-        let image = backing::open_chain(path, file, header, !read_only, direct)?;
+        let frees = FreeSignal::default();
+        let image = backing::open_chain(path, file, header, !read_only, direct, &frees)?;
         debug!(path = %path.display(), version, cluster_size, size, "opened qcow2 disk");
         Ok((
             Self {
@@ -124,6 +133,7 @@ impl Qcow2Engine {
                 cluster_size,
                 direct,
                 map_cache: Mutex::new(vec![(0, 0); MAP_CACHE_ENTRIES]),
+                frees,
             },
             size,
         ))
@@ -191,10 +201,48 @@ impl Qcow2Engine {
             return fast(host);
         }
         let res = slow(&image);
+        self.settle_frees(&image)?;
         if res.is_ok() {
             self.remember(&image, offset);
         }
         res
+    }
+
+    /// If imago freed clusters during the last operation, write its metadata caches back now
+    /// (no fsync), so the on-disk L2 entries no longer name a freed cluster before imago can
+    /// reuse it, e.g. as a new L2 table whose L1 pointer goes straight to disk (see
+    /// [`FreeSignal`]). Without this a killed process could leave a cluster referenced twice.
+    fn settle_frees(&self, image: &FormatAccess<ImagoFile>) -> Result<()> {
+        if self.frees.take() {
+            image.flush().map_err(self.err("write back metadata"))?;
+        }
+        Ok(())
+    }
+
+    /// Run `op` over `[offset, offset + len)` in pieces that each stay inside the range of one
+    /// L2 table, settling frees after each piece: imago allocates a piece's L2 table before it
+    /// frees anything in it, so no piece can reuse a cluster freed earlier in the same request.
+    fn per_l2_table(
+        &self,
+        image: &mut FormatAccess<ImagoFile>,
+        offset: u64,
+        len: u64,
+        mut op: impl FnMut(&mut FormatAccess<ImagoFile>, u64, u64) -> std::io::Result<()>,
+        what: &'static str,
+    ) -> Result<()> {
+        // Entries per L2 table: cluster / 8, or cluster / 16 with extended L2 entries; the
+        // smaller span never crosses a table boundary either way.
+        let span = (self.cluster_size / 16).max(1) << self.cluster_bits;
+        let end = offset.saturating_add(len);
+        let mut at = offset;
+        while at < end {
+            let piece_end = ((at / span).saturating_add(1).saturating_mul(span)).min(end);
+            let res = op(image, at, piece_end - at).map_err(self.err(what));
+            self.settle_frees(image)?;
+            res?;
+            at = piece_end;
+        }
+        Ok(())
     }
 
     /// Forget all cached mappings (caller holds the exclusive image lock).
@@ -220,9 +268,11 @@ impl Qcow2Engine {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(CHUNK) as usize;
-            image
+            let res = image
                 .write(&zeroes[..n], offset + done)
-                .map_err(self.err("write-zeroes"))?;
+                .map_err(self.err("write-zeroes"));
+            self.settle_frees(&image)?;
+            res?;
             done += n as u64;
         }
         Ok(())
@@ -266,6 +316,8 @@ impl Engine for Qcow2Engine {
 
     fn flush(&self) -> Result<()> {
         let image = self.shared();
+        // A flush writes back everything, frees included.
+        let _ = self.frees.take();
         image.flush().map_err(self.err("flush"))?;
         image.sync().map_err(self.err("sync"))
     }
@@ -273,9 +325,13 @@ impl Engine for Qcow2Engine {
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
         let mut image = self.exclusive();
         self.forget_mappings();
-        image
-            .discard_to_any(offset, len)
-            .map_err(self.err("discard"))
+        self.per_l2_table(
+            &mut image,
+            offset,
+            len,
+            |img, o, l| img.discard_to_any(o, l),
+            "discard",
+        )
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
@@ -287,12 +343,19 @@ impl Engine for Qcow2Engine {
         // drop the fast-path cache.
         let mut image = self.exclusive();
         self.forget_mappings();
-        if may_unmap {
-            image.discard_to_zero(offset, len)
-        } else {
-            image.write_zeroes(offset, len)
-        }
-        .map_err(self.err("write-zeroes"))
+        self.per_l2_table(
+            &mut image,
+            offset,
+            len,
+            |img, o, l| {
+                if may_unmap {
+                    img.discard_to_zero(o, l)
+                } else {
+                    img.write_zeroes(o, l)
+                }
+            },
+            "write-zeroes",
+        )
     }
 
     fn capabilities(&self) -> Capabilities {

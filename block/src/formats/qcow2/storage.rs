@@ -149,6 +149,33 @@ struct Pending<'a> {
 pub(crate) struct GuardedFile {
     inner: imago::file::File,
     guard: Option<Guard>,
+    /// Raised when imago is about to free clusters (see [`FreeSignal`]).
+    frees: Option<FreeSignal>,
+}
+
+/// Raised by [`GuardedFile`] whenever imago is about to free clusters, so the engine can write
+/// imago's metadata caches back before a freed cluster may be reused.
+///
+/// imago 0.2.6 clears the L2 entries of freed data clusters in its L2 *cache* and makes the
+/// refcount-block cache depend on it, but it does not make a *metadata* allocation depend on it:
+/// a data cluster freed by discard can be reused at once as a new L2 table, whose L1 pointer is
+/// written straight to disk while the stale L2 entry naming the same cluster is still only
+/// cleared in the cache. A process killed then leaves one cluster referenced twice (`qemu-img
+/// check`: `ERROR cluster … refcount=1 reference=2`), and later writes through either reference
+/// corrupt the other. imago announces every free by calling [`Storage::settle_writes`] first;
+/// that call raises this signal.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FreeSignal(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl FreeSignal {
+    fn raise(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether clusters were freed since the last call (and lower the signal).
+    pub(crate) fn take(&self) -> bool {
+        self.0.swap(false, Ordering::AcqRel)
+    }
 }
 
 impl fmt::Display for GuardedFile {
@@ -171,10 +198,12 @@ impl GuardedFile {
     ///
     /// Fails for a guarded image whose clusters are smaller than the file's request alignment
     /// (`O_DIRECT` on a device with large blocks), where that ordering cannot be kept.
+    /// `frees` (the writable top image) is raised whenever imago is about to free clusters.
     pub(crate) fn new(
         file: std::fs::File,
         opts: StorageOpenOptions,
         header: Option<&Qcow2Header>,
+        frees: Option<FreeSignal>,
     ) -> io::Result<Self> {
         let inner = imago::file::File::from_open_file(file, opts)?;
         let guard = match header {
@@ -204,7 +233,11 @@ impl GuardedFile {
                 })
             }
         };
-        Ok(GuardedFile { inner, guard })
+        Ok(GuardedFile {
+            inner,
+            guard,
+            frees,
+        })
     }
 
     /// Read `buf.len()` bytes at `pos` from the file, then overlay `pending`.
@@ -480,6 +513,10 @@ impl Storage for GuardedFile {
     }
 
     fn settle_writes(&self) -> io::Result<()> {
+        // imago calls this only right before it frees clusters (`process_clusters_to_free`).
+        if let Some(frees) = &self.frees {
+            frees.raise();
+        }
         self.inner.settle_writes()
     }
 
