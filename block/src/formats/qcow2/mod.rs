@@ -74,8 +74,8 @@ pub(crate) struct Qcow2Engine {
     /// or write-zeroes, which clear this cache under the exclusive lock. Entry: (guest
     /// cluster + 1, host cluster offset); 0 means empty.
     map_cache: Mutex<Vec<(u64, u64)>>,
-    /// Raised when imago frees clusters; the engine then writes imago's metadata caches back
-    /// before anything can reuse them ([`Qcow2Engine::settle_frees`]).
+    /// Counts imago's cluster frees; after a request that freed, the engine writes imago's
+    /// metadata caches back before anything can reuse them ([`Qcow2Engine::settle_frees`]).
     frees: FreeSignal,
 }
 
@@ -200,20 +200,22 @@ impl Qcow2Engine {
         if let Some(host) = self.cached_host(offset, crate::backend::total_len(bufs)) {
             return fast(host);
         }
+        let epoch = self.frees.epoch();
         let res = slow(&image);
-        self.settle_frees(&image)?;
+        self.settle_frees(&image, epoch)?;
         if res.is_ok() {
             self.remember(&image, offset);
         }
         res
     }
 
-    /// If imago freed clusters during the last operation, write its metadata caches back now
-    /// (no fsync), so the on-disk L2 entries no longer name a freed cluster before imago can
-    /// reuse it, e.g. as a new L2 table whose L1 pointer goes straight to disk (see
-    /// [`FreeSignal`]). Without this a killed process could leave a cluster referenced twice.
-    fn settle_frees(&self, image: &FormatAccess<ImagoFile>) -> Result<()> {
-        if self.frees.take() {
+    /// If imago freed clusters since `epoch` (a [`FreeSignal::epoch`] read before the request),
+    /// write its metadata caches back now (no fsync), so the on-disk L2 entries no longer name a
+    /// freed cluster before imago can reuse it, e.g. as a new L2 table whose L1 pointer goes
+    /// straight to disk (see [`FreeSignal`]). Without this a killed process could leave a
+    /// cluster referenced twice.
+    fn settle_frees(&self, image: &FormatAccess<ImagoFile>, epoch: u64) -> Result<()> {
+        if self.frees.epoch() != epoch {
             image.flush().map_err(self.err("write back metadata"))?;
         }
         Ok(())
@@ -237,8 +239,9 @@ impl Qcow2Engine {
         let mut at = offset;
         while at < end {
             let piece_end = ((at / span).saturating_add(1).saturating_mul(span)).min(end);
+            let epoch = self.frees.epoch();
             let res = op(image, at, piece_end - at).map_err(self.err(what));
-            self.settle_frees(image)?;
+            self.settle_frees(image, epoch)?;
             res?;
             at = piece_end;
         }
@@ -268,10 +271,11 @@ impl Qcow2Engine {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(CHUNK) as usize;
+            let epoch = self.frees.epoch();
             let res = image
                 .write(&zeroes[..n], offset + done)
                 .map_err(self.err("write-zeroes"));
-            self.settle_frees(&image)?;
+            self.settle_frees(&image, epoch)?;
             res?;
             done += n as u64;
         }
@@ -316,8 +320,6 @@ impl Engine for Qcow2Engine {
 
     fn flush(&self) -> Result<()> {
         let image = self.shared();
-        // A flush writes back everything, frees included.
-        let _ = self.frees.take();
         image.flush().map_err(self.err("flush"))?;
         image.sync().map_err(self.err("sync"))
     }

@@ -59,12 +59,11 @@ use imago::storage::drivers::CommonStorageHelper;
 use imago::storage::PreallocateMode;
 use imago::{Storage, StorageOpenOptions};
 
-use super::header::Qcow2Header;
+use super::header::{Qcow2Header, L1_OFFSET_MASK, RT_OFFSET_MASK};
 
 /// Header bytes holding `l1_size` (u32 at 36), `l1_table_offset` (u64 at 40),
 /// `refcount_table_offset` (u64 at 48) and `refcount_table_clusters` (u32 at 56).
 const HEADER_POINTERS: Range<u64> = 36..60;
-use super::header::{L1_OFFSET_MASK, RT_OFFSET_MASK};
 
 /// Where the pointer tables are (from the header, followed when imago moves them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +152,7 @@ pub(crate) struct GuardedFile {
     frees: Option<FreeSignal>,
 }
 
-/// Raised by [`GuardedFile`] whenever imago is about to free clusters, so the engine can write
+/// Counts the times [`GuardedFile`] saw imago about to free clusters, so the engine can write
 /// imago's metadata caches back before a freed cluster may be reused.
 ///
 /// imago 0.2.6 clears the L2 entries of freed data clusters in its L2 *cache* and makes the
@@ -163,18 +162,22 @@ pub(crate) struct GuardedFile {
 /// cleared in the cache. A process killed then leaves one cluster referenced twice (`qemu-img
 /// check`: `ERROR cluster … refcount=1 reference=2`), and later writes through either reference
 /// corrupt the other. imago announces every free by calling [`Storage::settle_writes`] first;
-/// that call raises this signal.
+/// that call bumps this count.
+///
+/// A count rather than a flag: the bump comes *before* the free, so a request compares the count
+/// before and after itself, and another thread's write-back cannot consume its signal early.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct FreeSignal(std::sync::Arc<std::sync::atomic::AtomicBool>);
+pub(crate) struct FreeSignal(std::sync::Arc<AtomicU64>);
 
 impl FreeSignal {
     fn raise(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Whether clusters were freed since the last call (and lower the signal).
-    pub(crate) fn take(&self) -> bool {
-        self.0.swap(false, Ordering::AcqRel)
+    /// The number of frees announced so far; compare two readings to learn whether imago freed
+    /// clusters in between.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
     }
 }
 
