@@ -223,27 +223,34 @@ fn sigterm(child: &mut Running) {
     assert_eq!(rc, 0);
 }
 
-/// Connects to the console and waits for the `idle` scenario's ready line.
-fn wait_idle_ready(stream: UnixStream) {
+/// Runs the `idle` guest with its console on a socket, closes the test's
+/// end of vireo's stderr if `close_stderr`, sends SIGTERM once the guest is
+/// ready, and returns the output after checking that vireo exited 0 and
+/// removed the socket.
+fn sigterm_idle_guest(close_stderr: bool) -> std::process::Output {
+    let fx = Fixture::create();
+    let sock = fx.path("console.sock");
+    let (mut child, stream) = spawn_with_socket_console(&fx, &sock, "idle");
     let mut line = String::new();
     BufReader::new(stream)
         .read_line(&mut line)
         .expect("ready line");
     assert_eq!(line, "idle: ready\n");
+    if close_stderr {
+        drop(child.child().stderr.take());
+    }
+    sigterm(&mut child);
+    let out = child.wait_within(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!sock.exists(), "console socket removed");
+    out
 }
 
 #[test]
 fn sigterm_stops_a_guest_without_acpi_at_once_and_cleans_up() {
-    let fx = Fixture::create();
-    let sock = fx.path("console.sock");
-    let (mut child, stream) = spawn_with_socket_console(&fx, &sock, "idle");
-    wait_idle_ready(stream);
-    sigterm(&mut child);
-    let out = child.wait_within(Duration::from_secs(30));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let out = sigterm_idle_guest(false);
+    let err = stderr(&out);
     assert!(err.contains("not booted with ACPI"), "{err}");
-    assert!(!sock.exists(), "console socket removed");
 }
 
 #[test]
@@ -251,13 +258,5 @@ fn sigterm_still_stops_the_vm_after_stderr_is_closed() {
     // A log line that cannot be written (the reader of stderr is gone) used
     // to panic the signal thread inside tracing-subscriber, and SIGTERM was
     // then ignored with the guest still running.
-    let fx = Fixture::create();
-    let sock = fx.path("console.sock");
-    let (mut child, stream) = spawn_with_socket_console(&fx, &sock, "idle");
-    wait_idle_ready(stream);
-    drop(child.child().stderr.take());
-    sigterm(&mut child);
-    let out = child.wait_within(Duration::from_secs(30));
-    assert_eq!(out.status.code(), Some(0));
-    assert!(!sock.exists(), "console socket removed");
+    sigterm_idle_guest(true);
 }

@@ -310,7 +310,7 @@ mod tests {
     }
 
     #[test]
-    fn socket_accepts_as_soon_as_it_appears_and_leaves_no_staging_file() {
+    fn bound_socket_accepts_at_its_path_and_leaves_no_staging_file() {
         let dir = scratch_dir("bind");
         let path = dir.join("serial.sock");
         let listener = bind_socket(&path).expect("bind");
