@@ -176,24 +176,27 @@ impl NetWorker {
 
     fn receive(&mut self, ev: &mut EventLoop) -> Result<(), QueueError> {
         let mut delivered = false;
+        // A handle of our own: a chain borrows it while `self` is borrowed
+        // mutably.
         let mem = Arc::clone(&self.mem);
+        let mem = &*mem;
         loop {
-            let Some(chain) = self.rx.iter(&*mem)?.next() else {
+            let Some(chain) = self.rx.iter(mem)?.next() else {
                 // No buffers: stop watching the tap until the driver posts some.
-                if self.rx.enable_notification(&*self.mem)? {
+                if self.rx.enable_notification(mem)? {
                     continue;
                 }
                 self.watch_tap(ev, false);
                 break;
             };
             let head = chain.head_index();
-            let ok = self.layout.parse(chain, &self.mem, MAX_SEGMENTS).is_ok()
+            let ok = self.layout.parse(chain, mem, MAX_SEGMENTS).is_ok()
                 && validate_rx(&self.layout)
                 && self.build_iovecs(true);
             if !ok {
                 debug!(head, "virtio-net: malformed receive chain");
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                self.rx.add_used(&*self.mem, head, 0)?;
+                self.rx.add_used(mem, head, 0)?;
                 delivered = true;
                 continue;
             }
@@ -201,8 +204,8 @@ impl NetWorker {
                 Ok(n) if n >= VNET_HDR_LEN => {
                     self.mark_dirty(n);
                     // num_buffers = 1: one chain per frame (no MRG_RXBUF).
-                    chain::write_bytes(&self.mem, &self.layout.writable, 10, &1u16.to_le_bytes());
-                    self.rx.add_used(&*self.mem, head, n as u32)?;
+                    chain::write_bytes(mem, &self.layout.writable, 10, &1u16.to_le_bytes());
+                    self.rx.add_used(mem, head, n as u32)?;
                     self.counters.rx_frames.fetch_add(1, Ordering::Relaxed);
                     self.counters
                         .rx_bytes
@@ -225,7 +228,7 @@ impl NetWorker {
                 }
             }
         }
-        if delivered && self.rx.needs_notification(&*self.mem)? {
+        if delivered && self.rx.needs_notification(mem)? {
             self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
             self.interrupt.signal_used(RX_QUEUE);
         }
@@ -234,20 +237,23 @@ impl NetWorker {
 
     fn transmit(&mut self) -> Result<(), QueueError> {
         let mut sent = false;
+        // A handle of our own: a chain borrows it while `self` is borrowed
+        // mutably.
         let mem = Arc::clone(&self.mem);
+        let mem = &*mem;
         loop {
             // No notifications while draining (a no-op under EVENT_IDX).
-            self.tx.disable_notification(&*mem)?;
-            while let Some(chain) = self.tx.iter(&*mem)?.next() {
+            self.tx.disable_notification(mem)?;
+            while let Some(chain) = self.tx.iter(mem)?.next() {
                 self.send(chain);
-                self.tx.add_used(&*self.mem, self.layout.head, 0)?;
+                self.tx.add_used(mem, self.layout.head, 0)?;
                 sent = true;
             }
-            if !self.tx.enable_notification(&*self.mem)? {
+            if !self.tx.enable_notification(mem)? {
                 break;
             }
         }
-        if sent && self.tx.needs_notification(&*self.mem)? {
+        if sent && self.tx.needs_notification(mem)? {
             self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
             self.interrupt.signal_used(TX_QUEUE);
         }
