@@ -227,7 +227,6 @@ struct BlkCase<'a> {
     name: String,
     fmt: &'a str,
     image: &'a Path,
-    host_file: &'a Path,
     host_map: &'a ImageMap,
     mode: &'a str,
     write: bool,
@@ -258,7 +257,7 @@ fn blk_row(vireo: &Path, guest: &Path, case: &BlkCase<'_>) -> Row {
     };
     let host = || {
         host_run(
-            case.host_file,
+            case.image,
             case.host_map,
             case.write,
             case.random,
@@ -350,7 +349,6 @@ fn blk_rows(vireo: &Path, guest: &Path, rows: &mut Vec<Row>) {
         name: format!("raw 4 KiB random read, {small} MiB span"),
         fmt: "raw",
         image: &raw,
-        host_file: &raw,
         host_map: &identity,
         mode: "randread",
         write: false,
@@ -365,7 +363,6 @@ fn blk_rows(vireo: &Path, guest: &Path, rows: &mut Vec<Row>) {
                 name: format!("{fmt} {label}"),
                 fmt,
                 image,
-                host_file: image,
                 host_map: map,
                 mode,
                 write,
