@@ -221,17 +221,21 @@ impl Qcow2Engine {
         Ok(())
     }
 
-    /// Run `op` over `[offset, offset + len)` in pieces that each stay inside the range of one
-    /// L2 table, settling frees after each piece: imago allocates a piece's L2 table before it
-    /// frees anything in it, so no piece can reuse a cluster freed earlier in the same request.
-    fn per_l2_table(
+    /// A request that may remap clusters (discard, v3 write-zeroes): under the exclusive lock,
+    /// with the fast-path cache dropped, run `op` over `[offset, offset + len)` in pieces that
+    /// each stay inside the range of one L2 table, settling frees after each piece: imago
+    /// allocates a piece's L2 table before it frees anything in it, so no piece can reuse a
+    /// cluster freed earlier in the same request.
+    fn remap_per_l2_table(
         &self,
-        image: &mut FormatAccess<ImagoFile>,
         offset: u64,
         len: u64,
-        mut op: impl FnMut(&mut FormatAccess<ImagoFile>, u64, u64) -> std::io::Result<()>,
         what: &'static str,
+        mut op: impl FnMut(&mut FormatAccess<ImagoFile>, u64, u64) -> std::io::Result<()>,
     ) -> Result<()> {
+        let mut image = self.exclusive();
+        let image = &mut *image;
+        self.forget_mappings();
         // Entries per L2 table: cluster / 8, or cluster / 16 with extended L2 entries; the
         // smaller span never crosses a table boundary either way.
         let span = (self.cluster_size / 16).max(1) << self.cluster_bits;
@@ -325,15 +329,7 @@ impl Engine for Qcow2Engine {
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        let mut image = self.exclusive();
-        self.forget_mappings();
-        self.per_l2_table(
-            &mut image,
-            offset,
-            len,
-            |img, o, l| img.discard_to_any(o, l),
-            "discard",
-        )
+        self.remap_per_l2_table(offset, len, "discard", |img, o, l| img.discard_to_any(o, l))
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
@@ -341,23 +337,14 @@ impl Engine for Qcow2Engine {
             // v2 has no zero clusters: write zeroes (allocating where needed).
             return self.write_zero_data(offset, len);
         }
-        // Both variants may change mappings (to zero clusters), so they run exclusively and
-        // drop the fast-path cache.
-        let mut image = self.exclusive();
-        self.forget_mappings();
-        self.per_l2_table(
-            &mut image,
-            offset,
-            len,
-            |img, o, l| {
-                if may_unmap {
-                    img.discard_to_zero(o, l)
-                } else {
-                    img.write_zeroes(o, l)
-                }
-            },
-            "write-zeroes",
-        )
+        // Both variants may change mappings (to zero clusters).
+        self.remap_per_l2_table(offset, len, "write-zeroes", |img, o, l| {
+            if may_unmap {
+                img.discard_to_zero(o, l)
+            } else {
+                img.write_zeroes(o, l)
+            }
+        })
     }
 
     fn capabilities(&self) -> Capabilities {
