@@ -6,7 +6,6 @@
 //! guest that writes a qcow2 header into its raw disk cannot turn it into an image that points
 //! at host files. See the crate documentation for how backing files use this.
 
-use std::fmt;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -16,38 +15,17 @@ use crate::error::{BlockError, Result};
 /// The qcow2 magic, `QFI\xfb`, big-endian.
 pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 
-/// Disk image formats this crate reads and writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Format {
-    /// Bytes of the file are the bytes of the disk.
-    Raw,
-    /// QEMU copy-on-write v2 (compat=0.10) or v3 (compat=1.1).
-    Qcow2,
-}
+/// Disk image formats this crate reads and writes: the launch spec's [`vireo_spec::DiskFormat`]
+/// (one type for the format across Vireo), under the name this crate has always used.
+pub use vireo_spec::DiskFormat as Format;
 
-impl Format {
-    /// The name QEMU uses for this format (`raw`, `qcow2`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Raw => "raw",
-            Format::Qcow2 => "qcow2",
-        }
-    }
-
-    /// Parse a format name as stored in a qcow2 backing-format extension (`raw`, `file`,
-    /// `qcow2`).
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "raw" | "file" => Ok(Format::Raw),
-            "qcow2" => Ok(Format::Qcow2),
-            other => Err(BlockError::UnknownBackingFormat(other.to_owned())),
-        }
-    }
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+/// Parses a format name as stored in a qcow2 backing-format extension (`raw`, `file`, `qcow2`).
+pub fn backing_format_from_name(name: &str) -> Result<Format> {
+    match name {
+        "file" => Ok(Format::Raw),
+        other => other
+            .parse()
+            .map_err(|_| BlockError::UnknownBackingFormat(other.to_owned())),
     }
 }
 
@@ -98,10 +76,11 @@ mod tests {
 
     #[test]
     fn backing_format_names() {
-        assert_eq!(Format::from_name("file").unwrap(), Format::Raw);
-        assert_eq!(Format::from_name("qcow2").unwrap(), Format::Qcow2);
+        assert_eq!(backing_format_from_name("file").unwrap(), Format::Raw);
+        assert_eq!(backing_format_from_name("raw").unwrap(), Format::Raw);
+        assert_eq!(backing_format_from_name("qcow2").unwrap(), Format::Qcow2);
         assert!(matches!(
-            Format::from_name("vmdk"),
+            backing_format_from_name("vmdk"),
             Err(BlockError::UnknownBackingFormat(n)) if n == "vmdk"
         ));
     }

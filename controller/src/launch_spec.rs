@@ -1,14 +1,17 @@
-//! The launch spec: the JSON the `vireo launch` process in a launcher pod reads to build its VM.
+//! The launch spec of a VMI: the `vireo_spec::VmConfig` the `vireo launch` process in its
+//! launcher pod reads, rendered from the VMI and validated by the launch spec's own validator,
+//! so the controller refuses (with the VMI field named) whatever the launcher would refuse.
 //!
-//! This mirrors `VmConfig` of the `vmm` crate field for field (the controller must not link the
-//! VMM). [`render`] turns a validated VMI spec into it. Disk paths follow the pod layout of
-//! `pod.rs`: every volume is mounted at `/var/run/vireo/disks/<volume>/`, with the image at
-//! `disk.img` inside it (hostDisk volumes point at their node path directly).
+//! Disk paths follow the pod layout of `pod.rs`: every volume is mounted at
+//! `/var/run/vireo/disks/<volume>/`, with the image at `disk.img` inside it (hostDisk volumes
+//! point at their node path directly).
 
-use serde::{Deserialize, Serialize};
+use vireo_spec::{
+    ConfigError, DiskConfig, DiskFormat, Field, MacAddr, NetConfig, PayloadConfig, SerialConfig,
+    VmConfig, MAX_VCPUS, SPEC_VERSION,
+};
 
 use crate::crd::vmi::{VirtualMachineInstanceSpec, Volume};
-use crate::crd::vmruntime::ImageFormat;
 use crate::validation::{parse_quantity, ValidationError};
 
 /// Directory inside the pod holding sockets, disks and the spec.
@@ -22,93 +25,6 @@ pub const API_SOCKET: &str = "/var/run/vireo/api.sock";
 /// Mount root of disk volumes inside the pod.
 pub const DISKS_DIR: &str = "/var/run/vireo/disks";
 
-/// `VmConfig`, as the launcher reads it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct LaunchSpec {
-    /// vCPU count.
-    pub vcpus: u32,
-    /// Guest RAM in MiB.
-    pub memory_mib: u64,
-    /// What to boot.
-    pub payload: Payload,
-    /// Block devices in guest order.
-    pub disks: Vec<DiskSpec>,
-    /// NICs in guest order.
-    pub nets: Vec<NetSpec>,
-    /// Serial console wiring.
-    pub serial: SerialSpec,
-    /// Control API socket.
-    pub api_socket: Option<String>,
-}
-
-/// Direct kernel boot payload.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct Payload {
-    /// Kernel path in the pod.
-    pub kernel: String,
-    /// Initramfs path in the pod.
-    pub initramfs: Option<String>,
-    /// Kernel command line.
-    pub cmdline: String,
-}
-
-/// One disk.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct DiskSpec {
-    /// Image path in the pod.
-    pub path: String,
-    /// Declared format; the launcher still probes and refuses a mismatch.
-    pub format: Option<DiskFormat>,
-    /// Attach read-only.
-    pub readonly: bool,
-}
-
-/// Disk image format as the launcher names it.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskFormat {
-    /// Raw image.
-    Raw,
-    /// qcow2 image.
-    Qcow2,
-}
-
-impl From<ImageFormat> for DiskFormat {
-    fn from(f: ImageFormat) -> Self {
-        match f {
-            ImageFormat::Raw => Self::Raw,
-            ImageFormat::Qcow2 => Self::Qcow2,
-        }
-    }
-}
-
-/// One NIC.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct NetSpec {
-    /// Tap device the launcher creates in the pod network namespace.
-    pub tap: String,
-    /// Guest MAC.
-    pub mac: Option<String>,
-}
-
-/// Serial console.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(tag = "mode", rename_all = "lowercase")]
-pub enum SerialSpec {
-    /// The launcher's stdio (container log).
-    Stdio,
-    /// Appended to a file.
-    File {
-        /// File path.
-        path: String,
-    },
-    /// A unix socket `vireo console` connects to.
-    Unix {
-        /// Socket path.
-        path: String,
-    },
-}
-
 /// Path of the image of `volume` inside the pod.
 pub fn disk_path(volume: &Volume) -> String {
     match &volume.host_disk {
@@ -117,18 +33,48 @@ pub fn disk_path(volume: &Volume) -> String {
     }
 }
 
-/// Renders the launch spec of a VMI. `default_format` is the VMRuntime's `vmImageFormat`.
+/// The VMI field (under `prefix`, the JSON path of the VMI spec) that a launch-spec field is
+/// rendered from.
+pub fn vmi_field(field: Field, prefix: &str) -> String {
+    let devices = format!("{prefix}.domain.devices");
+    match field {
+        Field::Vcpus => format!("{prefix}.domain.cpu.cores"),
+        Field::MemoryMib => format!("{prefix}.domain.memory.guest"),
+        Field::Kernel => format!("{prefix}.domain.firmware.kernelBoot.kernel"),
+        Field::Disks => devices,
+        Field::DiskPath(i) => format!("{devices}.disks[{i}]"),
+        Field::NetTap(i) => format!("{devices}.interfaces[{i}]"),
+        Field::NetMac(i) => format!("{devices}.interfaces[{i}].macAddress"),
+        // Set by the controller itself, never from the VMI.
+        Field::Version | Field::SerialPath | Field::ApiSocket => prefix.to_owned(),
+    }
+}
+
+/// Renders the launch spec of a VMI and validates it with the launcher's validator.
+/// `default_format` is the VMRuntime's `vmImageFormat`; `prefix` is the JSON path of `spec` in
+/// the object (`spec` for a VMI, `spec.template.spec` for a VM), used to name fields.
 ///
-/// Fails with the same errors as `validation::validate_vmi_spec` (call that first for the full
-/// list); this function only reports the first problem it trips on.
+/// Reports the first problem it trips on; `validation::validate_vmi_spec` lists every
+/// structural problem of the VMI first and calls this for the rest.
 pub fn render(
     spec: &VirtualMachineInstanceSpec,
-    default_format: ImageFormat,
-) -> Result<LaunchSpec, ValidationError> {
-    let field = "spec.domain.memory.guest";
+    default_format: DiskFormat,
+    prefix: &str,
+) -> Result<VmConfig, ValidationError> {
+    let at = |rest: &str| format!("{prefix}.{rest}");
+    let field = at("domain.memory.guest");
     let bytes =
-        parse_quantity(&spec.domain.memory.guest).map_err(|m| ValidationError::new(field, m))?;
+        parse_quantity(&spec.domain.memory.guest).map_err(|m| ValidationError::new(&field, m))?;
     let memory_mib = bytes.div_ceil(1024 * 1024);
+    let cores = spec.domain.cpu.cores;
+    let vcpus = u8::try_from(cores).map_err(|_| {
+        let e = ConfigError::TooManyVcpus {
+            requested: u64::from(cores),
+            max: u64::from(MAX_VCPUS),
+            host: false,
+        };
+        ValidationError::new(vmi_field(e.field(), prefix), e.to_string())
+    })?;
     let kb = spec
         .domain
         .firmware
@@ -136,7 +82,7 @@ pub fn render(
         .and_then(|f| f.kernel_boot.as_ref())
         .ok_or_else(|| {
             ValidationError::new(
-                "spec.domain.firmware.kernelBoot",
+                at("domain.firmware.kernelBoot"),
                 "required: disk boot without a kernel is not supported yet",
             )
         })?;
@@ -148,58 +94,64 @@ pub fn render(
             .find(|v| v.name == d.name)
             .ok_or_else(|| {
                 ValidationError::new(
-                    format!("spec.domain.devices.disks[{i}].name"),
+                    at(&format!("domain.devices.disks[{i}].name")),
                     format!("no volume named {:?}", d.name),
                 )
             })?;
         let format = match d.format.as_deref() {
-            None => default_format.into(),
-            Some("raw") => DiskFormat::Raw,
-            Some("qcow2") => DiskFormat::Qcow2,
-            Some(other) => {
-                return Err(ValidationError::new(
-                    format!("spec.domain.devices.disks[{i}].format"),
-                    format!("unknown disk format {other:?} (expected raw or qcow2)"),
-                ))
-            }
+            None => default_format,
+            Some(name) => name.parse().map_err(|e: vireo_spec::UnknownFormat| {
+                ValidationError::new(
+                    at(&format!("domain.devices.disks[{i}].format")),
+                    e.to_string(),
+                )
+            })?,
         };
-        disks.push(DiskSpec {
-            path: disk_path(volume),
+        disks.push(DiskConfig {
+            path: disk_path(volume).into(),
             format: Some(format),
             readonly: d.readonly.unwrap_or(false),
         });
     }
-    let nets = spec
-        .domain
-        .devices
-        .interfaces
-        .iter()
-        .enumerate()
-        .map(|(i, n)| NetSpec {
+    let mut nets = Vec::with_capacity(spec.domain.devices.interfaces.len());
+    for (i, n) in spec.domain.devices.interfaces.iter().enumerate() {
+        let mac = match &n.mac_address {
+            None => None,
+            Some(m) => Some(m.parse::<MacAddr>().map_err(|e| {
+                ValidationError::new(vmi_field(Field::NetMac(i), prefix), e.to_string())
+            })?),
+        };
+        nets.push(NetConfig {
             tap: format!("tap{i}"),
-            mac: n.mac_address.clone(),
-        })
-        .collect();
+            mac,
+        });
+    }
+    // KubeVirt's autoattachSerialConsole: false means the guest has no console to attach to.
     let serial = if spec.domain.devices.autoattach_serial_console == Some(false) {
-        SerialSpec::Stdio
+        SerialConfig::Off
     } else {
-        SerialSpec::Unix {
-            path: SERIAL_SOCKET.to_owned(),
+        SerialConfig::Unix {
+            path: SERIAL_SOCKET.into(),
         }
     };
-    Ok(LaunchSpec {
-        vcpus: spec.domain.cpu.cores,
+    let config = VmConfig {
+        version: SPEC_VERSION,
+        vcpus,
         memory_mib,
-        payload: Payload {
-            kernel: kb.kernel.clone(),
-            initramfs: kb.initrd.clone(),
+        payload: PayloadConfig {
+            kernel: kb.kernel.clone().into(),
+            initramfs: kb.initrd.clone().map(Into::into),
             cmdline: kb.cmdline.clone().unwrap_or_default(),
         },
+        serial,
         disks,
         nets,
-        serial,
-        api_socket: Some(API_SOCKET.to_owned()),
-    })
+        api_socket: Some(API_SOCKET.into()),
+    };
+    config
+        .validate()
+        .map_err(|e| ValidationError::new(vmi_field(e.field(), prefix), e.to_string()))?;
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -248,23 +200,25 @@ mod tests {
     }
 
     #[test]
-    fn json_shape_matches_vm_config() {
-        let spec = render(&sample(), ImageFormat::Raw).expect("render");
-        let got = serde_json::to_value(&spec).expect("json");
-        let want = serde_json::json!({
-            "vcpus": 2,
-            "memory_mib": 1024,
-            "payload": { "kernel": "/path/vmlinuz", "initramfs": "/path/initrd.img",
-                         "cmdline": "console=ttyS0" },
-            "disks": [ { "path": "/var/run/vireo/disks/root/disk.img", "format": "qcow2",
-                         "readonly": false } ],
-            "nets": [ { "tap": "tap0", "mac": "52:54:00:12:34:56" } ],
-            "serial": { "mode": "unix", "path": "/var/run/vireo/serial.sock" },
-            "api_socket": "/var/run/vireo/api.sock"
-        });
-        assert_eq!(got, want);
-        let back: LaunchSpec = serde_json::from_value(got).expect("round trip");
-        assert_eq!(back, spec);
+    fn rendered_spec_is_what_the_launcher_reads() {
+        let spec = render(&sample(), DiskFormat::Raw, "spec").expect("render");
+        let text = serde_json::to_string(&spec).expect("json");
+        let read = VmConfig::from_json(&text).expect("the launcher's parser accepts it");
+        assert_eq!(read, spec);
+        assert_eq!(read.vcpus, 2);
+        assert_eq!(read.memory_mib, 1024);
+        assert_eq!(
+            read.disks[0].path,
+            std::path::Path::new("/var/run/vireo/disks/root/disk.img")
+        );
+        assert_eq!(read.disks[0].format, Some(DiskFormat::Qcow2));
+        assert_eq!(read.nets[0].tap, "tap0");
+        assert_eq!(
+            read.serial,
+            SerialConfig::Unix {
+                path: SERIAL_SOCKET.into()
+            }
+        );
     }
 
     #[test]
@@ -278,16 +232,16 @@ mod tests {
             }),
             ..Default::default()
         };
-        let spec = render(&s, ImageFormat::Qcow2).expect("render");
+        let spec = render(&s, DiskFormat::Qcow2, "spec").expect("render");
         assert_eq!(spec.disks[0].format, Some(DiskFormat::Qcow2));
-        assert_eq!(spec.disks[0].path, "/images/a.img");
+        assert_eq!(spec.disks[0].path, std::path::Path::new("/images/a.img"));
     }
 
     #[test]
     fn missing_kernel_boot_names_the_field() {
         let mut s = sample();
         s.domain.firmware = None;
-        let err = render(&s, ImageFormat::Raw).expect_err("must fail");
+        let err = render(&s, DiskFormat::Raw, "spec").expect_err("must fail");
         assert_eq!(err.field, "spec.domain.firmware.kernelBoot");
     }
 }

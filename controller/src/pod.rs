@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! Pod vireo-launcher-<vmi>            (ownerReference → VMI, controller)
-//!  ├─ annotation vireo.dev/launch-spec = LaunchSpec JSON
+//!  ├─ annotation vireo.dev/launch-spec = the launch spec (vireo_spec::VmConfig) as JSON
 //!  ├─ volume spec  (downwardAPI) → /var/run/vireo/spec/spec.json  (the annotation above)
 //!  │                              → /var/run/vireo/spec/paused     (annotation vireo.dev/paused)
 //!  ├─ volume run   (emptyDir)    → /var/run/vireo                  (api.sock, serial.sock)
@@ -30,7 +30,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::{Resource, ResourceExt};
 
 use crate::crd::vmi::VirtualMachineInstance;
-use crate::launch_spec::{LaunchSpec, DISKS_DIR, RUN_DIR, SPEC_PATH};
+use crate::launch_spec::{DISKS_DIR, RUN_DIR, SPEC_PATH};
+use vireo_spec::VmConfig;
 
 /// Label: name of the VMI a pod runs.
 pub const LABEL_VMI: &str = "vireo.dev/vmi";
@@ -104,10 +105,17 @@ fn bounded(mut s: String) -> String {
     s.trim_end_matches(['-', '.']).to_owned()
 }
 
+/// Name of the container that runs `vireo launch` in a launcher pod.
+pub const LAUNCHER_CONTAINER: &str = "launcher";
+
+/// The environment variable that tells a launcher its live-migration role (`target`); the
+/// launcher refuses to boot as a target until live migration exists.
+pub const MIGRATION_ROLE_ENV: &str = "VIREO_MIGRATION_ROLE";
+
 /// Builds the launcher pod of `vmi`. `guest_mib` is guest RAM; `spec` the rendered launch spec.
 pub fn launcher_pod(
     vmi: &VirtualMachineInstance,
-    spec: &LaunchSpec,
+    spec: &VmConfig,
     cfg: &LauncherConfig,
     role: &PodRole,
     eligible: &EligibleNodes,
@@ -242,7 +250,7 @@ pub fn launcher_pod(
     }
     if let PodRole::MigrationTarget { source_node, .. } = role {
         env.push(EnvVar {
-            name: "VIREO_MIGRATION_ROLE".into(),
+            name: MIGRATION_ROLE_ENV.into(),
             value: Some("target".into()),
             ..Default::default()
         });
@@ -293,7 +301,7 @@ pub fn launcher_pod(
             affinity: has_affinity.then_some(affinity),
             init_containers: (!init_containers.is_empty()).then_some(init_containers),
             containers: vec![Container {
-                name: "launcher".into(),
+                name: LAUNCHER_CONTAINER.into(),
                 image: Some(cfg.image.clone()),
                 command: Some(vec![
                     "vireo".into(),
@@ -356,5 +364,100 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
         mount_path: path.into(),
         read_only: read_only.then_some(true),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::vmi::{
+        CpuSpec, DomainSpec, Firmware, KernelBoot, MemorySpec, VirtualMachineInstanceSpec,
+    };
+    use crate::launch_spec::render;
+    use vireo_spec::DiskFormat;
+
+    fn vmi() -> VirtualMachineInstance {
+        let mut vmi = VirtualMachineInstance::new(
+            "mv",
+            VirtualMachineInstanceSpec {
+                domain: DomainSpec {
+                    cpu: CpuSpec { cores: 1 },
+                    memory: MemorySpec {
+                        guest: "64Mi".into(),
+                    },
+                    firmware: Some(Firmware {
+                        kernel_boot: Some(KernelBoot {
+                            kernel: "/k".into(),
+                            initrd: None,
+                            cmdline: None,
+                        }),
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        vmi.metadata.uid = Some("uid-1".into());
+        vmi
+    }
+
+    /// A migration target pod (kept for when live migration exists) carries the role the
+    /// launcher refuses today, and may never land on the source node or beside the source pod.
+    #[test]
+    fn target_pod_has_the_role_and_avoids_the_source() {
+        let vmi = vmi();
+        let spec = render(&vmi.spec, DiskFormat::Raw, "spec").expect("render");
+        let role = PodRole::MigrationTarget {
+            migration: "m1".into(),
+            source_node: "node-a".into(),
+        };
+        let pod = launcher_pod(&vmi, &spec, &LauncherConfig::default(), &role, &None).expect("pod");
+        let ps = pod.spec.expect("spec");
+        let env = ps.containers[0].env.clone().unwrap_or_default();
+        assert!(env
+            .iter()
+            .any(|e| e.name == MIGRATION_ROLE_ENV && e.value.as_deref() == Some("target")));
+        let aff = ps.affinity.expect("affinity");
+        let anti = aff
+            .pod_anti_affinity
+            .and_then(|a| a.required_during_scheduling_ignored_during_execution)
+            .expect("anti-affinity");
+        assert_eq!(anti[0].topology_key, HOSTNAME_LABEL);
+        let labels = anti[0]
+            .label_selector
+            .as_ref()
+            .and_then(|l| l.match_labels.clone());
+        assert_eq!(
+            labels
+                .and_then(|m| m.get(LABEL_VMI_UID).cloned())
+                .as_deref(),
+            Some("uid-1")
+        );
+        let reqs = aff
+            .node_affinity
+            .and_then(|n| n.required_during_scheduling_ignored_during_execution)
+            .expect("node affinity")
+            .node_selector_terms[0]
+            .match_expressions
+            .clone()
+            .unwrap_or_default();
+        assert!(reqs
+            .iter()
+            .any(|r| r.operator == "NotIn"
+                && r.values.as_deref() == Some(&["node-a".to_owned()][..])));
+        // The primary launcher has no role.
+        let pod = launcher_pod(
+            &vmi,
+            &spec,
+            &LauncherConfig::default(),
+            &PodRole::Launcher,
+            &None,
+        )
+        .expect("pod");
+        let env = pod.spec.expect("spec").containers[0]
+            .env
+            .clone()
+            .unwrap_or_default();
+        assert!(env.iter().all(|e| e.name != MIGRATION_ROLE_ENV));
     }
 }

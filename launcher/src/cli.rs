@@ -93,6 +93,7 @@ impl RunArgs {
         let timeout = self.shutdown_timeout;
         Ok((
             VmConfig {
+                version: vireo_vmm::config::SPEC_VERSION,
                 vcpus: self.cpus,
                 memory_mib: self.memory,
                 payload: PayloadConfig {
@@ -202,15 +203,12 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     for (k, v) in parse_kv(s, &["path", "format", "readonly"], "--disk")? {
         match k {
             "path" => disk.path = PathBuf::from(v),
-            "format" => disk.format = Some(v.to_owned()),
+            "format" => disk.format = Some(v.parse().map_err(|e| format!("{e}"))?),
             _ => disk.readonly = parse_on_off(k, v)?,
         }
     }
     if disk.path.as_os_str().is_empty() {
         return Err(format!("--disk '{s}' needs path=FILE"));
-    }
-    if let Err(v) = disk.image_format() {
-        return Err(format!("unknown disk format '{v}' (expected raw or qcow2)"));
     }
     Ok(disk)
 }
@@ -224,7 +222,7 @@ pub fn parse_net(s: &str) -> Result<NetConfig, String> {
     for (k, v) in parse_kv(s, &["tap", "mac"], "--net")? {
         match k {
             "tap" => net.tap = v.to_owned(),
-            _ => net.mac = Some(v.to_owned()),
+            _ => net.mac = Some(v.parse().map_err(|e| format!("{e}"))?),
         }
     }
     if net.tap.is_empty() {
@@ -243,12 +241,12 @@ pub fn report_usage_error(e: clap::Error) -> ExitCode {
     }
     if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         let _ = e.print();
-        return ExitCode::from(exit_code::USAGE);
+        return exit_code::code(vireo_spec::ExitStatus::Usage);
     }
     let rendered = e.render().to_string();
     let first = rendered.lines().next().unwrap_or("invalid arguments");
     crate::logging::error_line(&format!("vireo: {first} (see vireo --help)"));
-    ExitCode::from(exit_code::USAGE)
+    exit_code::code(vireo_spec::ExitStatus::Usage)
 }
 
 #[cfg(test)]
@@ -305,7 +303,7 @@ mod tests {
             parse_disk("format=qcow2,path=b.qcow2,readonly=on"),
             Ok(DiskConfig {
                 path: "b.qcow2".into(),
-                format: Some("qcow2".into()),
+                format: Some(vireo_vmm::DiskFormat::Qcow2),
                 readonly: true
             })
         );
@@ -325,7 +323,7 @@ mod tests {
             parse_net("tap=vt0,mac=52:54:00:12:34:56"),
             Ok(NetConfig {
                 tap: "vt0".into(),
-                mac: Some("52:54:00:12:34:56".into())
+                mac: Some("52:54:00:12:34:56".parse().expect("a valid MAC"))
             })
         );
         for bad in [
@@ -334,6 +332,7 @@ mod tests {
             "tap=",
             "mac=52:54:00:12:34:56",
             "tap=a,model=e1000",
+            "tap=a,mac=ff:ff:ff:ff:ff:ff",
         ] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }

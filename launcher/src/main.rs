@@ -18,6 +18,7 @@ mod run;
 use std::process::ExitCode;
 
 use clap::Parser;
+use vireo_spec::ExitStatus;
 
 use cli::{Cli, Command};
 
@@ -31,16 +32,30 @@ fn main() -> ExitCode {
         Command::Run(args) => args
             .into_config()
             .and_then(|(config, timeout)| run::run_vm(config, timeout)),
-        Command::Launch(args) => {
-            run::load_spec(&args.spec).and_then(|c| run::run_vm(c, args.shutdown_timeout))
-        }
+        Command::Launch(args) => match run::migration_role() {
+            Err(e) => Err(e),
+            Ok(Some(run::MigrationRole::Target)) => {
+                logging::error_line(&format!(
+                    "vireo: error: {}",
+                    ExitStatus::MigrationTargetUnsupported.description()
+                ));
+                logging::error_line(
+                    "vireo: this launcher was started with VIREO_MIGRATION_ROLE=target; it does \
+                     not boot a second copy of the VM on the same disks",
+                );
+                return exit_code::code(ExitStatus::MigrationTargetUnsupported);
+            }
+            Ok(None) => {
+                run::load_spec(&args.spec).and_then(|c| run::run_vm(c, args.shutdown_timeout))
+            }
+        },
         Command::Vm(args) => kube::delegate(&args.args),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             logging::error_line(&format!("vireo: error: {}", render_error(&e)));
-            ExitCode::from(exit_code::VMM_ERROR)
+            exit_code::code(ExitStatus::VmmError)
         }
     }
 }

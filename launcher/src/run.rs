@@ -3,10 +3,13 @@
 //! Signals: SIGTERM presses the guest's ACPI power button and stops the VM
 //! forcibly if it has not powered off within the shutdown timeout (at once
 //! for guests without ACPI); SIGINT and SIGHUP stop it at once. Either way
-//! the VMM cleans up (sockets) and exits with the VM's status.
+//! the VMM cleans up (sockets) and exits with the VM's status; a stop the VMM
+//! forced on a guest that could have powered off is exit status 8
+//! ([`ExitStatus::ForcedStop`]), never 0.
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,15 +17,42 @@ use anyhow::{Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{info, warn};
+use vireo_spec::ExitStatus;
 use vireo_vmm::{Vm, VmBuilder, VmConfig, VmState};
 
 use crate::exit_code;
 
-/// Reads a JSON launch spec.
+/// Reads and validates a JSON launch spec with the launch spec's one parser
+/// ([`VmConfig::from_json`]); the host's limits are checked when the VM is built.
 pub fn load_spec(path: &Path) -> Result<VmConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read launch spec {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("invalid launch spec {}", path.display()))
+    VmConfig::from_json(&text).with_context(|| format!("invalid launch spec {}", path.display()))
+}
+
+/// The environment variable by which the controller tells a launcher pod its role in a live
+/// migration.
+pub const MIGRATION_ROLE_ENV: &str = "VIREO_MIGRATION_ROLE";
+
+/// A launcher's role in a live migration, from [`MIGRATION_ROLE_ENV`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationRole {
+    /// Receives the VM from a source launcher (refused until live migration exists).
+    Target,
+}
+
+/// Reads [`MIGRATION_ROLE_ENV`]: unset or empty means no migration; `target` is the only role
+/// the controller sets; anything else is an error rather than a guess.
+pub fn migration_role() -> Result<Option<MigrationRole>> {
+    match std::env::var_os(MIGRATION_ROLE_ENV) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) if v == "target" => Ok(Some(MigrationRole::Target)),
+        Some(v) => anyhow::bail!(
+            "unknown {MIGRATION_ROLE_ENV} {:?} (expected target or unset)",
+            v.to_string_lossy()
+        ),
+    }
 }
 
 /// Builds, starts and waits for the VM; returns the exit status.
@@ -35,24 +65,30 @@ pub fn run_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitCode> {
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
     vm.start()?;
     let handle = signals.handle();
+    let forced = Arc::new(AtomicBool::new(false));
     let watcher = {
-        let vm = vm.clone();
+        let (vm, forced) = (vm.clone(), forced.clone());
+        let timeout = Duration::from_secs(shutdown_timeout);
         std::thread::Builder::new()
             .name("vireo-signals".into())
-            .spawn(move || handle_signals(signals, &vm, Duration::from_secs(shutdown_timeout)))
+            .spawn(move || handle_signals(signals, &vm, timeout, &forced))
             .context("cannot start the signal thread")?
     };
     let reason = vm.wait();
     handle.close();
     let _ = watcher.join();
-    let code = exit_code::for_exit(&reason);
-    if code != 0 {
-        warn!(%reason, code, "VM exited abnormally");
+    let status = exit_code::for_exit(&reason, forced.load(Ordering::SeqCst));
+    if status != ExitStatus::PowerOff {
+        warn!(%reason, code = status.code(), why = status.description(), "VM exited abnormally");
     }
-    Ok(ExitCode::from(code))
+    Ok(exit_code::code(status))
 }
 
-fn handle_signals(mut signals: Signals, vm: &Arc<Vm>, timeout: Duration) {
+/// Stops the VM on SIGTERM (gracefully first), SIGINT and SIGHUP. Sets `forced` before every
+/// stop the guest did not ask for and could have avoided: the shutdown timeout, SIGINT, SIGHUP.
+/// A guest without ACPI cannot be asked to power off, so SIGTERM stopping it at once is its
+/// normal shutdown (as KubeVirt counts a destroyed domain without ACPI as succeeded).
+fn handle_signals(mut signals: Signals, vm: &Arc<Vm>, timeout: Duration, forced: &Arc<AtomicBool>) {
     for signal in signals.forever() {
         if signal == SIGTERM {
             match vm.press_power_button() {
@@ -61,13 +97,14 @@ fn handle_signals(mut signals: Signals, vm: &Arc<Vm>, timeout: Duration) {
                         timeout_s = timeout.as_secs(),
                         "SIGTERM: asked the guest to power off"
                     );
-                    let vm = vm.clone();
+                    let (vm, forced) = (vm.clone(), forced.clone());
                     let _ = std::thread::Builder::new()
                         .name("vireo-shutdown-timer".into())
                         .spawn(move || {
                             std::thread::sleep(timeout);
                             if vm.state() != VmState::Stopped {
                                 warn!("guest did not power off in time; stopping it");
+                                forced.store(true, Ordering::SeqCst);
                                 vm.shutdown();
                             }
                         });
@@ -77,6 +114,7 @@ fn handle_signals(mut signals: Signals, vm: &Arc<Vm>, timeout: Duration) {
             }
         } else {
             info!(signal, "stopping the VM");
+            forced.store(true, Ordering::SeqCst);
         }
         vm.shutdown();
         return;

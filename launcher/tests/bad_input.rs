@@ -235,6 +235,7 @@ fn bad_disk_and_net_flags_are_usage_errors() {
             "unknown --disk option 'cache'",
         ),
         (&["--net", "mac=52:54:00:12:34:56"][..], "needs tap=NAME"),
+        (&["--net", "tap=vt0,mac=01:00:5e:00:00:01"][..], "multicast"),
     ] {
         let out = run_guest(&fx, args);
         assert_clean_error(&out, 2, needle);
@@ -261,7 +262,6 @@ fn unusable_disks_and_nics_are_refused_before_boot() {
             vec!["--disk", raw_arg.as_str(), "--disk", raw_arg.as_str()],
             "already attached as disk 0",
         ),
-        (vec!["--net", "tap=vt0,mac=01:00:5e:00:00:01"], "multicast"),
         (vec!["--net", "tap=bad/name"], "invalid tap name"),
         (
             vec!["--net", "tap=vt0", "--net", "tap=vt0"],

@@ -214,20 +214,20 @@ fn guest_enumerates_pci_through_ports_and_ecam() {
     assert!(text.contains("port and ECAM access agree"), "{text}");
 }
 
-/// Sends SIGTERM to the `vireo` process behind `child`.
-fn sigterm(child: &mut Running) {
+/// Sends `signal` to the `vireo` process behind `child`.
+fn send(child: &mut Running, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(child.child().id()).expect("pid");
     // SAFETY: kill has no memory-safety preconditions; the pid is our child,
     // not yet reaped.
-    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    let rc = unsafe { libc::kill(pid, signal) };
     assert_eq!(rc, 0);
 }
 
 /// Runs the `idle` guest with its console on a socket, closes the test's
-/// end of vireo's stderr if `close_stderr`, sends SIGTERM once the guest is
-/// ready, and returns the output after checking that vireo exited 0 and
-/// removed the socket.
-fn sigterm_idle_guest(close_stderr: bool) -> std::process::Output {
+/// end of vireo's stderr if `close_stderr`, sends `signal` once the guest is
+/// ready, and returns the output after checking that vireo exited with
+/// `code` and removed the socket.
+fn signal_idle_guest(signal: libc::c_int, close_stderr: bool, code: i32) -> std::process::Output {
     let fx = Fixture::create();
     let sock = fx.path("console.sock");
     let (mut child, stream) = spawn_with_socket_console(&fx, &sock, "idle");
@@ -239,16 +239,18 @@ fn sigterm_idle_guest(close_stderr: bool) -> std::process::Output {
     if close_stderr {
         drop(child.child().stderr.take());
     }
-    sigterm(&mut child);
+    send(&mut child, signal);
     let out = child.wait_within(Duration::from_secs(30));
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(code), "{}", stderr(&out));
     assert!(!sock.exists(), "console socket removed");
     out
 }
 
 #[test]
 fn sigterm_stops_a_guest_without_acpi_at_once_and_cleans_up() {
-    let out = sigterm_idle_guest(false);
+    // A guest with no power button to press has no graceful way to stop: SIGTERM stopping it is
+    // its normal shutdown, status 0 (as KubeVirt counts a destroyed domain without ACPI).
+    let out = signal_idle_guest(libc::SIGTERM, false, 0);
     let err = stderr(&out);
     assert!(err.contains("not booted with ACPI"), "{err}");
 }
@@ -258,5 +260,69 @@ fn sigterm_still_stops_the_vm_after_stderr_is_closed() {
     // A log line that cannot be written (the reader of stderr is gone) used
     // to panic the signal thread inside tracing-subscriber, and SIGTERM was
     // then ignored with the guest still running.
-    sigterm_idle_guest(true);
+    signal_idle_guest(libc::SIGTERM, true, 0);
+}
+
+#[test]
+fn sigint_and_sighup_are_forced_stops_with_code_8() {
+    for signal in [libc::SIGINT, libc::SIGHUP] {
+        let out = signal_idle_guest(signal, false, 8);
+        let err = stderr(&out);
+        assert!(err.contains("VM exited abnormally"), "{err}");
+        assert!(err.contains("had not powered off"), "{err}");
+    }
+}
+
+#[test]
+fn a_migration_target_refuses_to_boot_with_code_9() {
+    let fx = Fixture::create();
+    let spec = fx.path("spec.json");
+    let log = fx.path("serial.log");
+    std::fs::write(&spec, serde_json_spec(&fx.guest, &log)).expect("spec");
+    let mut cmd = vireo();
+    cmd.arg("launch")
+        .arg("--spec")
+        .arg(&spec)
+        .env("VIREO_MIGRATION_ROLE", "target");
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    assert!(err.contains("live-migration target"), "{err}");
+    assert!(
+        !log.exists(),
+        "no guest ran: its serial log was never opened"
+    );
+    // Any other role is an error, not a guess.
+    let mut cmd = vireo();
+    cmd.arg("launch")
+        .arg("--spec")
+        .arg(&spec)
+        .env("VIREO_MIGRATION_ROLE", "sauce");
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("VIREO_MIGRATION_ROLE"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!log.exists());
+}
+
+#[test]
+fn launch_refuses_another_spec_version_by_name() {
+    let fx = Fixture::create();
+    let spec = fx.path("spec.json");
+    let log = fx.path("serial.log");
+    let json = serde_json_spec(&fx.guest, &log).replacen('{', r#"{"version":2,"vnc":{},"#, 1);
+    std::fs::write(&spec, json).expect("spec");
+    let mut cmd = vireo();
+    cmd.arg("launch").arg("--spec").arg(&spec);
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("launch spec version 2 is not supported"),
+        "{err}"
+    );
+    assert!(!log.exists());
 }

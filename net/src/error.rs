@@ -7,14 +7,9 @@
 
 use std::io;
 
-/// Everything that can go wrong while parsing a MAC address or opening and configuring a tap.
+/// Everything that can go wrong while opening and configuring a tap.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    /// A MAC address string was malformed, or named an address a NIC cannot use (multicast,
-    /// broadcast or all-zero). The string holds the input and the reason.
-    #[error("invalid MAC address {0}")]
-    InvalidMac(String),
-
     /// A tap name the kernel would refuse or misinterpret: empty, longer than 15 bytes
     /// (`IFNAMSIZ - 1`), `.` or `..`, or containing `/`, `:`, `%`, whitespace or NUL. The string
     /// holds the name and the reason.

@@ -17,12 +17,12 @@
 //! user- or guest-controlled input.
 
 mod error;
-mod mac;
 mod offload;
 mod sys;
 mod tap;
 
 pub use error::NetError;
-pub use mac::MacAddr;
 pub use offload::Offloads;
 pub use tap::{Tap, VNET_HDR_LEN};
+/// MAC addresses are the launch spec's type, re-exported for the device models.
+pub use vireo_spec::MacAddr;

@@ -301,32 +301,11 @@ impl AsFd for Tap {
 }
 
 /// Refuses names the kernel would reject (`dev_valid_name`) or interpret as a template, so that
-/// `TUNSETIFF`'s `EINVAL` can only mean "exists but is not a tap".
+/// `TUNSETIFF`'s `EINVAL` can only mean "exists but is not a tap". The rule is the launch spec's
+/// ([`vireo_spec::check_tap_name`]), so a spec that validates names a tap this accepts.
 fn validate_name(name: &str) -> Result<(), NetError> {
-    let invalid = |why: &str| Err(NetError::InvalidTapName(format!("{name:?}: {why}")));
-    if name.is_empty() {
-        return invalid("empty");
-    }
-    if name.len() > sys::IFNAMSIZ - 1 {
-        return invalid("longer than 15 bytes");
-    }
-    if name == "." || name == ".." {
-        return invalid("`.` and `..` are not interface names");
-    }
-    if name.contains('\0') {
-        return invalid("contains NUL");
-    }
-    if name.contains('/') || name.contains(':') {
-        return invalid("contains `/` or `:`");
-    }
-    if name.contains('%') {
-        return invalid("contains `%` (a name template; give the exact name)");
-    }
-    // The kernel's isspace() also counts 0x0b and 0xa0 (which can occur inside UTF-8 sequences).
-    if name.chars().any(char::is_whitespace) || name.bytes().any(|b| b == 0x0b || b == 0xa0) {
-        return invalid("contains whitespace");
-    }
-    Ok(())
+    vireo_spec::check_tap_name(name)
+        .map_err(|e| NetError::InvalidTapName(format!("{name:?}: {}", e.reason)))
 }
 
 /// A datagram socket for interface ioctls, in the calling thread's network namespace: AF_INET,

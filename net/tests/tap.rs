@@ -1,6 +1,6 @@
 //! Tap tests against the real kernel. Each test runs in its own network namespace (see
-//! `common::in_netns`), so nothing is created on the host. Tests that need root print a
-//! `SKIPPED` line and return when not run as root.
+//! `common::in_netns`), so nothing is created on the host. Tests that need root fail when
+//! not run as root (CI runs as root), never skip.
 
 mod common;
 
@@ -14,9 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 #[test]
 fn open_creates_an_up_tap_with_vnet_hdr() {
-    if !root_or_skip("open_creates_an_up_tap_with_vnet_hdr") {
-        return;
-    }
+    require_root("open_creates_an_up_tap_with_vnet_hdr");
     in_netns(|| {
         let tap = Tap::open("vtap0").expect("open");
         assert_eq!(tap.name(), "vtap0");
@@ -53,9 +51,7 @@ fn open_creates_an_up_tap_with_vnet_hdr() {
 
 #[test]
 fn empty_tap_read_would_block() {
-    if !root_or_skip("empty_tap_read_would_block") {
-        return;
-    }
+    require_root("empty_tap_read_would_block");
     in_netns(|| {
         let tap = Tap::open("vtap0").expect("open");
         let mut buf = vec![0u8; 2048];
@@ -66,9 +62,7 @@ fn empty_tap_read_would_block() {
 
 #[test]
 fn arp_request_gets_kernel_reply() {
-    if !root_or_skip("arp_request_gets_kernel_reply") {
-        return;
-    }
+    require_root("arp_request_gets_kernel_reply");
     in_netns(|| {
         let tap = tap_with_address("vtap0");
         let host_mac = link_mac("vtap0");
@@ -95,9 +89,7 @@ fn arp_request_gets_kernel_reply() {
 
 #[test]
 fn icmp_echo_request_gets_reply_with_scattered_buffers() {
-    if !root_or_skip("icmp_echo_request_gets_reply_with_scattered_buffers") {
-        return;
-    }
+    require_root("icmp_echo_request_gets_reply_with_scattered_buffers");
     in_netns(|| {
         let tap = tap_with_address("vtap0");
         let host_mac = link_mac("vtap0");
@@ -165,9 +157,7 @@ fn icmp_echo_request_gets_reply_with_scattered_buffers() {
 
 #[test]
 fn short_read_buffer_truncates_and_loses_the_rest() {
-    if !root_or_skip("short_read_buffer_truncates_and_loses_the_rest") {
-        return;
-    }
+    require_root("short_read_buffer_truncates_and_loses_the_rest");
     in_netns(|| {
         let tap = tap_with_address("vtap0");
         let deadline = std::time::Instant::now() + TIMEOUT;
@@ -204,9 +194,7 @@ fn short_read_buffer_truncates_and_loses_the_rest() {
 
 #[test]
 fn second_open_of_same_name_is_busy_until_first_is_dropped() {
-    if !root_or_skip("second_open_of_same_name_is_busy_until_first_is_dropped") {
-        return;
-    }
+    require_root("second_open_of_same_name_is_busy_until_first_is_dropped");
     in_netns(|| {
         let first = Tap::open("vtap0").expect("first open");
         match Tap::open("vtap0") {
@@ -224,9 +212,7 @@ fn second_open_of_same_name_is_busy_until_first_is_dropped() {
 
 #[test]
 fn persistent_precreated_tap_is_attached_and_survives() {
-    if !root_or_skip("persistent_precreated_tap_is_attached_and_survives") {
-        return;
-    }
+    require_root("persistent_precreated_tap_is_attached_and_survives");
     in_netns(|| {
         ip(&["tuntap", "add", "dev", "ptap0", "mode", "tap"]);
         assert!(!link_flags("ptap0").iter().any(|f| f == "UP"));
@@ -253,9 +239,7 @@ fn persistent_precreated_tap_is_attached_and_survives() {
 
 #[test]
 fn non_tap_devices_are_not_a_tap() {
-    if !root_or_skip("non_tap_devices_are_not_a_tap") {
-        return;
-    }
+    require_root("non_tap_devices_are_not_a_tap");
     in_netns(|| {
         ip(&["tuntap", "add", "dev", "tun0", "mode", "tun"]);
         ip(&["tuntap", "add", "dev", "mq0", "mode", "tap", "multi_queue"]);
@@ -291,9 +275,7 @@ fn bad_names_are_refused_before_any_syscall() {
 
 #[test]
 fn set_offloads_accepts_every_combination() {
-    if !root_or_skip("set_offloads_accepts_every_combination") {
-        return;
-    }
+    require_root("set_offloads_accepts_every_combination");
     in_netns(|| {
         let tap = Tap::open("vtap0").expect("open");
         for bits in 0u8..32 {
@@ -356,9 +338,7 @@ fn ethtool_get(dev: &str, cmd: u32) -> bool {
 
 #[test]
 fn write_with_bad_vnet_header_is_refused() {
-    if !root_or_skip("write_with_bad_vnet_header_is_refused") {
-        return;
-    }
+    require_root("write_with_bad_vnet_header_is_refused");
     in_netns(|| {
         let tap = Tap::open("vtap0").expect("open");
         let frame = arp_request(guest_mac(), GUEST_IP, HOST_IP);
@@ -377,9 +357,7 @@ fn write_with_bad_vnet_header_is_refused() {
 
 #[test]
 fn unprivileged_user_gets_permission_denied() {
-    if !root_or_skip("unprivileged_user_gets_permission_denied") {
-        return;
-    }
+    require_root("unprivileged_user_gets_permission_denied");
     in_netns(|| {
         // Only this thread changes identity: the raw syscall bypasses glibc's all-thread setxid.
         // Changing the effective UID from 0 clears the effective capabilities.
@@ -399,9 +377,7 @@ fn unprivileged_user_gets_permission_denied() {
 
 #[test]
 fn without_cap_net_admin_only_precreated_up_taps_open() {
-    if !root_or_skip("without_cap_net_admin_only_precreated_up_taps_open") {
-        return;
-    }
+    require_root("without_cap_net_admin_only_precreated_up_taps_open");
     in_netns(|| {
         // Owned by uid 0 (us); one set up beforehand, one left down.
         ip(&["tuntap", "add", "dev", "uptap", "mode", "tap", "user", "0"]);

@@ -30,6 +30,6 @@ pub mod vm;
 pub mod vstate;
 
 pub use arch::x86_64::InitialCpuState;
-pub use config::{DiskConfig, NetConfig, PayloadConfig, SerialConfig, VmConfig};
+pub use config::{DiskConfig, DiskFormat, NetConfig, PayloadConfig, SerialConfig, VmConfig};
 pub use lifecycle::{ExitReason, VmState};
 pub use vm::{Vm, VmBuilder, VmError};

@@ -19,7 +19,7 @@ use tracing::info;
 
 use crate::arch::x86_64::{cpuid, layout, vcpu_platform, InitialCpuState};
 use crate::boot::{self, BootError, BootPlan};
-use crate::config::{ConfigError, HostLimits, VmConfig};
+use crate::config::{probe_host_limits, ConfigError, VmConfig};
 use crate::console::{Console, ConsoleError};
 use crate::device_manager::attach::attach_devices;
 use crate::device_manager::{DeviceError, DeviceManager};
@@ -127,7 +127,7 @@ impl VmBuilder {
     pub fn build(self) -> Result<Vm, VmError> {
         let kvm = KvmContext::open()?;
         let config = self.config;
-        config.validate(&HostLimits::probe(kvm.max_vcpus()))?;
+        config.validate_on(&probe_host_limits(kvm.max_vcpus()))?;
         let memory_size = config.memory_bytes();
 
         let vm_fd = Arc::new(kvm.kvm().create_vm().map_err(|source| VmError::Platform {

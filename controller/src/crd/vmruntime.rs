@@ -47,16 +47,8 @@ pub struct VMRuntimeSpec {
     pub migrations: MigrationLimits,
 }
 
-/// Disk image format.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageFormat {
-    /// Raw image.
-    #[default]
-    Raw,
-    /// qcow2 image.
-    Qcow2,
-}
+/// Disk image format: the launch spec's one type for it.
+pub use vireo_spec::DiskFormat as ImageFormat;
 
 /// Limits on live migrations (KubeVirt's defaults).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

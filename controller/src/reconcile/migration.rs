@@ -152,7 +152,7 @@ async fn reconcile(m: Arc<VirtualMachineInstanceMigration>, ctx: Arc<Context>) -
             return Ok(Action::await_change());
         }
         let gate = ctx.runtime().await?;
-        let spec = render(&vmi.spec, gate.image_format)?;
+        let spec = render(&vmi.spec, gate.image_format, "spec")?;
         let role = PodRole::MigrationTarget {
             migration: name.clone(),
             source_node: source.clone(),

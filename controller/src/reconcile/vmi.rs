@@ -10,6 +10,10 @@
 //! | Succeeded / Failed                   | Succeeded / Failed (final) |
 //! | vanished after being scheduled       | Failed      |
 //!
+//! A launcher that exits with a status other than 0 leaves a `Failure` condition whose reason is
+//! that status's name (`ForcedStop`, `TripleFault`, … see `vireo_spec::ExitStatus`).
+//! `LiveMigratable` is False for every VMI until live migration exists.
+//!
 //! `Ready` = pod Running and pod Ready. `Paused` = the launcher reports pod condition
 //! `vireo.dev/Paused=True`; the desired state travels as VMI annotation `vm.vireo.dev/pause` →
 //! pod annotation `vireo.dev/paused` → file `/var/run/vireo/spec/paused` in the launcher.
@@ -24,6 +28,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use vireo_spec::ExitStatus;
 
 use super::{
     add_finalizer, apply_status, now, on_error, remove_finalizer, Context, MANAGER, VMI_FINALIZER,
@@ -33,7 +38,8 @@ use crate::crd::{merge_conditions, Condition};
 use crate::error::{optional, Error, Result};
 use crate::launch_spec::render;
 use crate::pod::{
-    launcher_pod, launcher_pod_name, PodRole, ANNOTATION_PAUSED, LABEL_VMI, POD_CONDITION_PAUSED,
+    launcher_pod, launcher_pod_name, PodRole, ANNOTATION_PAUSED, LABEL_VMI, LAUNCHER_CONTAINER,
+    POD_CONDITION_PAUSED,
 };
 use crate::requests::ANNOTATION_PAUSE_REQUEST;
 use crate::validation::{summarize, validate_vmi_spec};
@@ -65,6 +71,31 @@ pub struct PodView {
     pub paused: bool,
     /// Pod IP.
     pub ip: Option<String>,
+    /// How the launcher container ended, once it has: its exit code and termination message.
+    pub exit: Option<(i32, Option<String>)>,
+}
+
+/// The Failure condition for a launcher that exited with `code` (and `message`, its termination
+/// message if any), or `None` for a clean poweroff. Codes are `vireo`'s exit statuses
+/// ([`ExitStatus`]); a forced stop (8) is a failure, as KubeVirt counts a domain destroyed after
+/// its grace period when the guest had ACPI.
+pub fn exit_condition(code: i32, message: Option<&str>) -> Option<Condition> {
+    let status = ExitStatus::from_code(i64::from(code));
+    if status == Some(ExitStatus::PowerOff) {
+        return None;
+    }
+    let (reason, what) = match status {
+        Some(s) => (s.reason(), s.description().to_owned()),
+        None => (
+            "LauncherExited",
+            format!("the launcher exited with status {code}"),
+        ),
+    };
+    let text = match message.map(str::trim).filter(|m| !m.is_empty()) {
+        Some(m) => format!("{what} (exit status {code}): {m}"),
+        None => format!("{what} (exit status {code})"),
+    };
+    Some(Condition::new("Failure", true, reason, text))
 }
 
 /// Reads what a pod says about its VMI.
@@ -91,6 +122,13 @@ pub fn view_pod(pod: &Pod) -> PodView {
             message: c.message.clone(),
             last_transition_time: None,
         });
+    let exit = status
+        .container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.name == LAUNCHER_CONTAINER)
+        .find_map(|c| c.state?.terminated)
+        .map(|t| (t.exit_code, t.message));
     PodView {
         phase,
         node: spec_node,
@@ -98,6 +136,7 @@ pub fn view_pod(pod: &Pod) -> PodView {
         scheduled,
         paused: cond_true(POD_CONDITION_PAUSED),
         ip: status.pod_ip,
+        exit,
     }
 }
 
@@ -158,7 +197,7 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 phase = VmiPhase::Pending;
             }
             Ok(()) => {
-                let spec = render(&vmi.spec, gate.image_format)?;
+                let spec = render(&vmi.spec, gate.image_format, "spec")?;
                 let pod = launcher_pod(
                     &vmi,
                     &spec,
@@ -198,6 +237,11 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
     if let Some(s) = v.and_then(|v| v.scheduled.clone()) {
         conds.push(s);
     }
+    if phase.is_final() {
+        if let Some((code, msg)) = v.and_then(|v| v.exit.as_ref()) {
+            conds.extend(exit_condition(*code, msg.as_deref()));
+        }
+    }
     let pause_wanted = vmi
         .annotations()
         .get(ANNOTATION_PAUSE_REQUEST)
@@ -216,28 +260,14 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             "pause state reported by the launcher",
         ));
     }
-    let host_disks: Vec<_> = vmi
-        .spec
-        .volumes
-        .iter()
-        .filter(|v| v.host_disk.is_some())
-        .map(|v| v.name.clone())
-        .collect();
-    conds.push(if host_disks.is_empty() {
-        Condition::new(
-            "LiveMigratable",
-            true,
-            "Migratable",
-            "all volumes can follow the VM",
-        )
-    } else {
-        Condition::new(
-            "LiveMigratable",
-            false,
-            "HostDiskNotMigratable",
-            format!("hostDisk volumes {host_disks:?} live on one node"),
-        )
-    });
+    // No VMI is live-migratable until live migration exists: a migration target launcher refuses
+    // to boot (exit status 9) rather than run a second copy of the VM on the same disks.
+    conds.push(Condition::new(
+        "LiveMigratable",
+        false,
+        "LiveMigrationNotImplemented",
+        "this version of Vireo cannot live-migrate a VM yet",
+    ));
 
     let interfaces: Vec<InterfaceStatus> = vmi
         .spec

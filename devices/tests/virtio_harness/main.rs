@@ -1,8 +1,8 @@
 //! virtio-blk and virtio-net driven through the virtio-pci transport by a host-side virtio 1.2
 //! driver (`driver.rs`) that sees only what a guest sees: PCI configuration space, BAR0 and
 //! split virtqueues written into real guest memory. Backends are real: raw and qcow2 images in
-//! temporary files, and a tap in a private network namespace (those tests need root and print
-//! `SKIPPED` otherwise).
+//! temporary files, and a tap in a private network namespace (those tests need root and fail
+//! otherwise).
 //!
 //! - `transport.rs`: feature negotiation, reset, queue and vector registers, MSI-X masking.
 //! - `blk.rs`: virtio-blk requests, good and malformed, and ring corruption.

@@ -1,6 +1,6 @@
 //! virtio-net through the harness on a real tap in a private network namespace. The host side of
 //! the tap has `HOST_IP`, so the kernel answers an ARP request the driver transmits, and the
-//! reply comes back through the receive queue. Needs root (prints `SKIPPED` otherwise).
+//! reply comes back through the receive queue. Needs root (fails otherwise).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -13,7 +13,7 @@ use vireo_net::VNET_HDR_LEN;
 
 use crate::driver::{assert_bytes, linked, unique_index, Driver, Seg, Used, MEM_SIZE, TIMEOUT};
 use crate::netcommon::{
-    arp_request, guest_mac, in_netns, ip, is_arp_reply, link_mac, root_or_skip, tap_with_address,
+    arp_request, guest_mac, in_netns, ip, is_arp_reply, link_mac, require_root, tap_with_address,
     GUEST_IP, HOST_IP,
 };
 
@@ -168,11 +168,9 @@ fn send_arp_and_wait_for_reply_queued(n: &mut Net) {
     std::thread::sleep(Duration::from_millis(50));
 }
 
-/// Runs `f` in a fresh network namespace when root.
+/// Runs `f` in a fresh network namespace; fails unless root.
 fn net_test(name: &str, f: impl FnOnce() + Send + 'static) {
-    if !root_or_skip(name) {
-        return;
-    }
+    require_root(name);
     in_netns(f);
 }
 

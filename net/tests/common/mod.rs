@@ -32,15 +32,15 @@ pub fn is_arp_reply(frame: &[u8]) -> bool {
     ethertype(frame) == Some(ETHERTYPE_ARP) && frame.get(20..22) == Some(&[0, 2])
 }
 
-/// Whether we are root; if not, prints why the calling test is skipped.
-pub fn root_or_skip(test: &str) -> bool {
+/// Fails the calling test unless it runs as root (CI does): a test that needs root never passes
+/// silently by skipping itself.
+pub fn require_root(test: &str) {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        eprintln!("SKIPPED {test}: needs root (CAP_NET_ADMIN and unshare), euid is {euid}");
-        return false;
-    }
-    true
+    assert_eq!(
+        euid, 0,
+        "{test} needs root (CAP_NET_ADMIN and unshare); run the tests as root, as CI does"
+    );
 }
 
 /// Runs `f` on a new thread that first moved itself into a fresh network namespace, so taps and

@@ -24,12 +24,8 @@ pub fn attach_devices(
     nets: &[NetConfig],
 ) -> Result<(), DeviceError> {
     for (index, d) in disks.iter().enumerate() {
-        let format = d.image_format().map_err(|format| DeviceError::DiskFormat {
-            index,
-            format: format.to_owned(),
-        })?;
         let opts = OpenOptions {
-            format,
+            format: d.format,
             read_only: d.readonly,
             ..OpenOptions::default()
         };
@@ -42,15 +38,7 @@ pub fn attach_devices(
         dm.add_virtio(vm, Box::new(dev), mem)?;
     }
     for (index, n) in nets.iter().enumerate() {
-        let mac = match &n.mac {
-            Some(m) => m.parse::<MacAddr>(),
-            None => Ok(MacAddr::random_local()),
-        }
-        .map_err(|source| DeviceError::Net {
-            index,
-            tap: n.tap.clone(),
-            source,
-        })?;
+        let mac = n.mac.unwrap_or_else(MacAddr::random_local);
         let tap = Tap::open(&n.tap).map_err(|source| DeviceError::Net {
             index,
             tap: n.tap.clone(),

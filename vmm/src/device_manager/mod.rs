@@ -54,14 +54,6 @@ pub enum DeviceError {
     /// The virtio-pci transport could not be created.
     #[error(transparent)]
     Transport(#[from] vireo_devices::virtio::pci_transport::TransportError),
-    /// A disk names an image format Vireo does not know.
-    #[error("disk {index}: unknown image format '{format}' (expected raw or qcow2)")]
-    DiskFormat {
-        /// Position among the disks.
-        index: usize,
-        /// The name given.
-        format: String,
-    },
     /// A disk image could not be opened.
     #[error("disk {index} ({path}): {source}")]
     Disk {

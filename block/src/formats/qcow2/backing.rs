@@ -25,7 +25,7 @@ use tracing::debug;
 use super::header::Qcow2Header;
 use super::storage::FreeSignal;
 use crate::error::{BlockError, Result};
-use crate::probe::{probe_file, Format};
+use crate::probe::{backing_format_from_name, probe_file, Format};
 
 /// Deepest backing chain accepted (images, including the top one).
 pub const MAX_BACKING_DEPTH: usize = 16;
@@ -133,7 +133,7 @@ fn resolve(path: &Path, file: File, header: Qcow2Header, direct: bool) -> Result
         let backing_file = open_read_only(&backing_path, direct)?;
         check_disk_file(&backing_file, &backing_path)?;
         let format = match declared {
-            Some(name) => Format::from_name(&name)?,
+            Some(name) => backing_format_from_name(&name)?,
             None => match probe_file(&backing_file, &backing_path)? {
                 Format::Raw => Format::Raw,
                 Format::Qcow2 => {

@@ -1,9 +1,12 @@
-//! Ethernet MAC addresses for guest NICs: parsing, formatting and random generation.
+//! Ethernet MAC addresses for guest NICs: parsing, formatting, serde and random generation.
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::NetError;
+/// Why a string is not a MAC address a NIC can use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid MAC address {0}")]
+pub struct MacError(pub String);
 
 /// A 48-bit Ethernet MAC address.
 ///
@@ -70,13 +73,13 @@ impl fmt::Debug for MacAddr {
 }
 
 impl FromStr for MacAddr {
-    type Err = NetError;
+    type Err = MacError;
 
     /// Parses six colon-separated pairs of hex digits, either case (`52:54:00:AB:cd:0f`).
     /// Refuses any other shape, multicast and broadcast addresses, and `00:00:00:00:00:00`,
-    /// with [`NetError::InvalidMac`].
+    /// with [`MacError`] (which holds the input and the reason).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = |why: &str| NetError::InvalidMac(format!("{s:?}: {why}"));
+        let invalid = |why: &str| MacError(format!("{s:?}: {why}"));
         let mut bytes = [0u8; 6];
         let mut parts = s.split(':');
         for byte in bytes.iter_mut() {
@@ -106,6 +109,21 @@ impl FromStr for MacAddr {
     }
 }
 
+impl serde::Serialize for MacAddr {
+    /// The colon form [`fmt::Display`] prints.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MacAddr {
+    /// Only what [`FromStr`] accepts: a unicast, non-zero address in colon form.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Fills `buf` with random bytes; see [`MacAddr::random_local`] for the sources tried.
 fn fill_random(buf: &mut [u8]) {
     if getrandom(buf).is_ok() {
@@ -116,7 +134,6 @@ fn fill_random(buf: &mut [u8]) {
     {
         return;
     }
-    tracing::warn!("no OS randomness (getrandom, /dev/urandom); MAC derived from hasher and time");
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
@@ -155,7 +172,7 @@ mod tests {
 
     fn parse_err(s: &str) -> String {
         match s.parse::<MacAddr>() {
-            Err(NetError::InvalidMac(msg)) => msg,
+            Err(MacError(msg)) => msg,
             other => panic!("{s:?} parsed as {other:?}, expected InvalidMac"),
         }
     }
@@ -242,5 +259,20 @@ mod tests {
         }
         assert_eq!(ones, [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff]);
         assert_eq!(zeros, [0xfd, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    }
+
+    #[test]
+    fn serde_uses_the_colon_form_and_refuses_what_parse_refuses() {
+        let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
+        assert_eq!(
+            serde_json::to_string(&mac).unwrap(),
+            r#""52:54:00:12:34:56""#
+        );
+        assert_eq!(
+            serde_json::from_str::<MacAddr>(r#""52:54:00:12:34:56""#).unwrap(),
+            mac
+        );
+        let err = serde_json::from_str::<MacAddr>(r#""01:00:5e:00:00:01""#).unwrap_err();
+        assert!(err.to_string().contains("multicast"), "{err}");
     }
 }

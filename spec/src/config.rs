@@ -1,0 +1,182 @@
+//! The launch spec: one serde type that `vireo run` builds from flags, the controller renders into
+//! a launcher pod, and embedders build in code.
+//!
+//! ```json
+//! { "version": 1, "vcpus": 2, "memory_mib": 512,
+//!   "payload": { "kernel": "/k", "initramfs": null, "cmdline": "console=ttyS0" },
+//!   "serial": { "mode": "unix", "path": "/run/vireo/serial.sock" } }
+//! ```
+//! Unknown fields are rejected at every level. Disks become virtio-blk and NICs virtio-net
+//! functions on PCI bus 0, disks first, each list in order, from slot 1.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::disk::DiskFormat;
+use crate::mac::MacAddr;
+
+/// The launch-spec version this crate reads and writes. A spec without `version` is version 1;
+/// a spec of another version is refused by [`VmConfig::from_json`] before any other field is
+/// looked at, so an old launcher names the version instead of tripping over a new field.
+pub const SPEC_VERSION: u32 = 1;
+
+fn spec_version() -> u32 {
+    SPEC_VERSION
+}
+
+/// Everything needed to build a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// The spec's version, [`SPEC_VERSION`] (1 when absent).
+    #[serde(default = "spec_version")]
+    pub version: u32,
+    /// Number of vCPUs, 1 to [`crate::MAX_VCPUS`].
+    pub vcpus: u8,
+    /// Guest RAM in MiB, [`crate::MIN_MEMORY_MIB`] to [`crate::MAX_MEMORY_MIB`].
+    pub memory_mib: u64,
+    /// What to boot.
+    pub payload: PayloadConfig,
+    /// Where COM1 goes.
+    #[serde(default)]
+    pub serial: SerialConfig,
+    /// Disks (virtio-blk), in the order the guest enumerates them.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Network interfaces (virtio-net), after the disks on the PCI bus.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+    /// Unix socket for the control API. The endpoint is not served yet; the launcher warns when
+    /// one is requested.
+    #[serde(default)]
+    pub api_socket: Option<PathBuf>,
+}
+
+/// A disk in the launch spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Image path.
+    pub path: PathBuf,
+    /// The image's format; probed from the image's first bytes when absent (never from its
+    /// name).
+    #[serde(default)]
+    pub format: Option<DiskFormat>,
+    /// Attach read-only.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// A network interface in the launch spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Tap device name; opened, or created when absent (needs CAP_NET_ADMIN).
+    pub tap: String,
+    /// MAC address (`aa:bb:cc:dd:ee:ff`, unicast); a random locally administered one when
+    /// absent.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+}
+
+/// A direct kernel boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadConfig {
+    /// Kernel image: bzImage, ELF vmlinux, or a Vireo user-mode ELF.
+    pub kernel: PathBuf,
+    /// Optional initramfs.
+    #[serde(default)]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+/// Where the guest's first serial port is connected.
+///
+/// In JSON, `{"mode": "stdio" | "off"}` or `{"mode": "file" | "unix", "path": …}`; any other
+/// field is refused, also next to `stdio` and `off` (serde's internally tagged enums would let an
+/// unknown field through there, so reading goes through [`SerialWire`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase", try_from = "SerialWire")]
+pub enum SerialConfig {
+    /// The VMM's stdin and stdout.
+    #[default]
+    Stdio,
+    /// Output appended to a file; no input.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A unix socket the VMM listens on; one client at a time reads output and writes input.
+    Unix {
+        /// Socket path.
+        path: PathBuf,
+    },
+    /// Disconnected: output is discarded.
+    Off,
+}
+
+/// The JSON form of [`SerialConfig`] as read: a mode and the fields any mode may have.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SerialWire {
+    mode: SerialMode,
+    #[serde(default)]
+    path: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SerialMode {
+    Stdio,
+    File,
+    Unix,
+    Off,
+}
+
+impl TryFrom<SerialWire> for SerialConfig {
+    type Error = &'static str;
+
+    fn try_from(w: SerialWire) -> Result<Self, Self::Error> {
+        match (w.mode, w.path) {
+            (SerialMode::Stdio, None) => Ok(SerialConfig::Stdio),
+            (SerialMode::Off, None) => Ok(SerialConfig::Off),
+            (SerialMode::File, Some(path)) => Ok(SerialConfig::File { path }),
+            (SerialMode::Unix, Some(path)) => Ok(SerialConfig::Unix { path }),
+            (SerialMode::Stdio | SerialMode::Off, Some(_)) => {
+                Err("unknown field `path`: serial modes stdio and off take no path")
+            }
+            (SerialMode::File | SerialMode::Unix, None) => {
+                Err("missing field `path`: serial modes file and unix need one")
+            }
+        }
+    }
+}
+
+impl VmConfig {
+    /// A configuration with one vCPU, 512 MiB and serial on stdio.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            version: SPEC_VERSION,
+            vcpus: 1,
+            memory_mib: 512,
+            payload: PayloadConfig {
+                kernel: kernel.into(),
+                initramfs: None,
+                cmdline: String::new(),
+            },
+            serial: SerialConfig::Stdio,
+            disks: Vec::new(),
+            nets: Vec::new(),
+            api_socket: None,
+        }
+    }
+
+    /// Guest memory in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib.saturating_mul(1 << 20)
+    }
+}
