@@ -703,6 +703,81 @@ async fn vmruntime_enable_disable_table() {
     e.wait_vmi("v2", None).await;
 }
 
+/// Ends the launcher container of `pod` with `code`, as the kubelet reports it.
+async fn end_launcher(e: &Env, pod: &str, phase: &str, code: i32, message: &str) {
+    let patch = json!({ "status": {
+        "phase": phase,
+        "conditions": [ { "type": "Ready", "status": "False" } ],
+        "containerStatuses": [ {
+            "name": "launcher", "image": "vireo", "imageID": "", "ready": false,
+            "restartCount": 0,
+            "state": { "terminated": { "exitCode": code, "message": message } },
+        } ],
+    }});
+    e.pods()
+        .patch_status(pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch pod status");
+}
+
+/// The launcher's exit status reaches the VMI: a forced stop (8) fails it with reason
+/// ForcedStop, as KubeVirt fails a domain destroyed after its grace period; a poweroff (0)
+/// succeeds with no Failure condition.
+#[tokio::test]
+async fn launcher_exit_status_becomes_the_vmis_failure_reason() {
+    let e = env("exit").await;
+    e.ready_runtime().await;
+    for (name, phase, code, want) in [
+        ("forced", "Failed", 8, Some("ForcedStop")),
+        ("triple", "Failed", 4, Some("TripleFault")),
+        ("off", "Succeeded", 0, None),
+    ] {
+        let vmi: vireo_controller::crd::VirtualMachineInstance = serde_json::from_value(json!({
+            "apiVersion": "vireo.dev/v1alpha1", "kind": "VirtualMachineInstance",
+            "metadata": { "name": name },
+            "spec": vm_spec(None)["template"]["spec"].clone(),
+        }))
+        .expect("vmi");
+        e.vmis()
+            .create(&PostParams::default(), &vmi)
+            .await
+            .expect("create vmi");
+        e.run_vmi(name, "node-a").await;
+        wait_vmi_phase(&e, name, VmiPhase::Running).await;
+        end_launcher(
+            &e,
+            &launcher_pod_name(name),
+            phase,
+            code,
+            "vireo: the last words",
+        )
+        .await;
+        let final_phase = if code == 0 {
+            VmiPhase::Succeeded
+        } else {
+            VmiPhase::Failed
+        };
+        wait_vmi_phase(&e, name, final_phase).await;
+        let failure = e
+            .vmis()
+            .get(name)
+            .await
+            .expect("vmi")
+            .status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Failure"));
+        match want {
+            None => assert!(failure.is_none(), "{name}: {failure:?}"),
+            Some(reason) => {
+                let c = failure.unwrap_or_else(|| panic!("{name}: no Failure condition"));
+                assert_eq!(c.reason.as_deref(), Some(reason), "{name}");
+                let msg = c.message.unwrap_or_default();
+                assert!(msg.contains(&format!("exit status {code}")), "{msg}");
+                assert!(msg.contains("the last words"), "{msg}");
+            }
+        }
+    }
+}
+
 /// Until live migration exists, no VMI is LiveMigratable and every migration fails before a
 /// target pod exists (a target launcher would refuse to boot anyway: exit status 9), while the
 /// VMI keeps running untouched.
