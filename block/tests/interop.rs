@@ -457,3 +457,30 @@ fn fast_path_stays_coherent() {
     let now = reference_of(&image, "qcow2", dir.path());
     assert_eq!(std::fs::read(&now).expect("now"), model);
 }
+
+/// A disk smaller than one cluster, its data partly zeroed: imago 0.2.6 underflowed computing
+/// the aligned tail of such a write-zeroes (found by the qcow2_open fuzz target). Both variants
+/// zero exactly the range, keep the rest, and leave an image qemu-img reads the same way.
+#[test]
+fn write_zeroes_inside_a_disk_smaller_than_one_cluster() {
+    for may_unmap in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("small.qcow2");
+        let out = qemu_create(&image, "qcow2", "2K", Some("cluster_size=4096,compat=1.1"));
+        assert!(out.status.success(), "{out:?}");
+        qemu_io(&image, "qcow2", &["write -P 0x55 0 2k".to_string()]);
+        let disk = open_rw(&image, Format::Qcow2);
+        disk.write_zeroes(0, 512, may_unmap).expect("write_zeroes");
+        disk.flush().expect("flush");
+        drop(disk);
+        assert_clean(&image);
+        qemu_io(
+            &image,
+            "qcow2",
+            &[
+                "read -P 0 0 512".to_string(),
+                "read -P 0x55 512 1536".to_string(),
+            ],
+        );
+    }
+}

@@ -337,14 +337,33 @@ impl Engine for Qcow2Engine {
             // v2 has no zero clusters: write zeroes (allocating where needed).
             return self.write_zero_data(offset, len);
         }
-        // Both variants may change mappings (to zero clusters).
-        self.remap_per_l2_table(offset, len, "write-zeroes", |img, o, l| {
-            if may_unmap {
-                img.discard_to_zero(o, l)
-            } else {
-                img.write_zeroes(o, l)
-            }
-        })
+        // A final cluster the disk covers only in part is zeroed with literal zeroes: imago
+        // 0.2.6 computes the cluster-aligned end of a write-zeroes capped at the disk size and
+        // then steps one cluster back from it when the tail holds data, which underflows (a
+        // panic with overflow checks, a wrapped offset without) on a disk smaller than one
+        // cluster. Found by the qcow2_open fuzz target.
+        let size = self.shared().size();
+        let partial_start = size - size % self.cluster_size;
+        let end = offset.saturating_add(len);
+        let split = if partial_start < size && end > partial_start {
+            offset.max(partial_start)
+        } else {
+            end
+        };
+        if split > offset {
+            // Both variants may change mappings (to zero clusters).
+            self.remap_per_l2_table(offset, split - offset, "write-zeroes", |img, o, l| {
+                if may_unmap {
+                    img.discard_to_zero(o, l)
+                } else {
+                    img.write_zeroes(o, l)
+                }
+            })?;
+        }
+        if end > split {
+            self.write_zero_data(split, end - split)?;
+        }
+        Ok(())
     }
 
     fn capabilities(&self) -> Capabilities {
