@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Generates the seed corpora of the fuzz targets in fuzz/fuzz_targets, from real inputs:
+#
+#   qcow2_open            images made by qemu-img / qemu-io: compat 0.10 and 1.1, clusters of
+#                         512 B to 2 MiB, data, zero clusters, discards, lazy refcounts, every
+#                         refcount width, preallocation, internal snapshots, compressed clusters,
+#                         backing files, bitmaps, resized and amended images, and the header
+#                         features Vireo refuses (extended L2, zstd, external data file)
+#   qcow2_open-large      the images above that exceed the fuzzing max_len (64 KiB clusters and
+#                         up): not for mutation, run once each as regression inputs
+#   kernel_image          synthetic bzImage / ELF vmlinux (PVH and 64-bit entry) / user-mode
+#                         ELF (fuzz/seedgen), and the real test guest ELF (vireo-testguest),
+#                         stripped of its symbols
+#   kernel_image-large    the test guest ELF as built (regression input)
+#   virtio_blk_request,   well-formed descriptor chains and register sequences in each
+#   virtio_net_chain,     target's input format (fuzz/seedgen)
+#   virtio_pci_registers
+#
+# Usage: scripts/fuzz-seeds.sh [OUT_DIR]   (default fuzz/seeds; replaced entirely)
+# Needs: cargo, qemu-img and qemu-io (Debian: qemu-utils). Takes a few seconds once
+# fuzz/seedgen is built. Output is deterministic for a given qemu-img version (snapshot dates
+# are zeroed). Environment: QCOW2_MAX_LEN (default 65552 = 64 KiB + the 16-byte script) is the
+# size limit for the qcow2_open fuzzing seeds; pass the same value to libFuzzer's -max_len.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+out=${1:-fuzz/seeds}
+case $out in /*) ;; *) out=$root/$out ;; esac
+max_len=${QCOW2_MAX_LEN:-65552}
+
+for tool in qemu-img qemu-io; do
+    command -v "$tool" >/dev/null || { echo "fuzz-seeds: $tool not found (apt-get install qemu-utils)" >&2; exit 1; }
+done
+
+echo "== fuzz seeds: building fuzz/seedgen"
+cargo build --quiet --release --manifest-path fuzz/seedgen/Cargo.toml --target-dir fuzz/target/seedgen
+seedgen=$root/fuzz/target/seedgen/release/vireo-fuzz-seedgen
+
+rm -rf "$out"
+mkdir -p "$out"
+"$seedgen" virtio "$out"
+"$seedgen" kernel "$out/kernel_image"
+
+# The test guest: a real user-mode ELF kernel (one rustc call, no dependencies; a failure here
+# costs one seed, not the corpus). As built (660 KiB, mostly symbols) it is a regression input;
+# stripped to its segments (about 57 KiB) it joins the fuzzing corpus.
+mkdir -p "$out/kernel_image-large"
+if cargo run --quiet -p vireo-testguest -- "$out/kernel_image-large/testguest.elf"; then
+    "$seedgen" strip-elf "$out/kernel_image-large/testguest.elf" "$out/kernel_image/testguest-stripped.elf"
+    echo "$out/kernel_image: + testguest-stripped.elf; $out/kernel_image-large: testguest.elf"
+else
+    echo "fuzz-seeds: warning: could not build the test guest ELF; kernel_image seeds lack it" >&2
+fi
+
+# qcow2 images, made in a scratch directory (backing files resolve relative to it).
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+
+mk() { # mk NAME SIZE OPTIONS: an empty qcow2 image NAME.qcow2
+    qemu-img create -q -f qcow2 -o "$3" "$1.qcow2" "$2"
+}
+io() { # io NAME COMMAND...: run qemu-io commands on NAME.qcow2
+    local name=$1 args=()
+    shift
+    for c in "$@"; do args+=(-c "$c"); done
+    qemu-io -f qcow2 "${args[@]}" "$name.qcow2" >/dev/null
+}
+# Data at the start, in the middle and at the end, a zero range, a discard (compat 1.1 turns
+# the zero range into zero clusters and the discard into unallocated or zero clusters).
+fill() {
+    io "$1" 'write -P 0x11 0 12k' 'write -P 0x22 300k 8k' 'write -P 0x33 1008k 16k' \
+        'write -z 320k 8k' 'discard 4k 4k'
+}
+
+for compat in 0.10 1.1; do
+    v=v3
+    [ "$compat" = 0.10 ] && v=v2
+    for cs in 512 1K 2K 4K 8K 16K 64K 2M; do
+        case $cs in
+            512 | 1K | 2K | 4K | 8K) mk "empty-$v-c$cs" 1M "compat=$compat,cluster_size=$cs" ;;
+        esac
+        mk "data-$v-c$cs" 1M "compat=$compat,cluster_size=$cs"
+        fill "data-$v-c$cs"
+    done
+    # Internal snapshots: data shared with a snapshot (refcount 2), copied on write after it.
+    mk "snapshots-$v" 1M "compat=$compat,cluster_size=1K"
+    io "snapshots-$v" 'write -P 0x41 0 8k' 'write -P 0x42 512k 4k'
+    qemu-img snapshot -c first "snapshots-$v.qcow2"
+    io "snapshots-$v" 'write -P 0x43 4k 8k' 'write -z 512k 2k'
+    qemu-img snapshot -c second "snapshots-$v.qcow2"
+    io "snapshots-$v" 'write -P 0x44 0 1k' 'discard 100k 4k'
+    # Compressed clusters (qemu-img convert -c) and a write over some of them.
+    qemu-img create -q -f raw "compressible-$v.raw" 256K
+    qemu-io -f raw -c 'write -P 0x61 0 64k' -c 'write -P 0x62 128k 32k' "compressible-$v.raw" >/dev/null
+    qemu-img convert -c -O qcow2 -o "compat=$compat,cluster_size=2K" "compressible-$v.raw" "compressed-$v.qcow2"
+    cp "compressed-$v.qcow2" "compressed-rewritten-$v.qcow2"
+    io "compressed-rewritten-$v" 'write -P 0x63 2k 1k' 'write -z 8k 4k'
+    # Backing files. At fuzz time the image is alone in its directory: a relative name is
+    # missing, "image.qcow2" is the image itself (a loop), /proc/self/exe is a raw file that
+    # always exists (the fuzzer binary), so reads and copy-on-write fall through to it.
+    mk "base-$v" 1M "compat=$compat,cluster_size=1K"
+    io "base-$v" 'write -P 0x71 0 32k'
+    qemu-img create -q -f qcow2 -b "base-$v.qcow2" -F qcow2 -o "compat=$compat,cluster_size=1K" "overlay-$v.qcow2" 1M
+    io "overlay-$v" 'write -P 0x72 16k 4k' 'write -P 0x73 62k 4k'
+    cp "base-$v.qcow2" image.qcow2
+    qemu-img create -q -f qcow2 -b image.qcow2 -F qcow2 -o "compat=$compat,cluster_size=1K" "backing-loop-$v.qcow2" 1M
+    rm image.qcow2
+    qemu-img create -q -f qcow2 -b /proc/self/exe -F raw -o "compat=$compat,cluster_size=1K" "backing-raw-$v.qcow2" 1M
+    io "backing-raw-$v" 'write -P 0x74 1k 1k' 'write -P 0x75 33k 3k'
+done
+
+# compat 1.1 features.
+mk lazy-refcounts 1M cluster_size=1K,lazy_refcounts=on
+fill lazy-refcounts
+for bits in 1 2 4 8 32 64; do
+    mk "refcount-bits-$bits" 1M "cluster_size=1K,refcount_bits=$bits"
+    fill "refcount-bits-$bits"
+done
+for mode in metadata falloc full; do
+    mk "prealloc-$mode" 32K "cluster_size=512,preallocation=$mode"
+    io "prealloc-$mode" 'write -P 0x81 1k 2k'
+done
+mk bitmaps 1M cluster_size=1K
+qemu-img bitmap --add bitmaps.qcow2 b0
+qemu-img bitmap --add --disable -g 64K bitmaps.qcow2 b1
+io bitmaps 'write -P 0x91 0 4k'
+mk grown 1M cluster_size=512
+fill grown
+qemu-img resize -q grown.qcow2 3M
+mk shrunk 1M cluster_size=1K
+io shrunk 'write -P 0x92 0 4k' 'write -P 0x93 900k 4k'
+qemu-img resize -q --shrink shrunk.qcow2 512K
+mk amended-v2 1M cluster_size=1K
+fill amended-v2
+qemu-img amend -o compat=0.10 amended-v2.qcow2
+mk amended-refcount-bits 1M cluster_size=1K
+fill amended-refcount-bits
+qemu-img amend -o refcount_bits=4 amended-refcount-bits.qcow2
+mk virtual-64m 64M cluster_size=4K
+io virtual-64m 'write -P 0xa1 0 4k' 'write -P 0xa2 63M 8k'
+mk zero-size 0 cluster_size=1K
+mk odd-size 1000000 cluster_size=1K
+io odd-size 'write -P 0xa3 999424 512'
+# Refused by Vireo's header check: one input each keeps those paths covered.
+mk extended-l2 1M cluster_size=16K,extended_l2=on
+mk zstd 1M cluster_size=1K,compression_type=zstd
+mk external-data-file 1M cluster_size=1K,data_file=external.raw
+
+mkdir -p "$out/qcow2_open" "$out/qcow2_open-large"
+"$seedgen" qcow2 "$max_len" "$out/qcow2_open" "$out/qcow2_open-large" ./*.qcow2
+echo "== fuzz seeds in $out: $(du -sh "$out" | cut -f1)"
