@@ -9,8 +9,9 @@
 //! dedicated writer thread (`vireo-serial-out`) drains the queue into the
 //! sink. It waits for the sink with `poll(2)` and then writes at most 4 KiB
 //! (`PIPE_BUF`, so a write to a pipe that polled writable cannot block) or
-//! sends without blocking (`MSG_DONTWAIT`) to a socket client; it never holds
-//! the queue lock while it writes, and it wakes at least every 100 ms.
+//! sends without blocking (`MSG_DONTWAIT`) to a socket client. It never holds
+//! the queue lock while it writes, and while it waits for a sink that takes
+//! nothing it looks again every 100 ms (for a new client, the VM's end).
 //!
 //! When the sink does not keep up — a console client that stopped reading, a
 //! stdout pipe nobody reads, a paused terminal — the queue grows to
@@ -30,8 +31,9 @@
 //! separately ([`ConsoleCounters::backlog_discarded_bytes`]) and not warned
 //! about. A client that cannot keep up is not disconnected: it loses the
 //! oldest of its queued output (counted, warned) and gets the rest once it
-//! reads again. Bytes queued for a client that goes away are replayed to the
-//! next one. A replaced client's unsent bytes go to its successor.
+//! reads again. Bytes queued for a client that goes away, or that is
+//! replaced, stay queued (within the backlog limit once no client is
+//! connected) for the next client.
 //!
 //! When the VM ends, [`ConsoleHandle::flush`] gives the writer a bounded time
 //! ([`FLUSH_TIMEOUT`]) to deliver what is queued, so the last lines reach a

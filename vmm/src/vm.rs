@@ -108,7 +108,9 @@ impl VmBuilder {
     }
 
     /// Sends COM1 output to `writer` instead of the configured console (the
-    /// guest then has no serial input).
+    /// guest then has no serial input). `writer` is called on the vCPU thread
+    /// with the UART lock held, so it must not block (see
+    /// [`Console::from_writer`]).
     pub fn serial_writer(mut self, writer: Box<dyn Write + Send>) -> Self {
         self.serial_writer = Some(writer);
         self
