@@ -10,6 +10,8 @@
 //! - `hello`, `count N [GAP]`, `echo`, `idle`, `reset`, `pci`,
 //!   `triple-fault`, `emulation-failure`, `exit N`: CPU, serial, MMIO, PCI
 //!   and VM-exit checks.
+//! - `spew BYTES`: BYTES bytes of a line pattern as fast as the UART takes
+//!   them, then `spew: done BYTES` (serial back-pressure checks).
 //! - `virtio-list`: every virtio-pci device on bus 0 (`virtio slot=…
 //!   type=blk|net bar0=…`, then `blk capacity=… ro=… serial=…` or `net
 //!   mac=… link=up|down`).
@@ -351,6 +353,36 @@ fn scenario_count(n: u64, gap: u64) -> u8 {
     0
 }
 
+/// Writes `bytes` bytes of 64-byte lines (`a`…`z` repeated, then `\n`) as
+/// fast as the UART takes them, then `spew: done BYTES`. Like a driver for a
+/// 16550A, it fills the 16-byte transmit FIFO each time the line status
+/// register says the transmitter is empty.
+fn scenario_spew(bytes: u64) -> u8 {
+    let mut sent = 0u64;
+    while sent < bytes {
+        while inb(COM1 + 5) & 0x20 == 0 {
+            core::hint::spin_loop();
+        }
+        let burst = (bytes - sent).min(16);
+        for _ in 0..burst {
+            let column = sent % 64;
+            outb(
+                COM1,
+                if column == 63 {
+                    b'\n'
+                } else {
+                    b'a' + (column % 26) as u8
+                },
+            );
+            sent += 1;
+        }
+    }
+    puts("spew: done ");
+    put_dec(bytes);
+    putc(b'\n');
+    0
+}
+
 /// Echoes serial input line by line until a line reads `quit`.
 fn scenario_echo() -> u8 {
     puts("echo: ready\n");
@@ -500,6 +532,7 @@ fn run_scenario(cmdline: &[u8], mem_size: u64) -> u8 {
             scenario_count(n, gap)
         }
         b"echo" => scenario_echo(),
+        b"spew" => scenario_spew(parse_u64(args.next(), 1 << 20)),
         b"idle" => scenario_idle(),
         b"reset" => scenario_reset(),
         b"pci" => scenario_pci(),

@@ -7,7 +7,8 @@
 //! serial, ending with a status byte on the debug exit port.
 //!
 //! The scenario is chosen by the kernel command line: `hello`, `count N
-//! [GAP]`, `echo`, `idle`, `reset`, `pci`, `triple-fault`, `emulation-failure`, `exit N`,
+//! [GAP]`, `echo`, `spew BYTES`, `idle`, `reset`, `pci`, `triple-fault`,
+//! `emulation-failure`, `exit N`,
 //! and, through the guest's own polling virtio 1.2 driver (modern virtio-pci),
 //! `virtio-list`, `blk-rw`, `blk-edge`, `blk-bench`, `net-ping`, `net-bench`
 //! (arguments and output lines are listed in `guest/main.rs`).

@@ -108,7 +108,9 @@ impl VmBuilder {
     }
 
     /// Sends COM1 output to `writer` instead of the configured console (the
-    /// guest then has no serial input).
+    /// guest then has no serial input). `writer` is called on the vCPU thread
+    /// with the UART lock held, so it must not block (see
+    /// [`Console::from_writer`]).
     pub fn serial_writer(mut self, writer: Box<dyn Write + Send>) -> Self {
         self.serial_writer = Some(writer);
         self
@@ -189,6 +191,7 @@ impl VmBuilder {
                 mmio: devices.mmio,
             }),
             serial,
+            console_output: console.handle(),
             console: Mutex::new(console),
             vm_fd,
             memory,
@@ -244,6 +247,7 @@ pub struct Vm {
     ged: Option<Arc<Mutex<vireo_devices::acpi_ged::AcpiGed>>>,
     virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
     console: Mutex<Console>,
+    console_output: crate::console::ConsoleHandle,
     // Dropped before `memory`: KVM stops using the slots before they unmap.
     vm_fd: Arc<VmFd>,
     memory: GuestMemory,
@@ -285,6 +289,13 @@ impl Vm {
                 (d.name(), d.counters())
             })
             .collect()
+    }
+
+    /// Counters of the serial console's output: bytes the guest wrote,
+    /// delivered, dropped because the console's reader did not keep up, …
+    /// Readable at any time from any thread; never waits for the console.
+    pub fn console_counters(&self) -> crate::console::ConsoleCounters {
+        self.console_output.counters()
     }
 
     /// The lifecycle state.
@@ -349,11 +360,19 @@ impl Vm {
         self.wait()
     }
 
-    /// Blocks until the VM stops and all vCPU threads have ended.
+    /// Blocks until the VM stops and all vCPU threads have ended, then gives
+    /// the serial console at most [`FLUSH_TIMEOUT`](crate::console::FLUSH_TIMEOUT)
+    /// to deliver output still queued (a stuck console reader cannot hold
+    /// it up longer).
     pub fn wait(&self) -> ExitReason {
         let reason = self.lifecycle.wait_for_exit();
         for handle in lock(&self.threads).drain(..) {
             let _ = handle.join();
+        }
+        // Give the console's writer a bounded time to deliver the last output.
+        if !self.console_output.flush(crate::console::FLUSH_TIMEOUT) {
+            let counters = self.console_output.counters();
+            tracing::warn!(?counters, "serial output not fully delivered");
         }
         // Stop device workers and make completed disk writes durable (qcow2
         // metadata caches included) before the process can exit.
