@@ -7,8 +7,9 @@
 //! byte per port write, under the UART lock), which is cheap enough to push
 //! 10 MiB through. The last one runs the ring-3 test guest under real KVM;
 //! each port write is a full VM exit there (tens of microseconds on a PVM
-//! host), so it prints 1 MiB — past every buffer between the guest and the
-//! stuck client — unless `VIREO_TEST_SPEW_BYTES` asks for more.
+//! host, so 10 MiB take about ten minutes), and it prints 10 MiB — far past
+//! every buffer between the guest and the stuck client — unless
+//! `VIREO_TEST_SPEW_BYTES` asks for another amount (at least 64 KiB).
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
@@ -330,11 +331,11 @@ fn file_output_is_complete_and_in_order() {
     assert_consistent(&c);
 }
 
-/// Bytes for the KVM test: `VIREO_TEST_SPEW_BYTES` or 1 MiB.
+/// Bytes for the KVM test: `VIREO_TEST_SPEW_BYTES` or 10 MiB.
 fn spew_bytes() -> u64 {
     let bytes = match std::env::var("VIREO_TEST_SPEW_BYTES") {
         Ok(v) => v.parse().expect("VIREO_TEST_SPEW_BYTES is a byte count"),
-        Err(_) => 1 << 20,
+        Err(_) => 10 << 20,
     };
     assert!(bytes >= 64 << 10, "spew at least 64 KiB, got {bytes}");
     bytes
