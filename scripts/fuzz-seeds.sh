@@ -15,6 +15,8 @@
 #   virtio_blk_request,   well-formed descriptor chains and register sequences in each
 #   virtio_net_chain,     target's input format (fuzz/seedgen)
 #   virtio_pci_registers
+#   launch_spec           launch specs as `vireo run` builds them, the controller renders them and
+#                         the README documents them: every serial mode, disks, NICs, limits
 #
 # Usage: scripts/fuzz-seeds.sh [OUT_DIR]   (default fuzz/seeds; replaced entirely)
 # Needs: cargo, qemu-img and qemu-io (Debian: qemu-utils). Takes a few seconds once
@@ -40,6 +42,23 @@ rm -rf "$out"
 mkdir -p "$out"
 "$seedgen" virtio "$out"
 "$seedgen" kernel "$out/kernel_image"
+
+# Launch specs: the README's example, what the controller renders for a VMI (disks of every
+# volume kind, NICs with and without a MAC, the pod's sockets), each serial mode, the bounds.
+mkdir -p "$out/launch_spec"
+spec() { printf '%s\n' "$2" >"$out/launch_spec/$1.json"; }
+spec readme '{ "version": 1, "vcpus": 2, "memory_mib": 512,
+  "payload": { "kernel": "/path/kernel", "initramfs": null, "cmdline": "console=ttyS0" },
+  "serial": { "mode": "unix", "path": "/run/vireo/serial.sock" },
+  "disks": [ { "path": "/var/lib/vm/root.qcow2", "format": "qcow2", "readonly": false } ],
+  "nets": [ { "tap": "vtap0", "mac": "52:54:00:12:34:56" } ] }'
+spec controller '{"version":1,"vcpus":2,"memory_mib":1024,"payload":{"kernel":"/boot/vmlinuz","initramfs":"/boot/initrd","cmdline":"console=ttyS0"},"serial":{"mode":"unix","path":"/var/run/vireo/serial.sock"},"disks":[{"path":"/var/run/vireo/disks/root/disk.img","format":"qcow2","readonly":false},{"path":"/var/run/vireo/disks/data/disk.img","format":"raw","readonly":true},{"path":"/images/host.img","format":"qcow2","readonly":false}],"nets":[{"tap":"tap0","mac":"52:54:00:12:34:56"},{"tap":"tap1","mac":null}],"api_socket":"/var/run/vireo/api.sock"}'
+spec minimal '{"vcpus":1,"memory_mib":8,"payload":{"kernel":"/k"}}'
+spec stdio '{"vcpus":254,"memory_mib":65536,"payload":{"kernel":"k","cmdline":""},"serial":{"mode":"stdio"}}'
+spec off '{"version":1,"vcpus":1,"memory_mib":64,"payload":{"kernel":"/k"},"serial":{"mode":"off"},"disks":[{"path":"/d"}]}'
+spec file '{"vcpus":1,"memory_mib":64,"payload":{"kernel":"/k"},"serial":{"mode":"file","path":"/tmp/serial.log"},"nets":[{"tap":"vt0"}]}'
+spec refused '{"version":2,"vcpus":0,"memory_mib":7,"payload":{"kernel":""},"disks":[{"path":"/a"},{"path":"/a"}],"nets":[{"tap":"a/b","mac":"01:00:5e:00:00:01"}]}'
+echo "$out/launch_spec: $(ls "$out/launch_spec" | wc -l) specs"
 
 # The test guest: a real user-mode ELF kernel (one rustc call, no dependencies; a failure here
 # costs one seed, not the corpus). As built (660 KiB, mostly symbols) it is a regression input;
