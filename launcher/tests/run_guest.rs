@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -120,16 +119,8 @@ fn spawn_with_socket_console(
     sock: &std::path::Path,
     scenario: &str,
 ) -> (Running, UnixStream) {
-    let child = vireo()
-        .args(["run", "--cmdline", scenario, "--serial"])
-        .arg(format!("unix={}", sock.display()))
-        .arg("--kernel")
-        .arg(&fx.guest)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let serial = format!("unix={}", sock.display());
+    let child = spawn_guest(fx, &["--cmdline", scenario, "--serial", &serial]);
     let child = Running::new(child);
     wait_for_path(sock, Duration::from_secs(20));
     let stream = UnixStream::connect(sock).expect("connect");
@@ -214,15 +205,6 @@ fn guest_enumerates_pci_through_ports_and_ecam() {
     assert!(text.contains("port and ECAM access agree"), "{text}");
 }
 
-/// Sends `signal` to the `vireo` process behind `child`.
-fn send(child: &mut Running, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(child.child().id()).expect("pid");
-    // SAFETY: kill has no memory-safety preconditions; the pid is our child,
-    // not yet reaped.
-    let rc = unsafe { libc::kill(pid, signal) };
-    assert_eq!(rc, 0);
-}
-
 /// Runs the `idle` guest with its console on a socket, closes the test's
 /// end of vireo's stderr if `close_stderr`, sends `signal` once the guest is
 /// ready, and returns the output after checking that vireo exited with
@@ -239,7 +221,7 @@ fn signal_idle_guest(signal: libc::c_int, close_stderr: bool, code: i32) -> std:
     if close_stderr {
         drop(child.child().stderr.take());
     }
-    send(&mut child, signal);
+    send_signal(&mut child, signal);
     let out = child.wait_within(Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(code), "{}", stderr(&out));
     assert!(!sock.exists(), "console socket removed");

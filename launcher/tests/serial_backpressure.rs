@@ -8,7 +8,6 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,32 +55,27 @@ fn peek_waiting(stream: &UnixStream) -> usize {
     rc.max(0) as usize
 }
 
-fn sigterm(running: &mut Running) {
-    let pid = libc::pid_t::try_from(running.child().id()).expect("pid");
-    // SAFETY: kill(2) on our own child's pid, which we have not reaped.
-    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-}
-
 const SHUTDOWN_TIMEOUT_S: u64 = 5;
 
 #[test]
 fn sigterm_ends_vireo_promptly_while_a_serial_client_never_reads() {
     let fx = Fixture::create();
     let sock = fx.path("serial.sock");
-    let mut child = vireo()
-        .args(["run", "--memory", "64M", "--cmdline", "spew 1000000000"])
-        .arg("--shutdown-timeout")
-        .arg(SHUTDOWN_TIMEOUT_S.to_string())
-        .arg("--serial")
-        .arg(format!("unix={}", sock.display()))
-        .arg("--kernel")
-        .arg(&fx.guest)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vireo");
+    let timeout = SHUTDOWN_TIMEOUT_S.to_string();
+    let serial = format!("unix={}", sock.display());
+    let mut child = spawn_guest(
+        &fx,
+        &[
+            "--memory",
+            "64M",
+            "--cmdline",
+            "spew 1000000000",
+            "--shutdown-timeout",
+            &timeout,
+            "--serial",
+            &serial,
+        ],
+    );
     let log = Log::follow(&mut child);
     let mut running = Running::new(child);
     wait_for_path(&sock, Duration::from_secs(20));
@@ -106,7 +100,7 @@ fn sigterm_ends_vireo_promptly_while_a_serial_client_never_reads() {
         log.text()
     );
 
-    sigterm(&mut running);
+    send_signal(&mut running, libc::SIGTERM);
     let signalled = Instant::now();
     let limit = Duration::from_secs(SHUTDOWN_TIMEOUT_S + 3);
     let out = running.wait_within(limit);
@@ -128,18 +122,12 @@ fn stdout_nobody_reads_does_not_stall_the_guest() {
     // hold together, so output has to be dropped for the guest to finish.
     let bytes: u64 = 512 << 10;
     let fx = Fixture::create();
-    let mut child = vireo()
-        .args(["run", "--memory", "64M", "--serial", "stdio"])
-        .arg("--cmdline")
-        .arg(format!("spew {bytes}"))
-        .arg("--kernel")
-        .arg(&fx.guest)
-        .stdin(Stdio::null())
-        // Nobody reads this pipe until vireo has exited.
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vireo");
+    // Nobody reads stdout's pipe until vireo has exited.
+    let spew = format!("spew {bytes}");
+    let mut child = spawn_guest(
+        &fx,
+        &["--memory", "64M", "--serial", "stdio", "--cmdline", &spew],
+    );
     let log = Log::follow(&mut child);
     let running = Running::new(child);
     let start = Instant::now();

@@ -57,22 +57,32 @@ mod reg {
 
 /// Device status bits.
 mod status {
-    pub const ACKNOWLEDGE: u64 = 1;
-    pub const DRIVER: u64 = 2;
-    pub const DRIVER_OK: u64 = 4;
-    pub const FEATURES_OK: u64 = 8;
+    use virtio_bindings::virtio_config::{
+        VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+        VIRTIO_CONFIG_S_FEATURES_OK,
+    };
+    pub const ACKNOWLEDGE: u64 = VIRTIO_CONFIG_S_ACKNOWLEDGE as u64;
+    pub const DRIVER: u64 = VIRTIO_CONFIG_S_DRIVER as u64;
+    pub const DRIVER_OK: u64 = VIRTIO_CONFIG_S_DRIVER_OK as u64;
+    pub const FEATURES_OK: u64 = VIRTIO_CONFIG_S_FEATURES_OK as u64;
 }
 
 /// Feature bits.
 mod feature {
-    pub const SEG_MAX: u64 = 1 << 2;
-    pub const BLK_SIZE: u64 = 1 << 6;
-    pub const FLUSH: u64 = 1 << 9;
-    pub const DISCARD: u64 = 1 << 13;
-    pub const WRITE_ZEROES: u64 = 1 << 14;
-    pub const INDIRECT_DESC: u64 = 1 << 28;
-    pub const EVENT_IDX: u64 = 1 << 29;
-    pub const VERSION_1: u64 = 1 << 32;
+    use virtio_bindings::virtio_blk::{
+        VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SEG_MAX,
+        VIRTIO_BLK_F_WRITE_ZEROES,
+    };
+    use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+    pub const SEG_MAX: u64 = 1 << VIRTIO_BLK_F_SEG_MAX;
+    pub const BLK_SIZE: u64 = 1 << VIRTIO_BLK_F_BLK_SIZE;
+    pub const FLUSH: u64 = 1 << VIRTIO_BLK_F_FLUSH;
+    pub const DISCARD: u64 = 1 << VIRTIO_BLK_F_DISCARD;
+    pub const WRITE_ZEROES: u64 = 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+    pub const INDIRECT_DESC: u64 = 1 << VIRTIO_RING_F_INDIRECT_DESC;
+    pub const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
+    pub const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
     pub const BASIC: u64 = VERSION_1 | SEG_MAX | BLK_SIZE | FLUSH;
     pub const ALL: u64 = BASIC | DISCARD | WRITE_ZEROES | INDIRECT_DESC | EVENT_IDX;
 }

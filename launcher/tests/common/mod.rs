@@ -47,6 +47,29 @@ pub fn run_guest(fx: &Fixture, args: &[&str]) -> Output {
     run_with_timeout(cmd, Duration::from_secs(60))
 }
 
+/// Starts `vireo run` with the test guest and `args`, stdin closed and stdout and stderr piped,
+/// without waiting for it (wrap it in [`Running`] once its pipes are taken care of).
+pub fn spawn_guest(fx: &Fixture, args: &[&str]) -> Child {
+    vireo()
+        .arg("run")
+        .arg("--kernel")
+        .arg(&fx.guest)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vireo")
+}
+
+/// Sends `signal` to the `vireo` process behind `running`.
+pub fn send_signal(running: &mut Running, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(running.child().id()).expect("pid");
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our child, not yet reaped.
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
 pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
     let child = cmd
         .stdin(Stdio::null())
