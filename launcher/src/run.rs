@@ -60,8 +60,9 @@ pub fn migration_role() -> Result<Option<MigrationRole>> {
     }
 }
 
-/// How long a VM that stopped waits for control API answers still in flight.
-const API_GRACE: Duration = Duration::from_secs(1);
+/// How long `vireo` waits, once the VM has stopped, for control API answers still in flight
+/// (a `vm.shutdown` answers after the console flush, which may take up to 1 s).
+const API_GRACE: Duration = Duration::from_secs(3);
 
 /// Builds, starts and waits for the VM; returns the exit status.
 pub fn run_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitCode> {

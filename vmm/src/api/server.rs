@@ -52,16 +52,29 @@ impl Default for Limits {
     }
 }
 
-/// Connections being served, so closing can wait for answers in flight.
+/// Connections open (for the cap) and requests being carried out or answered (so closing can
+/// wait for those, but not for clients still sending).
 #[derive(Default)]
 struct Active {
-    count: Mutex<usize>,
+    count: Mutex<Counts>,
     idle: Condvar,
 }
 
+#[derive(Default)]
+struct Counts {
+    open: usize,
+    answering: usize,
+}
+
 impl Active {
-    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.count.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn answering(&self, delta: isize) {
+        let mut c = self.lock();
+        c.answering = c.answering.saturating_add_signed(delta);
+        self.idle.notify_all();
     }
 }
 
@@ -116,16 +129,20 @@ impl ApiServer {
         &self.path
     }
 
-    /// Stops accepting, removes the socket path, then waits up to `grace` for connections
-    /// still being answered (e.g. the `vm.shutdown` that ended the VM) to finish.
+    /// Stops accepting, removes the socket path, then waits up to `grace` for requests still
+    /// being carried out or answered (e.g. the `vm.shutdown` that ended the VM); clients
+    /// still sending their request are not waited for.
     pub fn close(mut self, grace: Duration) {
         self.stop_accepting();
         let deadline = Instant::now() + grace;
         let mut count = self.active.lock();
-        while *count > 0 {
+        while count.answering > 0 {
             let now = Instant::now();
             if now >= deadline {
-                debug!(connections = *count, "API connections still open at exit");
+                debug!(
+                    answering = count.answering,
+                    "API answers still unsent at exit"
+                );
                 break;
             }
             count = self
@@ -182,25 +199,29 @@ fn accept_loop(
         }
         {
             let mut count = active.lock();
-            if *count >= limits.max_connections {
+            if count.open >= limits.max_connections {
                 drop(count);
                 refuse_busy(stream);
                 continue;
             }
-            *count += 1;
+            count.open += 1;
         }
         let (active_conn, handler) = (active.clone(), handler.clone());
         let spawned = std::thread::Builder::new()
             .name("vireo-api-conn".into())
             .spawn(move || {
-                serve_connection(stream, &handler, limits);
-                let mut count = active_conn.lock();
-                *count -= 1;
-                active_conn.idle.notify_all();
+                let counted = |request| {
+                    active_conn.answering(1);
+                    handler(request)
+                };
+                if serve(stream, &counted, limits) {
+                    active_conn.answering(-1);
+                }
+                active_conn.lock().open -= 1;
             });
         if let Err(e) = spawned {
             warn!(error = %e, "cannot start a control API connection thread");
-            *active.lock() -= 1;
+            active.lock().open -= 1;
         }
     }
 }
@@ -217,10 +238,19 @@ fn refuse_busy(mut stream: UnixStream) {
 }
 
 /// Reads one request within the limits, answers it and closes the connection.
-pub fn serve_connection(mut stream: UnixStream, handler: &Handler, limits: Limits) {
+pub fn serve_connection(stream: UnixStream, handler: &Handler, limits: Limits) {
+    serve(stream, &|request| handler(request), limits);
+}
+
+/// [`serve_connection`]; says whether a request was decoded and handed to `handler`.
+fn serve(mut stream: UnixStream, handler: &dyn Fn(ApiRequest) -> Response, limits: Limits) -> bool {
+    let mut handled = false;
     let answer = match read_request(&mut stream, limits.request_timeout) {
-        Ok(Some(request)) => handler(request),
-        Ok(None) => return,
+        Ok(Some(request)) => {
+            handled = true;
+            handler(request)
+        }
+        Ok(None) => return false,
         Err(e) => Response::error(&e),
     };
     if let Err(e) = stream
@@ -230,6 +260,7 @@ pub fn serve_connection(mut stream: UnixStream, handler: &Handler, limits: Limit
         debug!(error = %e, "control API client did not take its answer");
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);
+    handled
 }
 
 /// The client's request, `None` if it hung up before sending one, or the error to answer.
@@ -345,7 +376,14 @@ mod tests {
             answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
             "{answer}"
         );
-        server.close(Duration::ZERO);
+        // The stalled client is not waited for.
+        let start = Instant::now();
+        server.close(Duration::from_secs(5));
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
         assert!(!path.exists());
     }
 }
