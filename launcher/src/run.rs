@@ -106,7 +106,8 @@ pub fn run_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitCode> {
 }
 
 /// Stops the VM on SIGTERM (gracefully first), SIGINT and SIGHUP. Sets `forced` before every
-/// stop the guest did not ask for and could have avoided: the shutdown timeout, SIGINT, SIGHUP.
+/// stop the guest did not ask for and could have avoided: the shutdown timeout, SIGINT, SIGHUP
+/// (the control API sets it for its own stops through `ApiHooks::before_forced_stop`).
 /// A guest without ACPI cannot be asked to power off, so SIGTERM stopping it at once is its
 /// normal shutdown (as KubeVirt counts a destroyed domain without ACPI as succeeded).
 fn handle_signals(mut signals: Signals, vm: &Arc<Vm>, timeout: Duration, forced: &Arc<AtomicBool>) {

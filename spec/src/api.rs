@@ -61,9 +61,12 @@ pub struct DeviceInfo {
 pub struct MemoryInfo {
     /// Guest RAM as configured, in bytes.
     pub guest_bytes: u64,
-    /// Resident set of the whole `vireo` process (guest pages the guest or a device touched,
-    /// plus the VMM's own), in bytes, from `/proc/self/statm`. Guest RAM is mapped
+    /// Guest RAM resident in host memory, in bytes: the pages `mincore(2)` reports present
+    /// (touched by the guest or a device, not swapped out). Guest RAM is mapped
     /// `MAP_NORESERVE`, so pages never touched are not counted.
+    pub guest_resident_bytes: u64,
+    /// Resident set of the whole `vireo` process (resident guest RAM plus the VMM's own), in
+    /// bytes, from `/proc/self/statm`.
     pub process_resident_bytes: u64,
 }
 

@@ -148,6 +148,7 @@ fn vm_info(vm: &Vm) -> VmInfo {
         devices: devices(vm),
         memory: MemoryInfo {
             guest_bytes: vm.config().memory_bytes(),
+            guest_resident_bytes: crate::memory::resident_bytes(vm.memory()).unwrap_or(0),
             process_resident_bytes: process_resident_bytes().unwrap_or(0),
         },
     }
