@@ -418,3 +418,18 @@ fn vm_info_round_trip_is_quick() {
     );
     assert!(median < Duration::from_millis(20), "median {median:?}");
 }
+
+#[test]
+fn a_stop_by_sigterm_is_not_counted_as_an_api_stop_and_removes_the_socket() {
+    let mut g = Guest::start(&[]);
+    // The test guest has no ACPI, so SIGTERM stopping it at once is its normal shutdown (0);
+    // serving the API must not turn that into a forced stop.
+    send_signal(&mut g.running, libc::SIGTERM);
+    let socket = g.socket.clone();
+    let logs = g.logs.clone();
+    let out = g.running.wait_within(Duration::from_secs(20));
+    let logs = logs.lock().expect("logs").clone();
+    assert_eq!(out.status.code(), Some(0), "{logs}");
+    assert!(!socket.exists(), "the socket outlived vireo");
+    assert!(!logs.contains("control API: stopping"), "{logs}");
+}
