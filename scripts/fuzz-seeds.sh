@@ -15,6 +15,8 @@
 #   virtio_blk_request,   well-formed descriptor chains and register sequences in each
 #   virtio_net_chain,     target's input format (fuzz/seedgen)
 #   virtio_pci_registers
+#   api_request           control API requests as curl and `vireo remote` send them, each
+#                         endpoint, with bodies, and a few refused ones
 #   launch_spec           launch specs as `vireo run` builds them, the controller renders them and
 #                         the README documents them: every serial mode, disks, NICs, limits
 #
@@ -59,6 +61,25 @@ spec off '{"version":1,"vcpus":1,"memory_mib":64,"payload":{"kernel":"/k"},"seri
 spec file '{"vcpus":1,"memory_mib":64,"payload":{"kernel":"/k"},"serial":{"mode":"file","path":"/tmp/serial.log"},"nets":[{"tap":"vt0"}]}'
 spec refused '{"version":2,"vcpus":0,"memory_mib":7,"payload":{"kernel":""},"disks":[{"path":"/a"},{"path":"/a"}],"nets":[{"tap":"a/b","mac":"01:00:5e:00:00:01"}]}'
 echo "$out/launch_spec: $(ls "$out/launch_spec" | wc -l) specs"
+
+# Control API requests: what curl and `vireo remote` send to each endpoint, a body, a query,
+# and refused ones (wrong method, unknown path, bad body, chunked, malformed).
+mkdir -p "$out/api_request"
+req() { printf '%b' "$2" >"$out/api_request/$1"; }
+req ping 'GET /api/v1/vmm.ping HTTP/1.1\r\nHost: localhost\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n'
+req info 'GET /api/v1/vm.info HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n'
+req counters 'GET /api/v1/vm.counters?pretty=1 HTTP/1.1\r\nHost: localhost\r\n\r\n'
+req pause 'PUT /api/v1/vm.pause HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}'
+req resume 'PUT /api/v1/vm.resume HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n'
+req power-button 'PUT /api/v1/vm.power-button HTTP/1.0\r\n\r\n'
+req shutdown 'PUT /api/v1/vm.shutdown HTTP/1.1\r\nHost: localhost\r\n\r\n'
+req shutdown-vmm 'PUT /api/v1/vmm.shutdown HTTP/1.1\r\nHost: localhost\r\n\r\n'
+req wrong-method 'GET /api/v1/vm.pause HTTP/1.1\r\n\r\n'
+req unknown 'GET /api/v1/vm.snapshot HTTP/1.1\r\n\r\n'
+req bad-body 'PUT /api/v1/vm.pause HTTP/1.1\r\nContent-Length: 5\r\n\r\npause'
+req chunked 'PUT /api/v1/vm.pause HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'
+req garbage 'GARBAGE\r\n\r\n'
+echo "$out/api_request: $(ls "$out/api_request" | wc -l) requests"
 
 # The test guest: a real user-mode ELF kernel (one rustc call, no dependencies; a failure here
 # costs one seed, not the corpus). As built (660 KiB, mostly symbols) it is a regression input;

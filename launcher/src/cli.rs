@@ -29,6 +29,57 @@ pub enum Command {
     /// runs `vireo-controller vm …`.
     #[command(disable_help_flag = true)]
     Vm(VmArgs),
+    /// Talk to a running vireo's control API (as Cloud Hypervisor's ch-remote does): prints
+    /// the JSON answer, or the error's reason and a non-zero status.
+    Remote(RemoteArgs),
+}
+
+/// Arguments of `vireo remote`.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// The control API socket (`--api-socket` of `vireo run`, `api_socket` of the spec).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    /// The action.
+    #[command(subcommand)]
+    pub action: RemoteAction,
+}
+
+/// `vireo remote` actions, one per control API endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum RemoteAction {
+    /// GET /api/v1/vmm.ping: the VMM's version and pid.
+    Ping,
+    /// GET /api/v1/vm.info: state, config, devices, memory.
+    Info,
+    /// GET /api/v1/vm.counters: device and console counters.
+    Counters,
+    /// PUT /api/v1/vm.pause.
+    Pause,
+    /// PUT /api/v1/vm.resume.
+    Resume,
+    /// PUT /api/v1/vm.power-button: ask the guest to power off (ACPI).
+    PowerButton,
+    /// PUT /api/v1/vm.shutdown: stop the VM at once (vireo exits with status 8).
+    Shutdown,
+    /// PUT /api/v1/vmm.shutdown: stop the VM if it runs and end the vireo process.
+    ShutdownVmm,
+}
+
+impl RemoteAction {
+    /// The HTTP method and path of this action.
+    pub fn endpoint(self) -> (&'static str, &'static str) {
+        match self {
+            RemoteAction::Ping => ("GET", "/api/v1/vmm.ping"),
+            RemoteAction::Info => ("GET", "/api/v1/vm.info"),
+            RemoteAction::Counters => ("GET", "/api/v1/vm.counters"),
+            RemoteAction::Pause => ("PUT", "/api/v1/vm.pause"),
+            RemoteAction::Resume => ("PUT", "/api/v1/vm.resume"),
+            RemoteAction::PowerButton => ("PUT", "/api/v1/vm.power-button"),
+            RemoteAction::Shutdown => ("PUT", "/api/v1/vm.shutdown"),
+            RemoteAction::ShutdownVmm => ("PUT", "/api/v1/vmm.shutdown"),
+        }
+    }
 }
 
 /// Arguments of `vireo vm`, passed through to `vireo-controller vm`.
@@ -74,6 +125,10 @@ pub struct RunArgs {
     /// power-button press before stopping it forcibly.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Serve the control API (HTTP/1.1 + JSON, Cloud Hypervisor's `/api/v1/…` paths) on this
+    /// unix socket; see `vireo remote`.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
 }
 
 /// Flags of `vireo launch`.
@@ -104,7 +159,7 @@ impl RunArgs {
                 serial: self.serial,
                 disks: self.disks,
                 nets: self.nets,
-                api_socket: None,
+                api_socket: self.api_socket,
             },
             timeout,
         ))

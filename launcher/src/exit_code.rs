@@ -11,7 +11,7 @@
 //! | 5    | KVM internal error, including instruction-emulation failure |
 //! | 6    | the guest reported a failure status on the debug exit port |
 //! | 7    | another unexpected vCPU exit (failed VM entry, guest crash event) |
-//! | 8    | forced stop: the VMM stopped a guest that had not powered off (shutdown timeout after SIGTERM, SIGINT, SIGHUP) |
+//! | 8    | forced stop: the VMM stopped a guest that had not powered off (shutdown timeout after SIGTERM, SIGINT, SIGHUP, the API's `vm.shutdown` or `vmm.shutdown`) |
 //! | 9    | started as a live-migration target (`VIREO_MIGRATION_ROLE=target`), which this version refuses |
 
 use vireo_spec::ExitStatus;

@@ -3,7 +3,8 @@
 //! - `vireo run --kernel PATH …` builds a VM from flags (local use);
 //! - `vireo launch --spec FILE` builds it from a JSON launch spec (pods);
 //! - `vireo vm start|stop|restart|pause|unpause NAME` asks the Kubernetes
-//!   controller to act on a VirtualMachine (through `vireo-controller`).
+//!   controller to act on a VirtualMachine (through `vireo-controller`);
+//! - `vireo remote --api-socket PATH ACTION` talks to a running vireo's control API.
 //!
 //! Logs go to stderr through `tracing` (filter with `VIREO_LOG`, default
 //! `info`); the guest's serial console owns stdout. The exit status says how
@@ -13,6 +14,7 @@ mod cli;
 mod exit_code;
 mod kube;
 mod logging;
+mod remote;
 mod run;
 
 use std::process::ExitCode;
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Vm(args) => kube::delegate(&args.args),
+        Command::Remote(args) => remote::run(&args.api_socket, args.action),
     };
     match result {
         Ok(code) => code,

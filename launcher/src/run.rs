@@ -6,6 +6,10 @@
 //! the VMM cleans up (sockets) and exits with the VM's status; a stop the VMM
 //! forced on a guest that could have powered off is exit status 8
 //! ([`ExitStatus::ForcedStop`]), never 0.
+//!
+//! With an API socket, the control API is served from when the VM is built until it stops;
+//! a `vm.shutdown` or `vmm.shutdown` through it is a forced stop too (the API calls back
+//! before stopping the VM, and the callback sets the same `forced` flag as the signals).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -18,6 +22,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{info, warn};
 use vireo_spec::ExitStatus;
+use vireo_vmm::api::{self, ApiHooks};
 use vireo_vmm::{Vm, VmBuilder, VmConfig, VmState};
 
 use crate::exit_code;
@@ -55,17 +60,29 @@ pub fn migration_role() -> Result<Option<MigrationRole>> {
     }
 }
 
+/// How long `vireo` waits, once the VM has stopped, for control API answers still in flight
+/// (a `vm.shutdown` answers after the console flush, which may take up to 1 s).
+const API_GRACE: Duration = Duration::from_secs(3);
+
 /// Builds, starts and waits for the VM; returns the exit status.
 pub fn run_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitCode> {
-    if let Some(path) = &config.api_socket {
-        warn!(path = %path.display(), "the control API socket is not served yet; ignoring it");
-    }
+    let api_socket = config.api_socket.clone();
     let vm = Arc::new(VmBuilder::new(config).build()?);
     let signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
+    let forced = Arc::new(AtomicBool::new(false));
+    let api = match &api_socket {
+        Some(path) => {
+            let forced = forced.clone();
+            let hooks = ApiHooks {
+                before_forced_stop: Some(Arc::new(move || forced.store(true, Ordering::SeqCst))),
+            };
+            Some(api::serve(path, vm.clone(), hooks)?)
+        }
+        None => None,
+    };
     vm.start()?;
     let handle = signals.handle();
-    let forced = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (vm, forced) = (vm.clone(), forced.clone());
         let timeout = Duration::from_secs(shutdown_timeout);
@@ -75,6 +92,10 @@ pub fn run_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitCode> {
             .context("cannot start the signal thread")?
     };
     let reason = vm.wait();
+    if let Some(api) = api {
+        // Lets the answer to a `vm.shutdown` that ended the VM reach its client.
+        api.close(API_GRACE);
+    }
     handle.close();
     let _ = watcher.join();
     let status = exit_code::for_exit(&reason, forced.load(Ordering::SeqCst));
@@ -85,7 +106,8 @@ pub fn run_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitCode> {
 }
 
 /// Stops the VM on SIGTERM (gracefully first), SIGINT and SIGHUP. Sets `forced` before every
-/// stop the guest did not ask for and could have avoided: the shutdown timeout, SIGINT, SIGHUP.
+/// stop the guest did not ask for and could have avoided: the shutdown timeout, SIGINT, SIGHUP
+/// (the control API sets it for its own stops through `ApiHooks::before_forced_stop`).
 /// A guest without ACPI cannot be asked to power off, so SIGTERM stopping it at once is its
 /// normal shutdown (as KubeVirt counts a destroyed domain without ACPI as succeeded).
 fn handle_signals(mut signals: Signals, vm: &Arc<Vm>, timeout: Duration, forced: &Arc<AtomicBool>) {

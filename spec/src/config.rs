@@ -47,8 +47,8 @@ pub struct VmConfig {
     /// Network interfaces (virtio-net), after the disks on the PCI bus.
     #[serde(default)]
     pub nets: Vec<NetConfig>,
-    /// Unix socket for the control API. The endpoint is not served yet; the launcher warns when
-    /// one is requested.
+    /// Unix socket on which `vireo` serves the control API (HTTP/1.1 + JSON, see [`crate::api`]);
+    /// none when absent.
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
 }

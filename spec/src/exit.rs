@@ -94,7 +94,7 @@ impl ExitStatus {
             ExitStatus::GuestFailure => "the guest reported a failure on the debug exit port",
             ExitStatus::UnexpectedExit => "unexpected vCPU exit (failed entry, guest crash)",
             ExitStatus::ForcedStop => {
-                "the VMM stopped a guest that had not powered off (shutdown timeout, SIGINT, SIGHUP)"
+                "the VMM stopped a guest that had not powered off (shutdown timeout, SIGINT, SIGHUP, API shutdown)"
             }
             ExitStatus::MigrationTargetUnsupported => {
                 "started as a live-migration target, which this version cannot receive"

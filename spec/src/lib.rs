@@ -8,9 +8,11 @@
 //! - Validation ([`VmConfig::validate`], [`VmConfig::validate_on`]) with errors that name their
 //!   field ([`ConfigError::field`]).
 //! - [`ExitStatus`]: how a `vireo` process ends, read back by the controller.
+//! - [`api`]: the control API's request and response bodies.
 //!
 //! This crate depends on no KVM, Kubernetes or device crate.
 
+pub mod api;
 mod config;
 mod disk;
 mod exit;

@@ -757,7 +757,7 @@ fn send_nonblocking(client: &UnixStream, buf: &[u8]) -> io::Result<usize> {
 /// that connects in between is refused. So the socket is bound and put in the
 /// listening state under a temporary name in the same directory and then
 /// renamed to `path`, which is atomic: whoever sees `path` can connect.
-fn bind_socket(path: &Path) -> Result<UnixListener, ConsoleError> {
+pub(crate) fn bind_socket(path: &Path) -> Result<UnixListener, ConsoleError> {
     let err = |source| ConsoleError::Socket {
         path: path.to_owned(),
         source,

@@ -8,7 +8,8 @@
 //!    │
 //!    ├── device_manager: PIO/MMIO buses → vireo-devices models
 //!    ├── vstate::vcpu: one thread per vCPU, KVM_RUN loop, kick signal
-//!    └── lifecycle: Created → Running ⇄ Paused → Stopped, typed ExitReason
+//!    ├── lifecycle: Created → Running ⇄ Paused → Stopped, typed ExitReason
+//!    └── api: the control API (HTTP/1.1 + JSON on a unix socket) over those methods
 //! ```
 //!
 //! Embedding: build a [`VmConfig`], turn it into a [`Vm`] with
@@ -18,6 +19,7 @@
 //! typed errors ([`VmError`]).
 
 pub mod acpi;
+pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod config;

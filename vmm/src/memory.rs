@@ -95,6 +95,49 @@ pub fn register_with_kvm(vm: &VmFd, memory: &GuestMemory) -> Result<(), MemoryEr
     Ok(())
 }
 
+/// Bytes of guest RAM resident in host memory right now: the pages of every region that
+/// `mincore(2)` reports present (touched by the guest or a device and not swapped out). Pages
+/// never touched cost nothing and are not counted. Takes a few hundred microseconds per GiB
+/// of guest RAM; holds no lock.
+pub fn resident_bytes(memory: &GuestMemory) -> std::io::Result<u64> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .map_err(|_| std::io::Error::other("no page size"))?;
+    // One status byte per page, asked for 64 Ki pages (256 MiB of 4 KiB pages) at a time.
+    const CHUNK_PAGES: usize = 64 * 1024;
+    let mut status = vec![0u8; CHUNK_PAGES];
+    let mut resident = 0u64;
+    for region in memory.iter() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let len = usize::try_from(region.len()).map_err(std::io::Error::other)?;
+        let mut offset = 0;
+        while offset < len {
+            let bytes = (len - offset).min(CHUNK_PAGES * page);
+            // SAFETY: `host + offset .. + bytes` lies inside the region's live mapping (the
+            // region is mmap'ed, so its start is page-aligned, and `offset` is a multiple of
+            // the page size); `status` holds at least `bytes / page` rounded up entries, the
+            // most mincore writes.
+            let rc = unsafe {
+                libc::mincore(
+                    host.add(offset).cast::<libc::c_void>(),
+                    bytes,
+                    status.as_mut_ptr(),
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let pages = bytes.div_ceil(page);
+            let present = status[..pages].iter().filter(|s| *s & 1 != 0).count();
+            resident += (present * page) as u64;
+            offset += bytes;
+        }
+    }
+    Ok(resident)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +170,17 @@ mod tests {
             region.bitmap().dirty_at(0x1000),
             "device writes are tracked"
         );
+    }
+
+    #[test]
+    fn resident_bytes_counts_the_pages_written() {
+        use vm_memory::Bytes;
+        let mem = create_guest_memory(64 * MIB).expect("alloc");
+        assert_eq!(resident_bytes(&mem).expect("mincore"), 0);
+        for page in 0..10u64 {
+            mem.write_obj(1u8, GuestAddress(page * 3 * 4096))
+                .expect("write");
+        }
+        assert_eq!(resident_bytes(&mem).expect("mincore"), 10 * 4096);
     }
 }

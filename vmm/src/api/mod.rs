@@ -1,0 +1,178 @@
+//! The control API: the running [`Vm`]'s typed methods as HTTP/1.1 + JSON on a unix socket,
+//! on Cloud Hypervisor's paths (`/api/v1/vm.pause`, …) so its users' habits carry over.
+//!
+//! ```text
+//!  bytes ──http::decode──► router::route ──► ApiRequest ──handle──► Vm method ──► Response
+//!          (httparse, limits)  (path, method)     (one variant per endpoint)
+//! ```
+//! - [`http`]: framing and limits (64 KiB head, 1 MiB body), statuses, answers;
+//! - [`router`]: paths and methods to [`ApiRequest`];
+//! - [`server`]: the socket, its threads and timeouts;
+//! - this module: [`serve`] and the handlers on `Arc<Vm>`. Bodies are the types of
+//!   [`vireo_spec::api`].
+//!
+//! A stop the API forces on the guest (`vm.shutdown`, `vmm.shutdown` of a VM that has not
+//! ended) first calls the embedder's [`ApiHooks::before_forced_stop`], so the launcher can
+//! report it as a forced stop rather than a poweroff.
+
+pub mod http;
+pub mod router;
+pub mod server;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tracing::info;
+use vireo_spec::api::{ApiVmState, DeviceInfo, MemoryInfo, VmCounters, VmInfo, VmmPingResponse};
+
+use crate::console::ConsoleError;
+use crate::lifecycle::VmState;
+use crate::vm::{Vm, VmError};
+pub use http::{HttpError, Response, Status};
+pub use router::ApiRequest;
+pub use server::{ApiServer, Limits};
+
+/// Why the control API could not be started.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// The socket could not be bound.
+    #[error("cannot serve the control API: {0}")]
+    Bind(#[source] ConsoleError),
+    /// The accept thread could not be started.
+    #[error("cannot start the control API thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// What the embedder wants to hear about.
+#[derive(Clone, Default)]
+pub struct ApiHooks {
+    /// Called before the API stops a VM that has not ended (`vm.shutdown`, `vmm.shutdown`):
+    /// the stop is forced on the guest, not a poweroff.
+    pub before_forced_stop: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ApiHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiHooks")
+            .field("before_forced_stop", &self.before_forced_stop.is_some())
+            .finish()
+    }
+}
+
+/// Serves the control API for `vm` on `path` with the default [`Limits`]. The socket path
+/// exists once this returns and is removed when the returned server is closed or dropped.
+pub fn serve(path: &Path, vm: Arc<Vm>, hooks: ApiHooks) -> Result<ApiServer, ApiError> {
+    let handler: server::Handler = Arc::new(move |request| handle(&vm, &hooks, request));
+    let server = ApiServer::start(path, handler, Limits::default())?;
+    info!(path = %path.display(), "control API listening");
+    Ok(server)
+}
+
+/// Carries out `request` on `vm` and says how to answer.
+pub fn handle(vm: &Vm, hooks: &ApiHooks, request: ApiRequest) -> Response {
+    match request {
+        ApiRequest::VmmPing => Response::json(&VmmPingResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+        }),
+        ApiRequest::VmInfo => Response::json(&vm_info(vm)),
+        ApiRequest::VmCounters => Response::json(&vm_counters(vm)),
+        ApiRequest::VmPause => done(vm.pause()),
+        ApiRequest::VmResume => done(vm.resume()),
+        ApiRequest::VmPowerButton => done(vm.press_power_button()),
+        ApiRequest::VmShutdown | ApiRequest::VmmShutdown => {
+            let state = vm.state();
+            if state == VmState::Stopped {
+                if request == ApiRequest::VmShutdown {
+                    return Response::error(&HttpError::new(
+                        Status::Conflict,
+                        "cannot shut down a VM that is stopped",
+                    ));
+                }
+            } else if let Some(hook) = &hooks.before_forced_stop {
+                hook();
+            }
+            info!(?request, "control API: stopping the VM");
+            let reason = vm.shutdown();
+            info!(%reason, "control API: VM stopped");
+            Response::no_content()
+        }
+    }
+}
+
+fn done(result: Result<(), VmError>) -> Response {
+    match result {
+        Ok(()) => Response::no_content(),
+        Err(e) => {
+            let status = match e {
+                VmError::Transition(_) | VmError::NoPowerButton => Status::Conflict,
+                _ => Status::InternalServerError,
+            };
+            Response::error(&HttpError::new(status, e.to_string()))
+        }
+    }
+}
+
+/// The control API's spelling of `state`.
+pub fn api_state(state: VmState) -> ApiVmState {
+    match state {
+        VmState::Created => ApiVmState::Created,
+        VmState::Running => ApiVmState::Running,
+        VmState::Paused => ApiVmState::Paused,
+        VmState::Stopped => ApiVmState::Shutdown,
+    }
+}
+
+/// The VM's PCI devices with their stable ids: disks first, then NICs, each in spec order,
+/// from slot 1 (as `device_manager::attach` places them).
+pub fn devices(vm: &Vm) -> Vec<DeviceInfo> {
+    let config = vm.config();
+    let disks = (0..config.disks.len()).map(|i| (format!("disk{i}"), "virtio-blk"));
+    let nets = (0..config.nets.len()).map(|i| (format!("net{i}"), "virtio-net"));
+    disks
+        .chain(nets)
+        .zip(1u32..)
+        .map(|((id, kind), slot)| DeviceInfo {
+            id,
+            kind: kind.to_owned(),
+            bdf: format!("0000:00:{slot:02x}.0"),
+        })
+        .collect()
+}
+
+fn vm_info(vm: &Vm) -> VmInfo {
+    VmInfo {
+        state: api_state(vm.state()),
+        config: vm.config().clone(),
+        devices: devices(vm),
+        memory: MemoryInfo {
+            guest_bytes: vm.config().memory_bytes(),
+            guest_resident_bytes: crate::memory::resident_bytes(vm.memory()).unwrap_or(0),
+            process_resident_bytes: process_resident_bytes().unwrap_or(0),
+        },
+    }
+}
+
+fn vm_counters(vm: &Vm) -> VmCounters {
+    let mut out = VmCounters::new();
+    for (device, (_, counters)) in devices(vm).into_iter().zip(vm.device_counters()) {
+        let counters = counters.into_iter().map(|(k, v)| (k.to_owned(), v));
+        out.insert(device.id, counters.collect());
+    }
+    let serial = vm.console_counters().pairs();
+    out.insert(
+        "serial".to_owned(),
+        serial.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    );
+    out
+}
+
+/// The process's resident set in bytes, from `/proc/self/statm` (pages × page size).
+fn process_resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(u64::try_from(page).ok()?))
+}
