@@ -31,6 +31,10 @@
 #   poweroff       vmlinuz 1 poweroff   marker, exit 0
 #   reboot         vmlinuz 1 reboot     marker, exit 3 for vireo (default reboot flag: end with
 #                                       the reset code); exit 0 for QEMU (-no-reboot)
+#   sigterm-timeout vmlinuz 1 shell     SIGTERM 2 s after the marker; the guest's userspace has no
+#                                       power-button handler (no acpid), so vireo (run with
+#                                       --shutdown-timeout 3) presses the button, waits and stops
+#                                       it: exit 8, a forced stop; QEMU ends at once on SIGTERM: 0
 # Virtio cases (issue 5): ONE boot per VMM (vmlinuz, 1 vCPU, scenario virtio) serves all of them,
 # with vda = 64 MiB sparse raw, vdb = qcow2 overlay over a 32 MiB raw base (pattern at [1, 2) MiB),
 # vdc = 16 MiB raw read-only, eth0 on tap vtap0 (host side 10.213.2.1/24, HTTP :8213, TCP sink :8214):
@@ -50,7 +54,7 @@
 #   net-data           4 MiB host -> guest (HTTP) and 2 MiB guest -> host (TCP): sums match
 # Host tools for these: qemu-img, debugfs, e2fsck, ip (iproute2 or busybox) + tunctl (busybox)
 # or `ip tuntap`, nc and httpd (busybox), the tun module; root (for the tap).
-BASIC_CASES="bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot"
+BASIC_CASES="bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot sigterm-timeout"
 VIRTIO_CASES="blk-fs blk-trim blk-qcow2 blk-qcow2-discard blk-readonly net-ping net-data"
 ALL_CASES="$BASIC_CASES $VIRTIO_CASES"
 
@@ -96,8 +100,9 @@ if [ "${1:-}" = --exec-vmm ]; then
     done
     case $vmm in
         vireo)
+            # shellcheck disable=SC2086 # VIREO_EXTRA_ARGS is a word list
             exec "${VIREO:-vireo}" run --kernel "$kernel" --initramfs "$INITRD" --cmdline "$cmdline" \
-                --cpus "$cpus" --memory 512M --serial stdio "$@" ;;
+                --cpus "$cpus" --memory 512M --serial stdio ${VIREO_EXTRA_ARGS:-} "$@" ;;
         qemu)
             # QEMU_ACCEL=tcg QEMU_CPU=max runs the cases without KVM (slow; for harness work).
             exec "${QEMU:-qemu-system-x86_64}" -accel "${QEMU_ACCEL:-kvm}" -cpu "${QEMU_CPU:-host}" \
@@ -400,6 +405,16 @@ run_case() { # run_case VMM CASE
             check "$v" "$c" 0 'TYPED-42' ;;
         poweroff)     boot "$v" "$c" "$K_BZIMAGE" 1 poweroff; check "$v" "$c" 0 ;;
         reboot)       boot "$v" "$c" "$K_BZIMAGE" 1 reboot; check "$v" "$c" "$reboot_rc" ;;
+        sigterm-timeout)
+            export VIREO_EXTRA_ARGS="--shutdown-timeout 3"
+            boot "$v" "$c" "$K_BZIMAGE" 1 shell --signal-after TERM:2
+            unset VIREO_EXTRA_ARGS
+            if [ "$v" = vireo ]; then
+                check "$v" "$c" 8 'L2-SIGNAL sig=TERM' 'asked the guest to power off' \
+                    'did not power off in time'
+            else
+                check "$v" "$c" 0 'L2-SIGNAL sig=TERM'
+            fi ;;
         blk-*|net-*)  virtio_boot "$v"; virtio_check "$v" "$c" ;;
         *) echo "E2E-RESULT $v/$c FAIL why=unknown-case" ;;
     esac

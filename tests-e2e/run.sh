@@ -11,6 +11,7 @@
 #   --vmm KIND        vireo (default), qemu (Debian's qemu-system-x86_64 with KVM: validates the
 #                     harness and the guest assets), or both (side by side in the same L1 boot)
 #   --cases LIST      subset of: bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot
+#                     sigterm-timeout
 #                     blk-fs blk-trim blk-qcow2 blk-qcow2-discard blk-readonly net-ping net-data
 #                     (the blk-*/net-* cases share one guest boot per VMM; they need qemu-img,
 #                     debugfs and e2fsck on the host, and root for the tap)
@@ -32,7 +33,7 @@ repo=$(cd "$here/.." && pwd)
 
 vireo=${VIREO:-}
 vmm=vireo
-cases="bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot"
+cases="bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot sigterm-timeout"
 cases+=" blk-fs blk-trim blk-qcow2 blk-qcow2-discard blk-readonly net-ping net-data"
 bench=0
 bench_cpus=1
