@@ -163,6 +163,16 @@ pub trait VirtioDevice: Send {
     /// Returns once no worker touches guest memory any more; a block device
     /// also makes completed writes durable.
     fn reset(&mut self);
+    /// Quiesces the device at a request boundary: requests already taken
+    /// from the rings complete, then nothing more is processed. Returns once
+    /// the device writes neither guest memory nor its backend; queue state
+    /// (indices, event suppression) is kept and notifications arriving
+    /// meanwhile stay pending. Idempotent. The default suits a device
+    /// without a worker thread (nothing runs outside the vCPUs).
+    fn pause(&mut self) {}
+    /// Undoes [`VirtioDevice::pause`]: handles whatever became pending while
+    /// paused, losing and repeating nothing. A no-op if not paused.
+    fn resume(&mut self) {}
 }
 
 /// Copies `src` (a little-endian config image) into `data` from `offset`;

@@ -375,6 +375,17 @@ impl VirtioPciDevice {
         self.device.counters()
     }
 
+    /// Quiesces the device model (see [`VirtioDevice::pause`]); the
+    /// transport's registers and MSI-X state are kept as they are.
+    pub fn pause(&mut self) {
+        self.device.pause();
+    }
+
+    /// Lets a paused device model run again (see [`VirtioDevice::resume`]).
+    pub fn resume(&mut self) {
+        self.device.resume();
+    }
+
     /// Stops the device (as a driver reset does) and forgets negotiated state.
     pub fn reset(&mut self) {
         if self.active {

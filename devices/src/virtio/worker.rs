@@ -1,11 +1,26 @@
 //! Device worker threads: one per activated device, woken by epoll on its
-//! queue eventfds (ioeventfds), backend fds and a stop eventfd.
+//! queue eventfds (ioeventfds), backend fds, a stop eventfd and a pause
+//! eventfd.
 //!
 //! Queue processing never runs on a vCPU thread: a guest notification is an
 //! ioeventfd write inside KVM, and the worker picks it up here.
+//!
+//! # Pause
+//!
+//! [`Worker::pause`] quiesces a worker at a request boundary: the worker
+//! notices the pause eventfd only in [`EventLoop::wait`], i.e. between
+//! batches, after everything it took from the rings has completed (used
+//! entries written, interrupts sent). It then acknowledges and blocks until
+//! [`Worker::resume`] or [`Worker::stop`]; `pause` returns only after the
+//! acknowledgement, so from then on the worker touches neither guest memory
+//! nor its backend. Notifications and backend readiness that arrive while
+//! paused stay pending in their (level-triggered) eventfds and are handled
+//! after resume: nothing is lost, nothing is redone. Queue state (indices,
+//! event suppression) lives in the worker and is untouched.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use tracing::warn;
@@ -14,36 +29,140 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Token the stop eventfd is registered with in every worker's epoll set.
 pub const STOP_TOKEN: u64 = u64::MAX;
+/// Token of the pause eventfd; handled inside [`EventLoop::wait`] and never
+/// returned to the worker's body.
+const PAUSE_TOKEN: u64 = u64::MAX - 1;
 
-/// A running worker thread and the eventfd that stops it.
+/// Pause handshake between a [`Worker`] and its thread.
+#[derive(Debug, Default)]
+struct PauseState {
+    /// The owner wants the thread parked.
+    requested: bool,
+    /// The thread is parked (between batches, touching nothing).
+    parked: bool,
+    /// The owner is stopping the thread: a parked thread must return.
+    stopping: bool,
+    /// The thread's body has returned (or panicked): nobody will ever park.
+    exited: bool,
+}
+
+#[derive(Debug, Default)]
+struct PauseControl {
+    state: Mutex<PauseState>,
+    changed: Condvar,
+}
+
+impl PauseControl {
+    fn lock(&self) -> MutexGuard<'_, PauseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, g: MutexGuard<'a, PauseState>) -> MutexGuard<'a, PauseState> {
+        self.changed.wait(g).unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called by the worker thread: parks while a pause is requested.
+    /// Returns `false` if the thread must stop.
+    fn park(&self) -> bool {
+        let mut g = self.lock();
+        if !g.requested || g.stopping {
+            return !g.stopping;
+        }
+        g.parked = true;
+        self.changed.notify_all();
+        while g.requested && !g.stopping {
+            g = self.wait(g);
+        }
+        g.parked = false;
+        !g.stopping
+    }
+}
+
+/// Marks the thread as gone when its body returns or unwinds, so a
+/// concurrent [`Worker::pause`] does not wait for an acknowledgement that
+/// can never come.
+struct ExitGuard(Arc<PauseControl>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let mut g = self.0.lock();
+        g.exited = true;
+        self.0.changed.notify_all();
+    }
+}
+
+/// A running worker thread and the eventfds that stop and pause it.
 #[derive(Debug)]
 pub struct Worker {
     stop: EventFd,
+    pause: EventFd,
+    control: Arc<PauseControl>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Worker {
     /// Starts `body` on a thread named `name`. `body` gets an epoll set that
-    /// already watches the stop eventfd (token [`STOP_TOKEN`]) and must
-    /// return once that token fires.
+    /// already watches the stop eventfd (token [`STOP_TOKEN`]) and the pause
+    /// eventfd, and must return once [`STOP_TOKEN`] is reported. Pausing is
+    /// transparent to `body`: it happens inside [`EventLoop::wait`].
     pub fn spawn<F>(name: String, body: F) -> io::Result<Self>
     where
         F: FnOnce(EventLoop) + Send + 'static,
     {
         let stop = EventFd::new(EFD_NONBLOCK)?;
-        let mut ev = EventLoop::new()?;
+        let pause = EventFd::new(EFD_NONBLOCK)?;
+        let control = Arc::new(PauseControl::default());
+        let mut ev = EventLoop::new(pause.try_clone()?, control.clone())?;
         ev.add(stop.as_raw_fd(), STOP_TOKEN, EventSet::IN)?;
-        let handle = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || body(ev))?;
+        ev.add(pause.as_raw_fd(), PAUSE_TOKEN, EventSet::IN)?;
+        let guard = ExitGuard(control.clone());
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            let _guard = guard;
+            body(ev);
+        })?;
         Ok(Self {
             stop,
+            pause,
+            control,
             handle: Some(handle),
         })
     }
 
-    /// Stops the thread and waits for it to end.
+    /// Parks the thread at its next request boundary and returns once it
+    /// is parked (or has ended): from then on it writes neither guest
+    /// memory nor its backend until [`Worker::resume`]. Work in progress
+    /// completes first. Idempotent.
+    pub fn pause(&mut self) {
+        if self.handle.is_none() {
+            return;
+        }
+        let mut g = self.control.lock();
+        g.requested = true;
+        if let Err(e) = self.pause.write(1) {
+            warn!(error = %e, "cannot signal a device worker to pause");
+            g.requested = false;
+            return;
+        }
+        while !g.parked && !g.exited {
+            g = self.control.wait(g);
+        }
+    }
+
+    /// Lets a paused thread run again; it then handles whatever became
+    /// pending while it was paused. A no-op if it is not paused.
+    pub fn resume(&mut self) {
+        let mut g = self.control.lock();
+        g.requested = false;
+        self.control.changed.notify_all();
+    }
+
+    /// Stops the thread (paused or not) and waits for it to end.
     pub fn stop(&mut self) {
+        {
+            let mut g = self.control.lock();
+            g.stopping = true;
+            self.control.changed.notify_all();
+        }
         if let Err(e) = self.stop.write(1) {
             warn!(error = %e, "cannot signal a device worker to stop");
         }
@@ -68,13 +187,17 @@ impl Drop for Worker {
 pub struct EventLoop {
     epoll: Epoll,
     events: Vec<EpollEvent>,
+    pause: EventFd,
+    control: Arc<PauseControl>,
 }
 
 impl EventLoop {
-    fn new() -> io::Result<Self> {
+    fn new(pause: EventFd, control: Arc<PauseControl>) -> io::Result<Self> {
         Ok(Self {
             epoll: Epoll::new()?,
             events: vec![EpollEvent::default(); 16],
+            pause,
+            control,
         })
     }
 
@@ -91,6 +214,11 @@ impl EventLoop {
     }
 
     /// Waits for events and returns their tokens (EINTR yields none).
+    ///
+    /// This is the worker's request boundary: if a pause was requested the
+    /// thread parks here, before any of the returned events is handled,
+    /// and returns them after resuming. A stop while parked returns just
+    /// [`STOP_TOKEN`].
     pub fn wait(&mut self, out: &mut Vec<u64>) -> io::Result<()> {
         out.clear();
         let n = match self.epoll.wait(-1, &mut self.events) {
@@ -99,6 +227,15 @@ impl EventLoop {
             Err(e) => return Err(e),
         };
         out.extend(self.events[..n].iter().map(|e| e.data()));
+        if out.contains(&PAUSE_TOKEN) {
+            out.retain(|&t| t != PAUSE_TOKEN);
+            // Consume the request; an empty eventfd returns EAGAIN.
+            let _ = self.pause.read();
+            if !self.control.park() {
+                out.clear();
+                out.push(STOP_TOKEN);
+            }
+        }
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ use vireo_devices::pci::PciDevice;
 use vireo_devices::virtio::interrupt::{MsiMessage, MsiVectors};
 use vireo_devices::virtio::{status, GuestMemory, VirtioDevice, VirtioPciDevice};
 use vireo_devices::BusDevice;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 /// Guest memory size.
 pub const MEM_SIZE: u64 = 64 << 20;
@@ -644,6 +644,26 @@ impl Driver {
             .read_slice(&mut v, GuestAddress(addr))
             .expect("read guest memory");
         v
+    }
+
+    /// Guest pages (by number) marked dirty since the last call, clearing the marks. Driver
+    /// writes through [`Driver::write`] mark pages too, so callers take once after their own
+    /// writes and again to see only the device's.
+    pub fn take_dirty(&self) -> Vec<u64> {
+        let mut pages = Vec::new();
+        let mut base = 0;
+        for r in self.mem.iter() {
+            let bits = (**r).bitmap().take().expect("dirty bitmap");
+            for (w, word) in bits.iter().enumerate() {
+                for b in 0..64 {
+                    if word & (1 << b) != 0 {
+                        pages.push(base + 64 * w as u64 + b);
+                    }
+                }
+            }
+            base += r.len() / 4096;
+        }
+        pages
     }
 
     /// The bytes of `seg`.

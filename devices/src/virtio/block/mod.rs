@@ -250,6 +250,18 @@ impl VirtioDevice for VirtioBlock {
             tracing::warn!(disk = %self.disk.device_id(), error = %e, "flush at device reset failed");
         }
     }
+
+    fn pause(&mut self) {
+        if let Some(w) = &mut self.worker {
+            w.pause();
+        }
+    }
+
+    fn resume(&mut self) {
+        if let Some(w) = &mut self.worker {
+            w.resume();
+        }
+    }
 }
 
 impl Drop for VirtioBlock {

@@ -238,6 +238,18 @@ impl VirtioDevice for VirtioNet {
             w.stop();
         }
     }
+
+    fn pause(&mut self) {
+        if let Some(w) = &mut self.worker {
+            w.pause();
+        }
+    }
+
+    fn resume(&mut self) {
+        if let Some(w) = &mut self.worker {
+            w.resume();
+        }
+    }
 }
 
 impl Drop for VirtioNet {
