@@ -185,6 +185,7 @@ impl VmBuilder {
         Ok(Vm {
             ged,
             virtio,
+            transition: Mutex::new(()),
             config,
             lifecycle,
             pending_vcpus: Mutex::new(vcpus),
@@ -249,6 +250,9 @@ pub struct Vm {
     serial: Arc<Mutex<vireo_devices::legacy::Serial8250>>,
     ged: Option<Arc<Mutex<vireo_devices::acpi_ged::AcpiGed>>>,
     virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    /// Serializes [`Vm::pause`] and [`Vm::resume`], so devices are paused
+    /// exactly while the vCPUs are.
+    transition: Mutex<()>,
     console: Mutex<Console>,
     console_output: crate::console::ConsoleHandle,
     // Dropped before `memory`: KVM stops using the slots before they unmap.
@@ -333,15 +337,31 @@ impl Vm {
         Ok(())
     }
 
-    /// Running → Paused. Returns once no vCPU is executing guest code.
+    /// Running → Paused. Parks every vCPU, then quiesces every virtio
+    /// device at a request boundary (requests in flight complete; frames
+    /// waiting in a tap stay there). Returns once nothing — no vCPU, no
+    /// device worker — writes guest memory or a disk until [`Vm::resume`].
     pub fn pause(&self) -> Result<(), VmError> {
+        let _transition = lock(&self.transition);
         self.lifecycle.pause()?;
+        // The vCPUs are parked, so no MMIO exit holds a device lock or
+        // touches a transport while the workers are paused.
+        for dev in &self.virtio {
+            lock(dev).pause();
+        }
         info!("VM paused");
         Ok(())
     }
 
-    /// Paused → Running.
+    /// Paused → Running. Devices resume first (handling what became
+    /// pending while paused), then the vCPUs.
     pub fn resume(&self) -> Result<(), VmError> {
+        let _transition = lock(&self.transition);
+        if self.lifecycle.state() == VmState::Paused {
+            for dev in &self.virtio {
+                lock(dev).resume();
+            }
+        }
         self.lifecycle.resume()?;
         info!("VM resumed");
         Ok(())
