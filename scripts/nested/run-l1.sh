@@ -110,8 +110,10 @@ cpio_dir() { # cpio_dir DIR OUT: newc archive of DIR's contents, owned by root
 }
 
 # --- base archive: busybox, kvm modules, /init, l2-watch (cached per kernel) ---------------------
-base=$NDIR/l1-base-$kver-f$L1_FORMAT.cpio
-if [ ! -s "$base" ] || [ "$base" -ot "$0" ] || [ "$base" -ot "$here/l2-watch" ]; then
+# Keyed by the content of this script and l2-watch (modification times differ between clones).
+inputs=$(cat "$0" "$here/l2-watch" | sha256sum | cut -c1-12)
+base=$NDIR/l1-base-$kver-f$L1_FORMAT-$inputs.cpio
+if [ ! -s "$base" ]; then
     log "building L1 base initramfs ($kver)"
     st=$(mktemp -d "$NDIR/stage.XXXXXX")
     mkdir -p "$st"/{bin,sbin,etc,proc,sys,dev,tmp,run,root,l1,l2,usr/bin,usr/sbin,usr/local/bin,lib/modules/$kver}
@@ -178,6 +180,7 @@ EOF
     cp "$here/l2-watch" "$st/usr/bin/l2-watch"
     chmod 755 "$st/usr/bin/l2-watch"
     cpio_dir "$st" "$base.tmp"
+    rm -f "$NDIR/l1-base-$kver-f$L1_FORMAT"*.cpio
     mv "$base.tmp" "$base"
     rm -rf "$st"
 fi
