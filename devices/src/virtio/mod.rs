@@ -167,12 +167,25 @@ pub trait VirtioDevice: Send {
     /// from the rings complete, then nothing more is processed. Returns once
     /// the device writes neither guest memory nor its backend; queue state
     /// (indices, event suppression) is kept and notifications arriving
-    /// meanwhile stay pending. Idempotent. The default suits a device
-    /// without a worker thread (nothing runs outside the vCPUs).
-    fn pause(&mut self) {}
+    /// meanwhile stay pending. Idempotent. The default pauses the device's
+    /// worker ([`VirtioDevice::worker_mut`]), if it has one running.
+    fn pause(&mut self) {
+        if let Some(w) = self.worker_mut() {
+            w.pause();
+        }
+    }
     /// Undoes [`VirtioDevice::pause`]: handles whatever became pending while
     /// paused, losing and repeating nothing. A no-op if not paused.
-    fn resume(&mut self) {}
+    fn resume(&mut self) {
+        if let Some(w) = self.worker_mut() {
+            w.resume();
+        }
+    }
+    /// The worker thread processing the queues, once activated; `None` for a
+    /// device without one (nothing of it runs outside the vCPUs).
+    fn worker_mut(&mut self) -> Option<&mut worker::Worker> {
+        None
+    }
 }
 
 /// Copies `src` (a little-endian config image) into `data` from `offset`;

@@ -239,16 +239,8 @@ impl VirtioDevice for VirtioNet {
         }
     }
 
-    fn pause(&mut self) {
-        if let Some(w) = &mut self.worker {
-            w.pause();
-        }
-    }
-
-    fn resume(&mut self) {
-        if let Some(w) = &mut self.worker {
-            w.resume();
-        }
+    fn worker_mut(&mut self) -> Option<&mut Worker> {
+        self.worker.as_mut()
     }
 }
 
