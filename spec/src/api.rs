@@ -7,6 +7,8 @@
 //!  GET  /api/v1/vm.info      → VmInfo { state, config, devices, memory }
 //!  GET  /api/v1/vm.counters  → VmCounters  {device_id: {counter: value}}
 //!  PUT  /api/v1/vm.pause | vm.resume | vm.power-button | vm.shutdown | vmm.shutdown → 204
+//!  PUT  /api/v1/vm.snapshot  VmSnapshotConfig {destination_url}      → SnapshotInfo
+//!  PUT  /api/v1/vm.restore   RestoreConfig {source_url, prefault, resume} → 204
 //!  any error                 → ApiErrorBody {"error": "…"} with a 4xx/5xx status
 //! ```
 //! The names and spellings follow Cloud Hypervisor's `VmmPingResponse`, `VmInfoResponse`
@@ -93,4 +95,58 @@ pub type VmCounters = BTreeMap<String, BTreeMap<String, u64>>;
 pub struct ApiErrorBody {
     /// What went wrong, e.g. `cannot resume a VM that is running`.
     pub error: String,
+}
+
+/// The body of `PUT /api/v1/vm.snapshot` (Cloud Hypervisor's `VmSnapshotConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSnapshotConfig {
+    /// Where to write the snapshot: `file:///absolute/dir` (the directory is created if
+    /// missing; files of an earlier snapshot in it are replaced).
+    pub destination_url: String,
+}
+
+/// The answer to `PUT /api/v1/vm.snapshot`: what was written and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// The snapshot directory.
+    pub path: String,
+    /// Guest memory in bytes (the memory file's length).
+    pub memory_bytes: u64,
+    /// Bytes of page data in the memory file (the rest are holes).
+    pub memory_data_bytes: u64,
+    /// Bytes of the state file.
+    pub state_bytes: u64,
+    /// Time the VM was held paused for the snapshot, in microseconds.
+    pub paused_us: u64,
+}
+
+/// The body of `PUT /api/v1/vm.restore` (Cloud Hypervisor's `RestoreConfig`), accepted only
+/// by a `vireo run --api-socket` started without a payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// The snapshot directory: `file:///absolute/dir`.
+    pub source_url: String,
+    /// Read all of guest memory from the snapshot before starting (instead of mapping it and
+    /// reading each page when the guest first touches it).
+    #[serde(default)]
+    pub prefault: bool,
+    /// Resume the VM once restored; otherwise it is left paused, as Cloud Hypervisor does.
+    #[serde(default)]
+    pub resume: bool,
+}
+
+/// The local path of a `file://` URL, as the snapshot endpoints take them.
+pub fn file_url_path(url: &str) -> Result<std::path::PathBuf, String> {
+    let path = url
+        .strip_prefix("file://")
+        .ok_or_else(|| format!("{url:?} is not a file:// URL"))?;
+    if !path.starts_with('/') {
+        return Err(format!("{url:?} does not name an absolute path"));
+    }
+    if path.len() > 4096 || path.contains('\0') {
+        return Err("the path is too long or contains NUL".to_owned());
+    }
+    Ok(std::path::PathBuf::from(path))
 }

@@ -22,12 +22,14 @@ pub mod acpi;
 pub mod api;
 pub mod arch;
 pub mod boot;
+pub mod builder;
 pub mod config;
 pub mod console;
 pub mod device_manager;
 pub mod kvm;
 pub mod lifecycle;
 pub mod memory;
+pub mod snapshot;
 pub mod vm;
 pub mod vstate;
 

@@ -216,16 +216,22 @@ impl Lifecycle {
         self.lock().state
     }
 
-    /// Created → Running, announcing how many vCPU threads will run.
-    pub(crate) fn begin_start(&self, vcpus: usize) -> Result<(), TransitionError> {
+    /// Created → Running (or Paused), announcing how many vCPU threads will run. A VM started
+    /// paused has its vCPU threads park before their first guest instruction.
+    pub(crate) fn begin_start(&self, vcpus: usize, paused: bool) -> Result<(), TransitionError> {
         let mut g = self.lock();
-        if g.state != VmState::Created {
+        if g.state != VmState::Created || g.exit.is_some() {
             return Err(TransitionError {
                 action: "start",
-                state: g.state,
+                state: effective_state(&g),
             });
         }
-        g.state = VmState::Running;
+        if paused {
+            self.set_command(Command::Pause);
+            g.state = VmState::Paused;
+        } else {
+            g.state = VmState::Running;
+        }
         g.live_vcpus = vcpus;
         Ok(())
     }
@@ -360,8 +366,8 @@ mod tests {
     fn transitions_follow_the_state_machine() {
         let l = Lifecycle::new(no_kick);
         assert_eq!(l.resume().map_err(|e| e.state), Err(VmState::Created));
-        l.begin_start(0).expect("start");
-        assert_eq!(l.begin_start(0).map_err(|e| e.action), Err("start"));
+        l.begin_start(0, false).expect("start");
+        assert_eq!(l.begin_start(0, false).map_err(|e| e.action), Err("start"));
         l.pause().expect("pause with no vCPUs returns at once");
         assert_eq!(l.state(), VmState::Paused);
         assert!(l.pause().is_err());

@@ -8,26 +8,24 @@
 //!     └──────────────────────────────────────────────► Lifecycle ──► ExitReason
 //! ```
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{VcpuFd, VmFd};
+use kvm_ioctls::VmFd;
 use thiserror::Error;
 use tracing::info;
 
-use crate::arch::x86_64::{cpuid, layout, vcpu_platform, InitialCpuState};
-use crate::boot::{self, BootError, BootPlan};
-use crate::config::{probe_host_limits, ConfigError, VmConfig};
+use crate::boot::BootError;
+use crate::builder::PlatformFlags;
+use crate::config::{ConfigError, VmConfig};
 use crate::console::{Console, ConsoleError};
-use crate::device_manager::attach::attach_devices;
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::kvm::{KvmContext, KvmError};
 use crate::lifecycle::{ExitReason, Lifecycle, TransitionError, VmState};
-use crate::memory::{self, GuestMemory, MemoryError};
-use crate::vstate::vcpu::{self, Buses};
-use vireo_devices::virtio::VirtioPciDevice;
+use crate::memory::{GuestMemory, MemoryError};
+use crate::vstate::vcpu::{self, Buses, SharedVcpu};
+
+pub use crate::builder::VmBuilder;
 
 /// Why a VM could not be built or driven.
 #[derive(Debug, Error)]
@@ -82,183 +80,43 @@ pub enum VmError {
     Transition(#[from] TransitionError),
 }
 
-/// Builds a [`Vm`] from a [`VmConfig`], with overrides for embedders.
-pub struct VmBuilder {
-    config: VmConfig,
-    serial_writer: Option<Box<dyn Write + Send>>,
-    boot_cpu: Option<InitialCpuState>,
-}
-
-impl std::fmt::Debug for VmBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VmBuilder")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl VmBuilder {
-    /// Starts from `config`.
-    pub fn new(config: VmConfig) -> Self {
-        Self {
-            config,
-            serial_writer: None,
-            boot_cpu: None,
-        }
-    }
-
-    /// Sends COM1 output to `writer` instead of the configured console (the
-    /// guest then has no serial input). `writer` is called on the vCPU thread
-    /// with the UART lock held, so it must not block (see
-    /// [`Console::from_writer`]).
-    pub fn serial_writer(mut self, writer: Box<dyn Write + Send>) -> Self {
-        self.serial_writer = Some(writer);
-        self
-    }
-
-    /// Starts vCPU 0 from `state` instead of the state the payload's boot
-    /// protocol chose. The payload is still loaded into memory first, so a
-    /// firmware or unit-test loader can point RIP anywhere in it.
-    pub fn initial_cpu_state(mut self, state: InitialCpuState) -> Self {
-        self.boot_cpu = Some(state);
-        self
-    }
-
-    /// Creates the VM: checks KVM and the config, allocates and loads guest
-    /// memory, creates devices and vCPUs. Nothing runs until [`Vm::start`].
-    pub fn build(self) -> Result<Vm, VmError> {
-        let kvm = KvmContext::open()?;
-        let config = self.config;
-        config.validate_on(&probe_host_limits(kvm.max_vcpus()))?;
-        let memory_size = config.memory_bytes();
-
-        let vm_fd = Arc::new(kvm.kvm().create_vm().map_err(|source| VmError::Platform {
-            what: "create a KVM VM",
-            source,
-        })?);
-        // Guest memory is registered before the in-kernel irqchip exists: on this workplace's
-        // hosts KVM_SET_USER_MEMORY_REGION costs ~7 ms after KVM_CREATE_IRQCHIP and a fraction
-        // of a millisecond before it (KVM allows either order while no vCPU exists).
-        let memory = memory::create_guest_memory(memory_size)?;
-        memory::register_with_kvm(&vm_fd, &memory)?;
-        let platform = |what| move |source| VmError::Platform { what, source };
-        vm_fd
-            .set_tss_address(layout::KVM_TSS_ADDR as usize)
-            .map_err(platform("set the TSS address"))?;
-        vm_fd
-            .set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
-            .map_err(platform("set the identity map address"))?;
-        vm_fd
-            .create_irq_chip()
-            .map_err(platform("create the in-kernel irqchip"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm_fd
-            .create_pit2(pit)
-            .map_err(platform("create the in-kernel PIT"))?;
-
-        let mut plan = boot::load_payload(&memory, memory_size, &config.payload, config.vcpus)?;
-        if let Some(state) = self.boot_cpu {
-            plan.boot_cpu = state;
-        }
-        info!(format = ?plan.format, vcpus = config.vcpus, memory_mib = config.memory_mib, "payload loaded");
-
-        let lifecycle = Arc::new(Lifecycle::new(vcpu::kick));
-        let mut console = match self.serial_writer {
-            Some(w) => Console::from_writer(w),
-            None => Console::open(&config.serial)?,
-        };
-        let mut devices = DeviceManager::new(
-            &vm_fd,
-            console.take_output(),
-            lifecycle.clone(),
-            plan.debug_exit,
-            plan.is_linux(),
-        )?;
-        attach_devices(&mut devices, &vm_fd, &memory, &config.disks, &config.nets)?;
-        let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, &plan)?;
-        let serial = devices.serial.clone();
-        let virtio = devices.virtio.clone();
-        let ged = devices.ged.clone();
-        Ok(Vm {
-            ged,
-            virtio,
-            transition: Mutex::new(()),
-            config,
-            lifecycle,
-            pending_vcpus: Mutex::new(vcpus),
-            threads: Mutex::new(Vec::new()),
-            buses: Arc::new(Buses {
-                pio: devices.pio,
-                mmio: devices.mmio,
-            }),
-            serial,
-            console_output: console.handle(),
-            console: Mutex::new(console),
-            vm_fd,
-            memory,
-            _kvm: kvm,
-        })
-    }
-}
-
-fn create_vcpus(
-    kvm: &KvmContext,
-    vm_fd: &VmFd,
-    count: u8,
-    plan: &BootPlan,
-) -> Result<Vec<VcpuFd>, VmError> {
-    let supported = kvm.supported_cpuid()?;
-    (0..count)
-        .map(|index| {
-            let err = |what| {
-                move |source| VmError::Vcpu {
-                    index,
-                    what,
-                    source,
-                }
-            };
-            let fd = vm_fd
-                .create_vcpu(u64::from(index))
-                .map_err(err("create the vCPU"))?;
-            fd.set_cpuid2(&cpuid::vcpu_cpuid(&supported, index, count))
-                .map_err(err("set CPUID"))?;
-            if plan.is_linux() {
-                vcpu_platform::setup_linux_vcpu(index, &fd)
-                    .map_err(err("set up the local APIC"))?;
-            }
-            if index == 0 {
-                plan.boot_cpu
-                    .apply(&fd)
-                    .map_err(err("set the initial register state"))?;
-            }
-            Ok(fd)
-        })
-        .collect()
+/// The parts a builder assembles into a [`Vm`].
+pub(crate) struct VmParts {
+    pub(crate) config: VmConfig,
+    pub(crate) flags: PlatformFlags,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) vcpus: Vec<SharedVcpu>,
+    pub(crate) buses: Arc<Buses>,
+    pub(crate) devices: DeviceManager,
+    pub(crate) console: Console,
+    pub(crate) vm_fd: Arc<VmFd>,
+    pub(crate) memory: GuestMemory,
+    pub(crate) kvm: KvmContext,
 }
 
 /// A virtual machine. All methods take `&self`, so a `Vm` can be shared
 /// (e.g. in an `Arc`) between the thread that waits on it and a control API.
 pub struct Vm {
     config: VmConfig,
+    flags: PlatformFlags,
     lifecycle: Arc<Lifecycle>,
-    pending_vcpus: Mutex<Vec<VcpuFd>>,
+    /// Every vCPU; a vCPU's thread holds its lock except while parked.
+    vcpus: Vec<SharedVcpu>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     buses: Arc<Buses>,
-    serial: Arc<Mutex<vireo_devices::legacy::Serial8250>>,
-    ged: Option<Arc<Mutex<vireo_devices::acpi_ged::AcpiGed>>>,
-    virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
-    /// Serializes [`Vm::pause`] and [`Vm::resume`], so devices are paused
+    /// The devices (the buses themselves live in `buses`).
+    devices: DeviceManager,
+    /// Serializes [`Vm::pause`], [`Vm::resume`] and snapshots, so devices are paused
     /// exactly while the vCPUs are.
     transition: Mutex<()>,
+    /// [`Vm::start`] starts the vCPUs parked (a restore with `paused`).
+    start_paused: std::sync::atomic::AtomicBool,
     console: Mutex<Console>,
     console_output: crate::console::ConsoleHandle,
     // Dropped before `memory`: KVM stops using the slots before they unmap.
     vm_fd: Arc<VmFd>,
     memory: GuestMemory,
-    _kvm: KvmContext,
+    kvm: KvmContext,
 }
 
 impl std::fmt::Debug for Vm {
@@ -271,6 +129,57 @@ impl std::fmt::Debug for Vm {
 }
 
 impl Vm {
+    pub(crate) fn assemble(p: VmParts) -> Self {
+        let console_output = p.console.handle();
+        Self {
+            config: p.config,
+            flags: p.flags,
+            lifecycle: p.lifecycle,
+            vcpus: p.vcpus,
+            threads: Mutex::new(Vec::new()),
+            buses: p.buses,
+            devices: p.devices,
+            transition: Mutex::new(()),
+            start_paused: std::sync::atomic::AtomicBool::new(false),
+            console: Mutex::new(p.console),
+            console_output,
+            vm_fd: p.vm_fd,
+            memory: p.memory,
+            kvm: p.kvm,
+        }
+    }
+
+    /// The platform facts the payload decided (saved in snapshots).
+    pub(crate) fn flags(&self) -> PlatformFlags {
+        self.flags
+    }
+
+    /// The vCPUs (lock one only while the VM is paused or not started).
+    pub(crate) fn vcpu_fds(&self) -> &[SharedVcpu] {
+        &self.vcpus
+    }
+
+    /// The devices.
+    pub(crate) fn devices(&self) -> &DeviceManager {
+        &self.devices
+    }
+
+    /// The open `/dev/kvm`.
+    pub(crate) fn kvm(&self) -> &KvmContext {
+        &self.kvm
+    }
+
+    /// Holds off pause, resume and other snapshots while the caller works on a stable VM.
+    pub(crate) fn transition_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.transition)
+    }
+
+    /// Makes [`Vm::start`] start this (restored) VM paused.
+    pub(crate) fn set_start_paused(&self, paused: bool) {
+        self.start_paused
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The configuration this VM was built from.
     pub fn config(&self) -> &VmConfig {
         &self.config
@@ -289,7 +198,8 @@ impl Vm {
     /// Counters of every virtio device, in PCI slot order: (device name,
     /// (counter, value) pairs). Readable at any time from any thread.
     pub fn device_counters(&self) -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
-        self.virtio
+        self.devices
+            .virtio
             .iter()
             .map(|d| {
                 let d = lock(d);
@@ -310,14 +220,16 @@ impl Vm {
         self.lifecycle.state()
     }
 
-    /// Starts every vCPU and the console input. Created → Running.
+    /// Starts every vCPU and the console input. Created → Running; or Created → Paused for a
+    /// VM restored with [`crate::snapshot::RestoreOptions::paused`], whose vCPU threads then
+    /// park before their first guest instruction (its devices are already quiesced).
     pub fn start(&self) -> Result<(), VmError> {
+        let paused = self.start_paused.load(std::sync::atomic::Ordering::SeqCst);
         vcpu::install_kick_handler().map_err(VmError::Signal)?;
-        let fds: Vec<VcpuFd> = std::mem::take(&mut *lock(&self.pending_vcpus));
-        self.lifecycle.begin_start(fds.len())?;
+        self.lifecycle.begin_start(self.vcpus.len(), paused)?;
         let mut threads = lock(&self.threads);
-        for (index, fd) in (0u8..).zip(fds) {
-            match vcpu::spawn(index, fd, self.buses.clone(), self.lifecycle.clone()) {
+        for (index, fd) in (0u8..).zip(&self.vcpus) {
+            match vcpu::spawn(index, fd.clone(), self.buses.clone(), self.lifecycle.clone()) {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
                     // Account for the vCPUs that never started, then stop.
@@ -332,8 +244,8 @@ impl Vm {
             }
         }
         drop(threads);
-        lock(&self.console).start_input(self.serial.clone())?;
-        info!("VM started");
+        lock(&self.console).start_input(self.devices.serial.clone())?;
+        info!(paused, "VM started");
         Ok(())
     }
 
@@ -343,10 +255,15 @@ impl Vm {
     /// device worker — writes guest memory or a disk until [`Vm::resume`].
     pub fn pause(&self) -> Result<(), VmError> {
         let _transition = lock(&self.transition);
+        self.pause_locked()
+    }
+
+    /// [`Vm::pause`] with the transition lock already held.
+    pub(crate) fn pause_locked(&self) -> Result<(), VmError> {
         self.lifecycle.pause()?;
         // The vCPUs are parked, so no MMIO exit holds a device lock or
         // touches a transport while the workers are paused.
-        for dev in &self.virtio {
+        for dev in &self.devices.virtio {
             lock(dev).pause();
         }
         info!("VM paused");
@@ -357,8 +274,13 @@ impl Vm {
     /// pending while paused), then the vCPUs.
     pub fn resume(&self) -> Result<(), VmError> {
         let _transition = lock(&self.transition);
+        self.resume_locked()
+    }
+
+    /// [`Vm::resume`] with the transition lock already held.
+    pub(crate) fn resume_locked(&self) -> Result<(), VmError> {
         if self.lifecycle.state() == VmState::Paused {
-            for dev in &self.virtio {
+            for dev in &self.devices.virtio {
                 lock(dev).resume();
             }
         }
@@ -370,7 +292,7 @@ impl Vm {
     /// Presses the ACPI power button: asks the guest to shut down cleanly.
     /// Fails if the guest was not booted with ACPI (e.g. a user-mode ELF).
     pub fn press_power_button(&self) -> Result<(), VmError> {
-        let ged = self.ged.as_ref().ok_or(VmError::NoPowerButton)?;
+        let ged = self.devices.ged.as_ref().ok_or(VmError::NoPowerButton)?;
         lock(ged).press_power_button().map_err(VmError::Thread)?;
         info!("ACPI power button pressed");
         Ok(())
@@ -399,7 +321,7 @@ impl Vm {
         }
         // Stop device workers and make completed disk writes durable (qcow2
         // metadata caches included) before the process can exit.
-        for (index, dev) in self.virtio.iter().enumerate() {
+        for (index, dev) in self.devices.virtio.iter().enumerate() {
             let mut dev = lock(dev);
             dev.reset();
             info!(index, device = dev.name(), counters = ?dev.counters(), "device counters");

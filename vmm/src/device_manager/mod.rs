@@ -14,6 +14,7 @@
 pub mod attach;
 pub mod bus;
 pub mod msi;
+pub mod persist;
 pub mod pci_allocator;
 
 use std::sync::{Arc, Mutex};
@@ -111,6 +112,16 @@ pub struct DeviceManager {
     pub gsi_router: Arc<GsiRouter>,
     /// virtio-pci functions, in slot order.
     pub virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    /// The i8042 controller.
+    pub i8042: Arc<Mutex<I8042>>,
+    /// The CMOS RTC.
+    pub cmos: Arc<Mutex<Cmos>>,
+    /// The ACPI sleep registers, for ACPI guests.
+    pub acpi_sleep: Option<Arc<Mutex<AcpiSleep>>>,
+    /// The 0xcf8/0xcfc configuration mechanism (holds the address latch).
+    pub pci_config_io: Arc<Mutex<PciConfigIo>>,
+    /// The host bridge at 00:00.0.
+    pub host_bridge: Arc<Mutex<PciHostBridge>>,
 }
 
 /// Creates an eventfd and registers it with KVM as the irqfd of `gsi`.
@@ -141,23 +152,20 @@ impl DeviceManager {
             serial::COM1_PORT_BASE,
             serial::SERIAL_PORT_SIZE,
         )?;
+        let i8042_dev = Arc::new(Mutex::new(I8042::new(exit.clone())));
         pio.insert(
-            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+            i8042_dev.clone(),
             i8042::I8042_PORT_BASE,
             i8042::I8042_PORT_SIZE,
         )?;
-        pio.insert(
-            Arc::new(Mutex::new(Cmos::default())),
-            cmos::CMOS_PORT_BASE,
-            cmos::CMOS_PORT_SIZE,
-        )?;
+        let cmos_dev = Arc::new(Mutex::new(Cmos::default()));
+        pio.insert(cmos_dev.clone(), cmos::CMOS_PORT_BASE, cmos::CMOS_PORT_SIZE)?;
         let mut ged = None;
+        let mut acpi_sleep = None;
         if acpi {
-            pio.insert(
-                Arc::new(Mutex::new(AcpiSleep::new(exit.clone()))),
-                ACPI_SLEEP_PORT,
-                ACPI_SLEEP_PORT_SIZE,
-            )?;
+            let sleep = Arc::new(Mutex::new(AcpiSleep::new(exit.clone())));
+            pio.insert(sleep.clone(), ACPI_SLEEP_PORT, ACPI_SLEEP_PORT_SIZE)?;
+            acpi_sleep = Some(sleep);
             let dev = Arc::new(Mutex::new(AcpiGed::new(irq_line(vm, GED_IRQ)?)));
             pio.insert(dev.clone(), GED_EVENT_PORT, GED_EVENT_PORT_SIZE)?;
             ged = Some(dev);
@@ -170,14 +178,12 @@ impl DeviceManager {
             )?;
         }
         let mut root = PciRoot::new();
-        root.add_device(Arc::new(Mutex::new(PciHostBridge::default())))
+        let host_bridge = Arc::new(Mutex::new(PciHostBridge::default()));
+        root.add_device(host_bridge.clone())
             .map_err(DeviceError::Pci)?;
         let pci_root = Arc::new(Mutex::new(root));
-        pio.insert(
-            Arc::new(Mutex::new(PciConfigIo::new(pci_root.clone()))),
-            PCI_CONFIG_IO_BASE,
-            PCI_CONFIG_IO_SIZE,
-        )?;
+        let pci_config_io = Arc::new(Mutex::new(PciConfigIo::new(pci_root.clone())));
+        pio.insert(pci_config_io.clone(), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE)?;
         let mut mmio = Bus::new();
         mmio.insert(
             Arc::new(Mutex::new(PciEcam::new(pci_root.clone()))),
@@ -193,6 +199,11 @@ impl DeviceManager {
             ged,
             gsi_router: Arc::new(GsiRouter::new(vm_fd.clone())),
             virtio: Vec::new(),
+            i8042: i8042_dev,
+            cmos: cmos_dev,
+            acpi_sleep,
+            pci_config_io,
+            host_bridge,
         })
     }
 

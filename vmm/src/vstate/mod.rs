@@ -1,3 +1,9 @@
-//! KVM vCPU state and the threads that run vCPUs.
+//! KVM vCPU and VM state, and the threads that run vCPUs.
+//!
+//! - [`vcpu`]: one thread per vCPU looping on `KVM_RUN`;
+//! - [`cpu_state`]: a vCPU's saved state (registers, LAPIC, MSRs, …);
+//! - [`vm_state`]: the VM-wide state (PICs, IOAPIC, PIT, KVM clock).
 
+pub mod cpu_state;
 pub mod vcpu;
+pub mod vm_state;

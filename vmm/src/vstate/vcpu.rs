@@ -5,9 +5,15 @@
 //! [`kick_signal`]. The handler sets `kvm_run.immediate_exit` through a
 //! thread-local pointer, so a kick that lands just before the thread enters
 //! `KVM_RUN` still makes the ioctl return at once with `EINTR`.
+//!
+//! Each vCPU's fd sits in a [`SharedVcpu`] mutex that its thread holds while it runs and
+//! releases while it is parked, so the controlling thread can read and write the state of a
+//! paused vCPU (snapshots) without a message round trip. Before parking, a thread lets KVM
+//! finish the instruction of its last port-I/O or MMIO exit (one `KVM_RUN` with
+//! `immediate_exit` set), so the saved registers never miss the result of an `in`.
 
 use std::cell::Cell;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 
 use kvm_bindings::{
@@ -66,10 +72,18 @@ pub(crate) struct Buses {
     pub mmio: Bus,
 }
 
+/// A vCPU fd shared between its thread (which holds the lock while the vCPU may run) and
+/// the controlling thread (which locks it only while the VM is paused).
+pub(crate) type SharedVcpu = Arc<Mutex<VcpuFd>>;
+
+fn lock(fd: &SharedVcpu) -> MutexGuard<'_, VcpuFd> {
+    fd.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Starts vCPU `index` on its own thread.
 pub(crate) fn spawn(
     index: u8,
-    fd: VcpuFd,
+    fd: SharedVcpu,
     buses: Arc<Buses>,
     lifecycle: Arc<Lifecycle>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -85,7 +99,8 @@ enum Step {
     Exit(ExitReason),
 }
 
-fn run_vcpu(index: u8, mut fd: VcpuFd, buses: &Buses, lifecycle: &Lifecycle) {
+fn run_vcpu(index: u8, shared: SharedVcpu, buses: &Buses, lifecycle: &Lifecycle) {
+    let mut fd = lock(&shared);
     let run_ptr: *mut kvm_run = fd.get_kvm_run();
     KVM_RUN.with(|p| p.set(run_ptr));
     // SAFETY: pthread_self has no preconditions.
@@ -96,53 +111,18 @@ fn run_vcpu(index: u8, mut fd: VcpuFd, buses: &Buses, lifecycle: &Lifecycle) {
         match lifecycle.command() {
             Command::Run => {}
             Command::Pause => {
+                if let Some(reason) = complete_pending_exit(index, &mut fd, buses) {
+                    lifecycle.request_exit(reason);
+                    break;
+                }
+                drop(fd);
                 lifecycle.park_vcpu();
+                fd = lock(&shared);
                 continue;
             }
             Command::Stop => break,
         }
-        let step = match fd.run() {
-            Ok(VcpuExit::IoIn(port, data)) => {
-                buses.pio.read(u64::from(port), data);
-                Step::Continue
-            }
-            Ok(VcpuExit::IoOut(port, data)) => {
-                buses.pio.write(u64::from(port), data);
-                Step::Continue
-            }
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                buses.mmio.read(addr, data);
-                Step::Continue
-            }
-            Ok(VcpuExit::MmioWrite(addr, data)) => {
-                buses.mmio.write(addr, data);
-                Step::Continue
-            }
-            Ok(VcpuExit::Shutdown) => Step::Exit(ExitReason::TripleFault { vcpu: index }),
-            Ok(VcpuExit::InternalError) => Step::InternalError,
-            Ok(VcpuExit::SystemEvent(kind, _)) => Step::Exit(match kind {
-                KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
-                KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
-                KVM_SYSTEM_EVENT_CRASH => ExitReason::GuestCrash { vcpu: index },
-                other => ExitReason::UnexpectedExit {
-                    vcpu: index,
-                    exit: format!("system event {other}"),
-                },
-            }),
-            Ok(VcpuExit::FailEntry(reason, _)) => Step::Exit(ExitReason::FailEntry {
-                vcpu: index,
-                reason,
-            }),
-            Ok(other) => Step::Exit(ExitReason::UnexpectedExit {
-                vcpu: index,
-                exit: format!("{other:?}"),
-            }),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Interrupted,
-            Err(e) => Step::Exit(ExitReason::VcpuError {
-                vcpu: index,
-                error: e.to_string(),
-            }),
-        };
+        let step = dispatch(index, fd.run(), buses);
         match step {
             Step::Continue => {}
             Step::Interrupted => fd.set_kvm_immediate_exit(0),
@@ -167,7 +147,80 @@ fn run_vcpu(index: u8, mut fd: VcpuFd, buses: &Buses, lifecycle: &Lifecycle) {
             "vCPU left its run loop"
         );
     }
+    drop(fd);
     lifecycle.vcpu_exited(me);
+}
+
+/// Lets KVM complete the instruction behind the last I/O exit without entering the guest
+/// (`KVM_RUN` with `immediate_exit` set returns `EINTR` after completing it), so the vCPU's
+/// registers are final before it parks. An access KVM splits into further exits is
+/// dispatched like any other; an exit that ends the VM is returned.
+fn complete_pending_exit(index: u8, fd: &mut VcpuFd, buses: &Buses) -> Option<ExitReason> {
+    fd.set_kvm_immediate_exit(1);
+    let mut reason = None;
+    // An MMIO access of up to 16 bytes is at most two further exits; bound the loop anyway.
+    for _ in 0..8 {
+        match dispatch(index, fd.run(), buses) {
+            Step::Continue => continue,
+            Step::Interrupted => break,
+            Step::InternalError => {
+                reason = Some(internal_error(index, fd));
+                break;
+            }
+            Step::Exit(r) => {
+                reason = Some(r);
+                break;
+            }
+        }
+    }
+    fd.set_kvm_immediate_exit(0);
+    reason
+}
+
+/// Handles one `KVM_RUN` result: I/O exits go to the buses, others become a [`Step`].
+fn dispatch(index: u8, exit: Result<VcpuExit<'_>, kvm_ioctls::Error>, buses: &Buses) -> Step {
+    match exit {
+        Ok(VcpuExit::IoIn(port, data)) => {
+            buses.pio.read(u64::from(port), data);
+            Step::Continue
+        }
+        Ok(VcpuExit::IoOut(port, data)) => {
+            buses.pio.write(u64::from(port), data);
+            Step::Continue
+        }
+        Ok(VcpuExit::MmioRead(addr, data)) => {
+            buses.mmio.read(addr, data);
+            Step::Continue
+        }
+        Ok(VcpuExit::MmioWrite(addr, data)) => {
+            buses.mmio.write(addr, data);
+            Step::Continue
+        }
+        Ok(VcpuExit::Shutdown) => Step::Exit(ExitReason::TripleFault { vcpu: index }),
+        Ok(VcpuExit::InternalError) => Step::InternalError,
+        Ok(VcpuExit::SystemEvent(kind, _)) => Step::Exit(match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+            KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+            KVM_SYSTEM_EVENT_CRASH => ExitReason::GuestCrash { vcpu: index },
+            other => ExitReason::UnexpectedExit {
+                vcpu: index,
+                exit: format!("system event {other}"),
+            },
+        }),
+        Ok(VcpuExit::FailEntry(reason, _)) => Step::Exit(ExitReason::FailEntry {
+            vcpu: index,
+            reason,
+        }),
+        Ok(other) => Step::Exit(ExitReason::UnexpectedExit {
+            vcpu: index,
+            exit: format!("{other:?}"),
+        }),
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Interrupted,
+        Err(e) => Step::Exit(ExitReason::VcpuError {
+            vcpu: index,
+            error: e.to_string(),
+        }),
+    }
 }
 
 /// Decodes KVM's internal-error report, with the instruction bytes of an

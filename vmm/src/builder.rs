@@ -1,0 +1,250 @@
+//! Turning a launch spec into a [`Vm`]: cold boot ([`VmBuilder`]) and restore
+//! ([`crate::snapshot::restore`]) share every step but the payload and the vCPUs' state.
+//!
+//! ```text
+//!  cold boot:  memory (anonymous) ─┐                                  ┌─ load payload, boot vCPU state
+//!                                  ├─► platform ─► devices ─► vCPUs ─►┤
+//!  restore:    memory (snapshot) ──┘  (VM fd,     (console,          └─ saved VM, device, vCPU state
+//!                                      memory slots, lifecycle,
+//!                                      irqchip, PIT)  buses)
+//! ```
+//! Guest memory is registered before the in-kernel irqchip exists: on this workplace's hosts
+//! `KVM_SET_USER_MEMORY_REGION` costs ~7 ms after `KVM_CREATE_IRQCHIP` and a fraction of a
+//! millisecond before it (KVM allows either order while no vCPU exists).
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::arch::x86_64::{cpuid, layout, vcpu_platform, InitialCpuState};
+use crate::boot;
+use crate::config::{probe_host_limits, VmConfig};
+use crate::console::Console;
+use crate::device_manager::attach::attach_devices;
+use crate::device_manager::{Bus, DeviceManager};
+use crate::kvm::KvmContext;
+use crate::lifecycle::Lifecycle;
+use crate::memory::{self, GuestMemory};
+use crate::vm::{Vm, VmError};
+use crate::vstate::vcpu::{self, Buses, SharedVcpu};
+
+/// Platform facts the payload decided at cold boot, which a restore cannot re-derive (it
+/// loads no payload) and so reads from the snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformFlags {
+    /// The payload's boot protocol defines the debug exit port (the ring-3 test guest's).
+    pub debug_exit: bool,
+    /// The guest boots with ACPI (a Linux kernel): ACPI sleep registers and the GED exist,
+    /// and the vCPUs' LAPICs are wired for it.
+    pub acpi: bool,
+}
+
+/// Builds a [`Vm`] from a [`VmConfig`], with overrides for embedders.
+pub struct VmBuilder {
+    config: VmConfig,
+    serial_writer: Option<Box<dyn Write + Send>>,
+    boot_cpu: Option<InitialCpuState>,
+}
+
+impl std::fmt::Debug for VmBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VmBuilder {
+    /// Starts from `config`.
+    pub fn new(config: VmConfig) -> Self {
+        Self {
+            config,
+            serial_writer: None,
+            boot_cpu: None,
+        }
+    }
+
+    /// Sends COM1 output to `writer` instead of the configured console (the
+    /// guest then has no serial input). `writer` is called on the vCPU thread
+    /// with the UART lock held, so it must not block (see
+    /// [`Console::from_writer`]).
+    pub fn serial_writer(mut self, writer: Box<dyn Write + Send>) -> Self {
+        self.serial_writer = Some(writer);
+        self
+    }
+
+    /// Starts vCPU 0 from `state` instead of the state the payload's boot
+    /// protocol chose. The payload is still loaded into memory first, so a
+    /// firmware or unit-test loader can point RIP anywhere in it.
+    pub fn initial_cpu_state(mut self, state: InitialCpuState) -> Self {
+        self.boot_cpu = Some(state);
+        self
+    }
+
+    /// Creates the VM: checks KVM and the config, allocates and loads guest
+    /// memory, creates devices and vCPUs. Nothing runs until [`Vm::start`].
+    pub fn build(self) -> Result<Vm, VmError> {
+        let kvm = KvmContext::open()?;
+        let config = self.config;
+        config.validate_on(&probe_host_limits(kvm.max_vcpus()))?;
+        let memory_size = config.memory_bytes();
+        let memory = memory::create_guest_memory(memory_size)?;
+        let vm_fd = create_platform(&kvm, &memory)?;
+
+        let mut plan = boot::load_payload(&memory, memory_size, &config.payload, config.vcpus)?;
+        if let Some(state) = self.boot_cpu {
+            plan.boot_cpu = state;
+        }
+        info!(format = ?plan.format, vcpus = config.vcpus, memory_mib = config.memory_mib, "payload loaded");
+        let flags = PlatformFlags {
+            debug_exit: plan.debug_exit,
+            acpi: plan.is_linux(),
+        };
+        let parts = create_devices(vm_fd, memory, config, self.serial_writer, flags)?;
+        let supported = kvm.supported_cpuid()?;
+        let count = parts.config.vcpus;
+        let vcpus = (0..count)
+            .map(|index| {
+                let fd = create_vcpu(&parts.vm_fd, index)?;
+                let err = |what| {
+                    move |source| VmError::Vcpu {
+                        index,
+                        what,
+                        source,
+                    }
+                };
+                fd.set_cpuid2(&cpuid::vcpu_cpuid(&supported, index, count))
+                    .map_err(err("set CPUID"))?;
+                if flags.acpi {
+                    vcpu_platform::setup_linux_vcpu(index, &fd)
+                        .map_err(err("set up the local APIC"))?;
+                }
+                if index == 0 {
+                    plan.boot_cpu
+                        .apply(&fd)
+                        .map_err(err("set the initial register state"))?;
+                }
+                Ok(fd)
+            })
+            .collect::<Result<Vec<_>, VmError>>()?;
+        Ok(parts.into_vm(kvm, vcpus))
+    }
+}
+
+/// Creates the KVM VM around `memory`: memory slots first, then the TSS, the identity map,
+/// the in-kernel irqchip and the PIT.
+pub(crate) fn create_platform(
+    kvm: &KvmContext,
+    memory: &GuestMemory,
+) -> Result<Arc<VmFd>, VmError> {
+    let platform = |what| move |source| VmError::Platform { what, source };
+    let vm_fd = Arc::new(
+        kvm.kvm()
+            .create_vm()
+            .map_err(platform("create a KVM VM"))?,
+    );
+    memory::register_with_kvm(&vm_fd, memory)?;
+    vm_fd
+        .set_tss_address(layout::KVM_TSS_ADDR as usize)
+        .map_err(platform("set the TSS address"))?;
+    vm_fd
+        .set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+        .map_err(platform("set the identity map address"))?;
+    vm_fd
+        .create_irq_chip()
+        .map_err(platform("create the in-kernel irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm_fd
+        .create_pit2(pit)
+        .map_err(platform("create the in-kernel PIT"))?;
+    Ok(vm_fd)
+}
+
+/// Creates vCPU `index` of `vm_fd` (its CPUID and state are the caller's to set).
+pub(crate) fn create_vcpu(vm_fd: &VmFd, index: u8) -> Result<VcpuFd, VmError> {
+    vm_fd
+        .create_vcpu(u64::from(index))
+        .map_err(|source| VmError::Vcpu {
+            index,
+            what: "create the vCPU",
+            source,
+        })
+}
+
+/// A VM with its memory, devices and console, waiting for its vCPUs.
+pub(crate) struct Parts {
+    pub(crate) config: VmConfig,
+    pub(crate) flags: PlatformFlags,
+    pub(crate) vm_fd: Arc<VmFd>,
+    pub(crate) memory: GuestMemory,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) console: Console,
+    pub(crate) devices: DeviceManager,
+}
+
+/// Opens the console and creates the platform devices, the spec's disks and NICs, on
+/// `vm_fd`. The same spec and flags give the same devices in the same slots, with the same
+/// BARs and interrupt lines — what a restore relies on.
+pub(crate) fn create_devices(
+    vm_fd: Arc<VmFd>,
+    memory: GuestMemory,
+    config: VmConfig,
+    serial_writer: Option<Box<dyn Write + Send>>,
+    flags: PlatformFlags,
+) -> Result<Parts, VmError> {
+    let lifecycle = Arc::new(Lifecycle::new(vcpu::kick));
+    let mut console = match serial_writer {
+        Some(w) => Console::from_writer(w),
+        None => Console::open(&config.serial)?,
+    };
+    let mut devices = DeviceManager::new(
+        &vm_fd,
+        console.take_output(),
+        lifecycle.clone(),
+        flags.debug_exit,
+        flags.acpi,
+    )?;
+    attach_devices(&mut devices, &vm_fd, &memory, &config.disks, &config.nets)?;
+    Ok(Parts {
+        config,
+        flags,
+        vm_fd,
+        memory,
+        lifecycle,
+        console,
+        devices,
+    })
+}
+
+impl Parts {
+    /// The finished [`Vm`] (state Created) with `vcpus`, whose state is set.
+    pub(crate) fn into_vm(mut self, kvm: KvmContext, vcpus: Vec<VcpuFd>) -> Vm {
+        let buses = Arc::new(Buses {
+            pio: std::mem::replace(&mut self.devices.pio, Bus::new()),
+            mmio: std::mem::replace(&mut self.devices.mmio, Bus::new()),
+        });
+        let vcpus: Vec<SharedVcpu> = vcpus
+            .into_iter()
+            .map(|fd| Arc::new(Mutex::new(fd)))
+            .collect();
+        Vm::assemble(crate::vm::VmParts {
+            config: self.config,
+            flags: self.flags,
+            lifecycle: self.lifecycle,
+            vcpus,
+            buses,
+            devices: self.devices,
+            console: self.console,
+            vm_fd: self.vm_fd,
+            memory: self.memory,
+            kvm,
+        })
+    }
+}
