@@ -3,7 +3,7 @@
 //! handler runs.
 //!
 //! Input: the bytes a client sent on one connection. Properties: decoding never panics; it
-//! gives a request of the route table, "need more bytes" (only below the limits), or an error
+//! gives a request (a typed body for `vm.snapshot` / `vm.restore`), "need more bytes" (only below the limits), or an error
 //! whose reason is one line and whose answer is well-formed HTTP; a decoded request decodes
 //! the same with any bytes appended (one request per connection).
 
@@ -11,12 +11,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use vireo_vmm::api::http::{decode, Response, MAX_BODY_BYTES, MAX_HEAD_BYTES};
-use vireo_vmm::api::router::ROUTES;
 
 fuzz_target!(|data: &[u8]| {
     match decode(data) {
         Ok(Some(request)) => {
-            assert!(ROUTES.iter().any(|(_, _, r)| *r == request));
             let mut longer = data.to_vec();
             longer.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
             assert_eq!(decode(&longer), Ok(Some(request)));

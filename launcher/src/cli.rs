@@ -32,6 +32,48 @@ pub enum Command {
     /// Talk to a running vireo's control API (as Cloud Hypervisor's ch-remote does): prints
     /// the JSON answer, or the error's reason and a non-zero status.
     Remote(RemoteArgs),
+    /// Restore a VM from a snapshot directory (`vireo remote snapshot`) and run it until it
+    /// stops.
+    Restore(RestoreArgs),
+}
+
+/// Flags of `vireo restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The snapshot directory.
+    #[arg(long, value_name = "DIR")]
+    pub source: PathBuf,
+    /// Serve the control API on this unix socket (the snapshot's own socket is not reused).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Serial console instead of the snapshot's: stdio, file=PATH, unix=PATH, or off.
+    #[arg(long, value_name = "MODE", value_parser = parse_serial)]
+    pub serial: Option<SerialConfig>,
+    /// A disk image at another path on this host: `ID=PATH` with ID `disk0`, `disk1`, …
+    /// (repeatable). Its size must be the saved disk's.
+    #[arg(long = "disk", value_name = "ID=PATH", value_parser = parse_override)]
+    pub disks: Vec<(String, String)>,
+    /// Another tap for a NIC: `ID=TAP` with ID `net0`, … (repeatable). The guest keeps its MAC.
+    #[arg(long = "net", value_name = "ID=TAP", value_parser = parse_override)]
+    pub nets: Vec<(String, String)>,
+    /// Read all of guest memory before starting instead of mapping the snapshot's memory file
+    /// and reading each page on first touch.
+    #[arg(long)]
+    pub prefault: bool,
+    /// Leave the VM paused after restoring (resume it with `vireo remote … resume`).
+    #[arg(long)]
+    pub paused: bool,
+    /// As for `vireo run`.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+}
+
+/// Parses `ID=VALUE` of `vireo restore --disk` / `--net`.
+pub fn parse_override(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((id, v)) if !id.is_empty() && !v.is_empty() => Ok((id.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not ID=VALUE")),
+    }
 }
 
 /// Arguments of `vireo remote`.
@@ -46,7 +88,7 @@ pub struct RemoteArgs {
 }
 
 /// `vireo remote` actions, one per control API endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum RemoteAction {
     /// GET /api/v1/vmm.ping: the VMM's version and pid.
     Ping,
@@ -64,11 +106,28 @@ pub enum RemoteAction {
     Shutdown,
     /// PUT /api/v1/vmm.shutdown: stop the VM if it runs and end the vireo process.
     ShutdownVmm,
+    /// PUT /api/v1/vm.snapshot: save the VM to DIR (a running VM is paused meanwhile);
+    /// prints what was written.
+    Snapshot {
+        /// The snapshot directory (created if missing).
+        dir: PathBuf,
+    },
+    /// PUT /api/v1/vm.restore: restore DIR into a vireo started with `--api-socket` alone.
+    Restore {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// Read all of guest memory before starting.
+        #[arg(long)]
+        prefault: bool,
+        /// Resume the VM once restored (otherwise it stays paused, as in Cloud Hypervisor).
+        #[arg(long)]
+        resume: bool,
+    },
 }
 
 impl RemoteAction {
     /// The HTTP method and path of this action.
-    pub fn endpoint(self) -> (&'static str, &'static str) {
+    pub fn endpoint(&self) -> (&'static str, &'static str) {
         match self {
             RemoteAction::Ping => ("GET", "/api/v1/vmm.ping"),
             RemoteAction::Info => ("GET", "/api/v1/vm.info"),
@@ -78,7 +137,38 @@ impl RemoteAction {
             RemoteAction::PowerButton => ("PUT", "/api/v1/vm.power-button"),
             RemoteAction::Shutdown => ("PUT", "/api/v1/vm.shutdown"),
             RemoteAction::ShutdownVmm => ("PUT", "/api/v1/vmm.shutdown"),
+            RemoteAction::Snapshot { .. } => ("PUT", "/api/v1/vm.snapshot"),
+            RemoteAction::Restore { .. } => ("PUT", "/api/v1/vm.restore"),
         }
+    }
+
+    /// The JSON body of this action (empty for actions without arguments). Relative
+    /// directories are made absolute against the current directory.
+    pub fn body(&self) -> Result<String> {
+        let url = |dir: &PathBuf| -> Result<String> {
+            let abs = std::path::absolute(dir)?;
+            let text = abs
+                .to_str()
+                .ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", abs.display()))?;
+            Ok(format!("file://{text}"))
+        };
+        Ok(match self {
+            RemoteAction::Snapshot { dir } => {
+                serde_json::to_string(&vireo_spec::api::VmSnapshotConfig {
+                    destination_url: url(dir)?,
+                })?
+            }
+            RemoteAction::Restore {
+                dir,
+                prefault,
+                resume,
+            } => serde_json::to_string(&vireo_spec::api::RestoreConfig {
+                source_url: url(dir)?,
+                prefault: *prefault,
+                resume: *resume,
+            })?,
+            _ => String::new(),
+        })
     }
 }
 
@@ -93,9 +183,10 @@ pub struct VmArgs {
 /// Flags of `vireo run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Kernel to boot: bzImage, ELF vmlinux, or a Vireo user-mode ELF.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    /// Kernel to boot: bzImage, ELF vmlinux, or a Vireo user-mode ELF. Without it (and with
+    /// `--api-socket`), vireo waits for `PUT /api/v1/vm.restore` (`vireo remote … restore`).
+    #[arg(long, value_name = "PATH", required_unless_present = "api_socket")]
+    pub kernel: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
@@ -142,17 +233,42 @@ pub struct LaunchArgs {
     pub shutdown_timeout: u64,
 }
 
+/// What `vireo run` was asked to do.
+#[derive(Debug)]
+pub enum RunPlan {
+    /// Boot the VM these flags describe.
+    Boot(VmConfig),
+    /// Serve the API on this socket and wait for a `vm.restore`.
+    AwaitRestore(PathBuf),
+}
+
 impl RunArgs {
-    /// The launch spec these flags describe.
-    pub fn into_config(self) -> Result<(VmConfig, u64)> {
+    /// What these flags ask for, with the SIGTERM shutdown timeout.
+    pub fn into_plan(self) -> Result<(RunPlan, u64)> {
         let timeout = self.shutdown_timeout;
+        let Some(kernel) = self.kernel else {
+            if self.initramfs.is_some()
+                || !self.cmdline.is_empty()
+                || !self.disks.is_empty()
+                || !self.nets.is_empty()
+            {
+                anyhow::bail!(
+                    "--initramfs, --cmdline, --disk and --net need --kernel (a VM restored through \
+                     the API takes them from its snapshot)"
+                );
+            }
+            let socket = self
+                .api_socket
+                .ok_or_else(|| anyhow::anyhow!("--kernel is required without --api-socket"))?;
+            return Ok((RunPlan::AwaitRestore(socket), timeout));
+        };
         Ok((
-            VmConfig {
+            RunPlan::Boot(VmConfig {
                 version: vireo_vmm::config::SPEC_VERSION,
                 vcpus: self.cpus,
                 memory_mib: self.memory,
                 payload: PayloadConfig {
-                    kernel: self.kernel,
+                    kernel,
                     initramfs: self.initramfs,
                     cmdline: self.cmdline,
                 },
@@ -160,7 +276,7 @@ impl RunArgs {
                 disks: self.disks,
                 nets: self.nets,
                 api_socket: self.api_socket,
-            },
+            }),
             timeout,
         ))
     }

@@ -4,6 +4,8 @@
 //! - `vireo launch --spec FILE` builds it from a JSON launch spec (pods);
 //! - `vireo vm start|stop|restart|pause|unpause NAME` asks the Kubernetes
 //!   controller to act on a VirtualMachine (through `vireo-controller`);
+//! - `vireo restore --source DIR` restores a snapshot and runs it; `vireo run --api-socket
+//!   PATH` without `--kernel` waits for a `vm.restore` through the API;
 //! - `vireo remote --api-socket PATH ACTION` talks to a running vireo's control API.
 //!
 //! Logs go to stderr through `tracing` (filter with `VIREO_LOG`, default
@@ -31,9 +33,11 @@ fn main() -> ExitCode {
     };
     logging::init();
     let result = match cli.command {
-        Command::Run(args) => args
-            .into_config()
-            .and_then(|(config, timeout)| run::run_vm(config, timeout)),
+        Command::Run(args) => args.into_plan().and_then(|(plan, timeout)| match plan {
+            cli::RunPlan::Boot(config) => run::run_vm(config, timeout),
+            cli::RunPlan::AwaitRestore(socket) => run::await_restore(&socket, timeout),
+        }),
+        Command::Restore(args) => run::restore_vm(args),
         Command::Launch(args) => match run::migration_role() {
             Err(e) => Err(e),
             Ok(Some(run::MigrationRole::Target)) => {

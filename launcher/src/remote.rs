@@ -19,7 +19,7 @@ const MAX_ANSWER_BYTES: u64 = 4 << 20;
 /// Runs `action` against the API on `socket`.
 pub fn run(socket: &Path, action: RemoteAction) -> Result<ExitCode> {
     let (method, path) = action.endpoint();
-    let (status, body) = request(socket, method, path)?;
+    let (status, body) = request(socket, method, path, &action.body()?)?;
     if (200..300).contains(&status) {
         if !body.is_empty() {
             let mut out = std::io::stdout().lock();
@@ -36,16 +36,24 @@ pub fn run(socket: &Path, action: RemoteAction) -> Result<ExitCode> {
     bail!("{method} {path}: {status}: {reason}")
 }
 
-/// Sends `method path` with no body and returns the status and body of the answer.
-pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, Vec<u8>)> {
+/// Sends `method path` with `body` (JSON, or empty) and returns the status and body of the
+/// answer.
+pub fn request(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u16, Vec<u8>)> {
     let mut stream = UnixStream::connect(socket)
         .with_context(|| format!("cannot connect to {}", socket.display()))?;
-    // vm.shutdown answers once the VM has stopped, which takes a moment.
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    // vm.shutdown answers once the VM has stopped, and a snapshot or an eager restore of a
+    // large guest once its memory is written or read.
+    stream.set_read_timeout(Some(Duration::from_secs(600)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .context("cannot send the request")?;
     let mut answer = Vec::new();

@@ -11,7 +11,7 @@
 //! a `vm.shutdown` or `vmm.shutdown` through it is a forced stop too (the API calls back
 //! before stopping the VM, and the callback sets the same `forced` flag as the signals).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,8 +23,10 @@ use signal_hook::iterator::Signals;
 use tracing::{info, warn};
 use vireo_spec::ExitStatus;
 use vireo_vmm::api::{self, ApiHooks};
+use vireo_vmm::snapshot::{self, MemoryRestore, RestoreOptions};
 use vireo_vmm::{Vm, VmBuilder, VmConfig, VmState};
 
+use crate::cli::RestoreArgs;
 use crate::exit_code;
 
 /// Reads and validates a JSON launch spec with the launch spec's one parser
@@ -68,20 +70,74 @@ const API_GRACE: Duration = Duration::from_secs(3);
 pub fn run_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitCode> {
     let api_socket = config.api_socket.clone();
     let vm = Arc::new(VmBuilder::new(config).build()?);
-    let signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
+    run_built(vm, api_socket.as_deref(), shutdown_timeout)
+}
+
+/// Restores the VM of `vireo restore`, starts it (paused with `--paused`) and waits for it.
+pub fn restore_vm(args: RestoreArgs) -> Result<ExitCode> {
+    let opts = RestoreOptions {
+        memory: if args.prefault {
+            MemoryRestore::Eager
+        } else {
+            MemoryRestore::Lazy
+        },
+        paused: args.paused,
+        serial: args.serial,
+        disks: args
+            .disks
+            .into_iter()
+            .map(|(id, path)| (id, PathBuf::from(path)))
+            .collect(),
+        nets: args.nets,
+        serial_writer: None,
+    };
+    let vm = snapshot::restore(&args.source, opts)
+        .with_context(|| format!("cannot restore {}", args.source.display()))?;
+    run_built(Arc::new(vm), args.api_socket.as_deref(), args.shutdown_timeout)
+}
+
+/// `vireo run --api-socket PATH` without a payload: serves the API, waits for `vm.restore`
+/// (which restores and starts the VM) and then runs the VM like any other.
+pub fn await_restore(socket: &Path, shutdown_timeout: u64) -> Result<ExitCode> {
     let forced = Arc::new(AtomicBool::new(false));
-    let api = match &api_socket {
-        Some(path) => {
-            let forced = forced.clone();
-            let hooks = ApiHooks {
-                before_forced_stop: Some(Arc::new(move || forced.store(true, Ordering::SeqCst))),
-            };
-            Some(api::serve(path, vm.clone(), hooks)?)
-        }
+    let (server, slot) = api::serve_waiting(socket, forced_hook(&forced))?;
+    info!(socket = %socket.display(), "waiting for PUT /api/v1/vm.restore");
+    let Some(vm) = slot.wait_for_vm() else {
+        info!("vmm.shutdown before any VM was restored");
+        server.close(API_GRACE);
+        return Ok(ExitCode::SUCCESS);
+    };
+    supervise(vm, Some(server), forced, shutdown_timeout)
+}
+
+fn forced_hook(forced: &Arc<AtomicBool>) -> ApiHooks {
+    let forced = forced.clone();
+    ApiHooks {
+        before_forced_stop: Some(Arc::new(move || forced.store(true, Ordering::SeqCst))),
+    }
+}
+
+/// Serves the API for `vm` (if asked), starts it and waits for it.
+fn run_built(vm: Arc<Vm>, api_socket: Option<&Path>, shutdown_timeout: u64) -> Result<ExitCode> {
+    let forced = Arc::new(AtomicBool::new(false));
+    let api = match api_socket {
+        Some(path) => Some(api::serve(path, vm.clone(), forced_hook(&forced))?),
         None => None,
     };
     vm.start()?;
+    supervise(vm, api, forced, shutdown_timeout)
+}
+
+/// Handles signals for the started `vm`, waits for it to stop and maps how it ended to the
+/// exit status.
+fn supervise(
+    vm: Arc<Vm>,
+    api: Option<api::ApiServer>,
+    forced: Arc<AtomicBool>,
+    shutdown_timeout: u64,
+) -> Result<ExitCode> {
+    let signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
     let handle = signals.handle();
     let watcher = {
         let (vm, forced) = (vm.clone(), forced.clone());

@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,10 +20,8 @@ const COUNT: &str = "count 1000000 4000000";
 
 /// A counting guest with its API socket, its serial lines as they arrive and its logs.
 struct Guest {
-    running: Running,
+    proc: Collected,
     socket: PathBuf,
-    lines: Arc<Mutex<Vec<String>>>,
-    logs: Arc<Mutex<String>>,
     _fx: Fixture,
 }
 
@@ -32,48 +29,18 @@ impl Guest {
     fn start(extra: &[&str]) -> Self {
         let fx = Fixture::create();
         let socket = fx.path("api.sock");
-        let socket_arg = socket.to_str().expect("utf-8 path").to_owned();
-        let mut args = vec![
-            "--cmdline",
-            COUNT,
-            "--memory",
-            "64M",
-            "--api-socket",
-            &socket_arg,
-        ];
-        args.extend_from_slice(extra);
-        let mut child = spawn_guest(&fx, &args);
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let logs = Arc::new(Mutex::new(String::new()));
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { return };
-                    lines.lock().expect("lines").push(line);
-                }
-            });
-        }
-        {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { return };
-                    let mut logs = logs.lock().expect("logs");
-                    logs.push_str(&line);
-                    logs.push('\n');
-                }
-            });
-        }
-        let running = Running::new(child);
+        let mut cmd = vireo();
+        cmd.arg("run")
+            .arg("--kernel")
+            .arg(&fx.guest)
+            .args(["--cmdline", COUNT, "--memory", "64M", "--api-socket"])
+            .arg(&socket)
+            .args(extra);
+        let proc = Collected::spawn(cmd);
         wait_for_path(&socket, Duration::from_secs(20));
         let guest = Self {
-            running,
+            proc,
             socket,
-            lines,
-            logs,
             _fx: fx,
         };
         guest.wait_for_lines(5, Duration::from_secs(20));
@@ -81,24 +48,11 @@ impl Guest {
     }
 
     fn line_count(&self) -> usize {
-        self.lines.lock().expect("lines").len()
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().expect("logs").clone()
+        self.proc.line_count()
     }
 
     fn wait_for_lines(&self, n: usize, limit: Duration) {
-        let start = Instant::now();
-        while self.line_count() < n {
-            assert!(
-                start.elapsed() < limit,
-                "only {} serial lines after {limit:?}; logs:\n{}",
-                self.line_count(),
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.proc.wait_for_lines(n, limit)
     }
 
     /// `curl --unix-socket` on `path` with `method`: (status, body).
@@ -185,7 +139,7 @@ fn pause_stops_the_guest_and_resume_continues_it_with_nothing_lost() {
         "Running"
     );
 
-    let lines = g.lines.lock().expect("lines").clone();
+    let lines = g.proc.lines();
     let numbers = ticks(&lines);
     let expected: Vec<u64> = (0..numbers.len() as u64).collect();
     assert!(
@@ -208,7 +162,7 @@ fn info_and_counters_describe_the_vm_and_its_devices() {
     assert_eq!(code, 200, "{body}");
     let ping = json(&body);
     assert_eq!(ping["version"], env!("CARGO_PKG_VERSION"));
-    let mut running = g.running;
+    let mut running = g.proc.running;
     assert_eq!(ping["pid"], running.child().id());
 
     let info = json(&curl(&g.socket, "GET", "/api/v1/vm.info", &[]).1);
@@ -334,10 +288,8 @@ fn vm_shutdown_is_a_forced_stop_and_removes_the_socket() {
     let (code, body) = g.curl("PUT", "/api/v1/vm.shutdown");
     assert_eq!((code, body.as_str()), (204, ""));
     let socket = g.socket.clone();
-    let logs = g.logs.clone();
-    let out = g.running.wait_within(Duration::from_secs(20));
-    let logs = logs.lock().expect("logs").clone();
-    assert_eq!(out.status.code(), Some(8), "{logs}");
+    let (status, _, logs) = g.proc.finish(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(8), "{logs}");
     assert!(!socket.exists(), "the socket outlived vireo");
     assert!(logs.contains("control API: stopping the VM"), "{logs}");
 }
@@ -402,12 +354,10 @@ fn a_stop_by_sigterm_is_not_counted_as_an_api_stop_and_removes_the_socket() {
     let mut g = Guest::start(&[]);
     // The test guest has no ACPI, so SIGTERM stopping it at once is its normal shutdown (0);
     // serving the API must not turn that into a forced stop.
-    send_signal(&mut g.running, libc::SIGTERM);
+    send_signal(&mut g.proc.running, libc::SIGTERM);
     let socket = g.socket.clone();
-    let logs = g.logs.clone();
-    let out = g.running.wait_within(Duration::from_secs(20));
-    let logs = logs.lock().expect("logs").clone();
-    assert_eq!(out.status.code(), Some(0), "{logs}");
+    let (status, _, logs) = g.proc.finish(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{logs}");
     assert!(!socket.exists(), "the socket outlived vireo");
     assert!(!logs.contains("control API: stopping"), "{logs}");
 }

@@ -2,9 +2,11 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A scratch directory holding the test guest ELF.
@@ -146,5 +148,97 @@ pub fn wait_for_path(p: &Path, limit: Duration) {
     while !p.exists() {
         assert!(start.elapsed() < limit, "{} did not appear", p.display());
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A `vireo` process whose serial lines (stdout) and logs (stderr) are collected as they
+/// arrive.
+pub struct Collected {
+    pub running: Running,
+    lines: Arc<Mutex<Vec<String>>>,
+    logs: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Collected {
+    /// Spawns `cmd` with stdin closed and collects its output.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vireo");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let out_reader = {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { return };
+                    lines.lock().expect("lines").push(line);
+                }
+            })
+        };
+        let err_reader = {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { return };
+                    let mut logs = logs.lock().expect("logs");
+                    logs.push_str(&line);
+                    logs.push('\n');
+                }
+            })
+        };
+        Self {
+            running: Running::new(child),
+            lines,
+            logs,
+            readers: vec![out_reader, err_reader],
+        }
+    }
+
+    /// Waits for the process to exit (killing it and failing after `limit`) and for its
+    /// output to be read to the end: (exit status, serial lines, logs).
+    pub fn finish(self, limit: Duration) -> (std::process::ExitStatus, Vec<String>, String) {
+        let out = self.running.wait_within(limit);
+        for r in self.readers {
+            let _ = r.join();
+        }
+        let lines = self.lines.lock().expect("lines").clone();
+        let logs = self.logs.lock().expect("logs").clone();
+        (out.status, lines, logs)
+    }
+
+    /// The serial lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lines").clone()
+    }
+
+    /// How many serial lines so far.
+    pub fn line_count(&self) -> usize {
+        self.lines.lock().expect("lines").len()
+    }
+
+    /// The logs so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("logs").clone()
+    }
+
+    /// Waits until `n` serial lines have arrived.
+    pub fn wait_for_lines(&self, n: usize, limit: Duration) {
+        let start = Instant::now();
+        while self.line_count() < n {
+            assert!(
+                start.elapsed() < limit,
+                "only {} serial lines after {limit:?}; logs:\n{}",
+                self.line_count(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

@@ -8,8 +8,12 @@
 //! - [`http`]: framing and limits (64 KiB head, 1 MiB body), statuses, answers;
 //! - [`router`]: paths and methods to [`ApiRequest`];
 //! - [`server`]: the socket, its threads and timeouts;
-//! - this module: [`serve`] and the handlers on `Arc<Vm>`. Bodies are the types of
-//!   [`vireo_spec::api`].
+//! - this module: [`serve`] / [`serve_waiting`] and the handlers on the [`VmSlot`]. Bodies are
+//!   the types of [`vireo_spec::api`].
+//!
+//! A `vireo` started without a payload serves the API with an empty [`VmSlot`] and waits for
+//! `PUT /api/v1/vm.restore` (as Cloud Hypervisor's `--api-socket` alone does); until then
+//! only `vmm.ping`, `vm.restore` and `vmm.shutdown` do anything, the rest answer 409.
 //!
 //! A stop the API forces on the guest (`vm.shutdown`, `vmm.shutdown` of a VM that has not
 //! ended) first calls the embedder's [`ApiHooks::before_forced_stop`], so the launcher can
@@ -20,14 +24,18 @@ pub mod router;
 pub mod server;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use thiserror::Error;
 use tracing::info;
-use vireo_spec::api::{ApiVmState, DeviceInfo, MemoryInfo, VmCounters, VmInfo, VmmPingResponse};
+use vireo_spec::api::{
+    file_url_path, ApiVmState, DeviceInfo, MemoryInfo, RestoreConfig, SnapshotInfo, VmCounters,
+    VmInfo, VmSnapshotConfig, VmmPingResponse,
+};
 
 use crate::console::ConsoleError;
 use crate::lifecycle::VmState;
+use crate::snapshot::{self, MemoryRestore, RestoreOptions, SnapshotError};
 use crate::vm::{Vm, VmError};
 pub use http::{HttpError, Response, Status};
 pub use router::ApiRequest;
@@ -60,27 +68,194 @@ impl std::fmt::Debug for ApiHooks {
     }
 }
 
+/// Where the API finds its VM: there from the start ([`serve`]) or put there by a
+/// `vm.restore` ([`serve_waiting`]).
+#[derive(Debug, Default)]
+pub struct VmSlot {
+    state: Mutex<SlotState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    vm: Option<Arc<Vm>>,
+    /// `vmm.shutdown` arrived before any VM.
+    shutdown: bool,
+}
+
+impl VmSlot {
+    /// A slot holding `vm`.
+    pub fn with(vm: Arc<Vm>) -> Self {
+        Self {
+            state: Mutex::new(SlotState {
+                vm: Some(vm),
+                shutdown: false,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The VM, if there is one yet.
+    pub fn vm(&self) -> Option<Arc<Vm>> {
+        self.lock().vm.clone()
+    }
+
+    /// Blocks until a `vm.restore` puts a (started) VM here, or `vmm.shutdown` asks the
+    /// process to end first (`None`).
+    pub fn wait_for_vm(&self) -> Option<Arc<Vm>> {
+        let mut g = self.lock();
+        loop {
+            if let Some(vm) = &g.vm {
+                return Some(vm.clone());
+            }
+            if g.shutdown {
+                return None;
+            }
+            g = self.changed.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// Serves the control API for `vm` on `path` with the default [`Limits`]. The socket path
 /// exists once this returns and is removed when the returned server is closed or dropped.
 pub fn serve(path: &Path, vm: Arc<Vm>, hooks: ApiHooks) -> Result<ApiServer, ApiError> {
-    let handler: server::Handler = Arc::new(move |request| handle(&vm, &hooks, request));
+    let (server, _) = serve_slot(path, Arc::new(VmSlot::with(vm)), hooks)?;
+    Ok(server)
+}
+
+/// Serves the control API on `path` with no VM yet: a `PUT /api/v1/vm.restore` restores and
+/// starts one (see [`VmSlot::wait_for_vm`]).
+pub fn serve_waiting(path: &Path, hooks: ApiHooks) -> Result<(ApiServer, Arc<VmSlot>), ApiError> {
+    serve_slot(path, Arc::new(VmSlot::default()), hooks)
+}
+
+fn serve_slot(
+    path: &Path,
+    slot: Arc<VmSlot>,
+    hooks: ApiHooks,
+) -> Result<(ApiServer, Arc<VmSlot>), ApiError> {
+    let handler_slot = slot.clone();
+    let handler: server::Handler =
+        Arc::new(move |request| handle_slot(&handler_slot, &hooks, request));
     let server = ApiServer::start(path, handler, Limits::default())?;
     info!(path = %path.display(), "control API listening");
-    Ok(server)
+    Ok((server, slot))
+}
+
+fn handle_slot(slot: &VmSlot, hooks: &ApiHooks, request: ApiRequest) -> Response {
+    if let ApiRequest::VmRestore(config) = &request {
+        return restore_into(slot, config);
+    }
+    match slot.vm() {
+        Some(vm) => handle(&vm, hooks, request),
+        None => match request {
+            ApiRequest::VmmPing => ping(),
+            ApiRequest::VmmShutdown => {
+                slot.lock().shutdown = true;
+                slot.changed.notify_all();
+                Response::no_content()
+            }
+            _ => Response::error(&HttpError::new(
+                Status::Conflict,
+                "no VM yet: this vireo waits for PUT /api/v1/vm.restore",
+            )),
+        },
+    }
+}
+
+/// `vm.restore`: restores the snapshot and starts the VM (paused unless `resume`), then
+/// hands it to whoever waits on the slot. Held under the slot's lock, so two restores cannot
+/// race.
+fn restore_into(slot: &VmSlot, config: &RestoreConfig) -> Response {
+    let mut g = slot.lock();
+    if g.vm.is_some() || g.shutdown {
+        return Response::error(&HttpError::new(
+            Status::Conflict,
+            "this vireo already has a VM; vm.restore needs one started without a payload",
+        ));
+    }
+    let dir = match file_url_path(&config.source_url) {
+        Ok(d) => d,
+        Err(e) => return Response::error(&HttpError::new(Status::BadRequest, e)),
+    };
+    let opts = RestoreOptions {
+        memory: if config.prefault {
+            MemoryRestore::Eager
+        } else {
+            MemoryRestore::Lazy
+        },
+        paused: !config.resume,
+        ..RestoreOptions::default()
+    };
+    let vm = match snapshot::restore(&dir, opts) {
+        Ok(vm) => Arc::new(vm),
+        Err(e) => return snapshot_error(&e),
+    };
+    if let Err(e) = vm.start() {
+        return Response::error(&HttpError::new(Status::InternalServerError, e.to_string()));
+    }
+    info!(dir = %dir.display(), resumed = config.resume, "control API: VM restored");
+    g.vm = Some(vm);
+    slot.changed.notify_all();
+    Response::no_content()
+}
+
+fn snapshot_error(e: &SnapshotError) -> Response {
+    let status = match e {
+        SnapshotError::State(_) => Status::Conflict,
+        SnapshotError::Format { .. }
+        | SnapshotError::Config { .. }
+        | SnapshotError::Memory(_)
+        | SnapshotError::Mismatch(_)
+        | SnapshotError::UnknownOverride { .. }
+        | SnapshotError::Device(_) => Status::BadRequest,
+        _ => Status::InternalServerError,
+    };
+    Response::error(&HttpError::new(status, e.to_string()))
+}
+
+fn ping() -> Response {
+    Response::json(&VmmPingResponse {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+    })
+}
+
+fn snapshot_to(vm: &Vm, config: &VmSnapshotConfig) -> Response {
+    let dir = match file_url_path(&config.destination_url) {
+        Ok(d) => d,
+        Err(e) => return Response::error(&HttpError::new(Status::BadRequest, e)),
+    };
+    match vm.snapshot(&dir) {
+        Ok(r) => Response::json(&SnapshotInfo {
+            path: r.dir.display().to_string(),
+            memory_bytes: r.memory_bytes,
+            memory_data_bytes: r.memory_data_bytes,
+            state_bytes: r.state_bytes,
+            paused_us: u64::try_from(r.paused.as_micros()).unwrap_or(u64::MAX),
+        }),
+        Err(e) => snapshot_error(&e),
+    }
 }
 
 /// Carries out `request` on `vm` and says how to answer.
 pub fn handle(vm: &Vm, hooks: &ApiHooks, request: ApiRequest) -> Response {
     match request {
-        ApiRequest::VmmPing => Response::json(&VmmPingResponse {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            pid: std::process::id(),
-        }),
+        ApiRequest::VmmPing => ping(),
         ApiRequest::VmInfo => Response::json(&vm_info(vm)),
         ApiRequest::VmCounters => Response::json(&vm_counters(vm)),
         ApiRequest::VmPause => done(vm.pause()),
         ApiRequest::VmResume => done(vm.resume()),
         ApiRequest::VmPowerButton => done(vm.press_power_button()),
+        ApiRequest::VmSnapshot(config) => snapshot_to(vm, &config),
+        ApiRequest::VmRestore(_) => Response::error(&HttpError::new(
+            Status::Conflict,
+            "this vireo already has a VM; vm.restore needs one started without a payload",
+        )),
         ApiRequest::VmShutdown | ApiRequest::VmmShutdown => {
             let state = vm.state();
             if state == VmState::Stopped {

@@ -2,10 +2,12 @@
 //! variant, or the 404 / 405 / 400 to answer. Adding an endpoint is one variant, one row in
 //! [`ROUTES`] and one arm in the handler.
 
+use vireo_spec::api::{RestoreConfig, VmSnapshotConfig};
+
 use super::http::{HttpError, Status};
 
 /// Every action the control API offers; one variant per endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiRequest {
     /// `GET /api/v1/vmm.ping`: the VMM's version and pid.
     VmmPing,
@@ -23,24 +25,42 @@ pub enum ApiRequest {
     VmShutdown,
     /// `PUT /api/v1/vmm.shutdown`: stop the VM if it runs; the `vireo` process then exits.
     VmmShutdown,
+    /// `PUT /api/v1/vm.snapshot`: save the VM to a directory.
+    VmSnapshot(VmSnapshotConfig),
+    /// `PUT /api/v1/vm.restore`: restore a VM from a snapshot (a `vireo` without a VM only).
+    VmRestore(RestoreConfig),
 }
 
-/// The endpoints: path, method, request.
-pub const ROUTES: &[(&str, &str, ApiRequest)] = &[
-    ("/api/v1/vmm.ping", "GET", ApiRequest::VmmPing),
-    ("/api/v1/vm.info", "GET", ApiRequest::VmInfo),
-    ("/api/v1/vm.counters", "GET", ApiRequest::VmCounters),
-    ("/api/v1/vm.pause", "PUT", ApiRequest::VmPause),
-    ("/api/v1/vm.resume", "PUT", ApiRequest::VmResume),
-    ("/api/v1/vm.power-button", "PUT", ApiRequest::VmPowerButton),
-    ("/api/v1/vm.shutdown", "PUT", ApiRequest::VmShutdown),
-    ("/api/v1/vmm.shutdown", "PUT", ApiRequest::VmmShutdown),
+/// The endpoint of a request: which row of [`ROUTES`] and how its body is read.
+#[derive(Debug, Clone, Copy)]
+pub enum Endpoint {
+    /// An endpoint without arguments: the request itself.
+    Plain(fn() -> ApiRequest),
+    /// `vm.snapshot`, whose body is a [`VmSnapshotConfig`].
+    Snapshot,
+    /// `vm.restore`, whose body is a [`RestoreConfig`].
+    Restore,
+}
+
+/// The endpoints: path, method, endpoint.
+pub const ROUTES: &[(&str, &str, Endpoint)] = &[
+    ("/api/v1/vmm.ping", "GET", Endpoint::Plain(|| ApiRequest::VmmPing)),
+    ("/api/v1/vm.info", "GET", Endpoint::Plain(|| ApiRequest::VmInfo)),
+    ("/api/v1/vm.counters", "GET", Endpoint::Plain(|| ApiRequest::VmCounters)),
+    ("/api/v1/vm.pause", "PUT", Endpoint::Plain(|| ApiRequest::VmPause)),
+    ("/api/v1/vm.resume", "PUT", Endpoint::Plain(|| ApiRequest::VmResume)),
+    ("/api/v1/vm.power-button", "PUT", Endpoint::Plain(|| ApiRequest::VmPowerButton)),
+    ("/api/v1/vm.shutdown", "PUT", Endpoint::Plain(|| ApiRequest::VmShutdown)),
+    ("/api/v1/vmm.shutdown", "PUT", Endpoint::Plain(|| ApiRequest::VmmShutdown)),
+    ("/api/v1/vm.snapshot", "PUT", Endpoint::Snapshot),
+    ("/api/v1/vm.restore", "PUT", Endpoint::Restore),
 ];
 
-/// The request for `method` on `path` (a query string is ignored). None of these endpoints
-/// takes a body: an empty one or any well-formed JSON (as Cloud Hypervisor's clients send
-/// `{}`) is accepted and ignored; anything else is a 400, so a client that meant to send
-/// arguments learns they were not understood.
+/// The request for `method` on `path` (a query string is ignored). An endpoint without
+/// arguments accepts an empty body or any well-formed JSON (as Cloud Hypervisor's clients
+/// send `{}`), which it ignores; anything else is a 400, so a client that meant to send
+/// arguments learns they were not understood. `vm.snapshot` and `vm.restore` need their JSON
+/// body, with no unknown field.
 pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, HttpError> {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let mut allowed = None;
@@ -52,8 +72,14 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, HttpEr
             allowed = Some(*m);
             continue;
         }
-        check_body(body)?;
-        return Ok(*request);
+        return match request {
+            Endpoint::Plain(make) => {
+                check_body(body)?;
+                Ok(make())
+            }
+            Endpoint::Snapshot => parse_body(body).map(ApiRequest::VmSnapshot),
+            Endpoint::Restore => parse_body(body).map(ApiRequest::VmRestore),
+        };
     }
     Err(match allowed {
         Some(m) => HttpError::new(
@@ -73,6 +99,15 @@ fn check_body(body: &[u8]) -> Result<(), HttpError> {
         .map_err(|e| HttpError::new(Status::BadRequest, format!("the body is not JSON: {e}")))
 }
 
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpError> {
+    serde_json::from_slice(body).map_err(|e| {
+        HttpError::new(
+            Status::BadRequest,
+            printable(&format!("invalid request body: {e}")),
+        )
+    })
+}
+
 /// `s` cut to 100 characters, for error messages that quote the client.
 fn printable(s: &str) -> String {
     let mut out: String = s.chars().take(100).collect();
@@ -88,8 +123,16 @@ mod tests {
 
     #[test]
     fn every_route_is_reachable_by_its_method_only() {
-        for (path, method, request) in ROUTES {
-            assert_eq!(route(method, path, b""), Ok(*request), "{method} {path}");
+        for (path, method, endpoint) in ROUTES {
+            let body: &[u8] = match endpoint {
+                Endpoint::Plain(_) => b"",
+                Endpoint::Snapshot => br#"{"destination_url": "file:///tmp/s"}"#,
+                Endpoint::Restore => br#"{"source_url": "file:///tmp/s"}"#,
+            };
+            let got = route(method, path, body).expect("routes");
+            if let Endpoint::Plain(make) = endpoint {
+                assert_eq!(got, make(), "{method} {path}");
+            }
             let other = if *method == "GET" { "PUT" } else { "GET" };
             assert_eq!(
                 route(other, path, b"").map_err(|e| e.status),
@@ -125,5 +168,32 @@ mod tests {
         );
         let long = format!("/{}", "x".repeat(500));
         assert!(route("GET", &long, b"").expect_err("404").reason.len() < 150);
+    }
+
+    #[test]
+    fn snapshot_and_restore_bodies_are_typed() {
+        assert_eq!(
+            route("PUT", "/api/v1/vm.snapshot", br#"{"destination_url":"file:///d"}"#),
+            Ok(ApiRequest::VmSnapshot(VmSnapshotConfig {
+                destination_url: "file:///d".into()
+            }))
+        );
+        assert_eq!(
+            route(
+                "PUT",
+                "/api/v1/vm.restore",
+                br#"{"source_url":"file:///d","prefault":true}"#
+            ),
+            Ok(ApiRequest::VmRestore(RestoreConfig {
+                source_url: "file:///d".into(),
+                prefault: true,
+                resume: false,
+            }))
+        );
+        for bad in [&b""[..], b"{}", b"[1]", br#"{"destination_url":"file:///d","x":1}"#] {
+            let e = route("PUT", "/api/v1/vm.snapshot", bad).expect_err("bad body");
+            assert_eq!(e.status, Status::BadRequest);
+            assert!(e.reason.starts_with("invalid request body"), "{}", e.reason);
+        }
     }
 }
