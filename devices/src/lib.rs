@@ -16,14 +16,17 @@
 //! ```
 
 pub mod acpi_ged;
+pub mod acpi_persist;
 pub mod acpi_pm;
 pub mod bus;
 pub mod exit;
 pub mod irq;
 pub mod legacy;
 pub mod pci;
+pub mod persist;
 pub mod virtio;
 
 pub use bus::BusDevice;
 pub use exit::{ExitHandler, GuestExitRequest};
 pub use irq::IrqLine;
+pub use persist::PersistError;
