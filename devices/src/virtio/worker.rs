@@ -17,6 +17,10 @@
 //! paused stay pending in their (level-triggered) eventfds and are handled
 //! after resume: nothing is lost, nothing is redone. Queue state (indices,
 //! event suppression) lives in the worker and is untouched.
+//!
+//! A worker can also start paused ([`Worker::spawn`] with `start_paused`,
+//! used when a device is restored from a snapshot): it parks at its first
+//! wait, before handling anything, until [`Worker::resume`].
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -105,13 +109,25 @@ impl Worker {
     /// already watches the stop eventfd (token [`STOP_TOKEN`]) and the pause
     /// eventfd, and must return once [`STOP_TOKEN`] is reported. Pausing is
     /// transparent to `body`: it happens inside [`EventLoop::wait`].
-    pub fn spawn<F>(name: String, body: F) -> io::Result<Self>
+    ///
+    /// With `start_paused`, the thread is born paused: it parks in its first
+    /// [`EventLoop::wait`] and handles nothing until [`Worker::resume`]
+    /// (exactly one call). For that to hold, `body` must do no queue work
+    /// before its first `wait`; work pending at start is signalled instead by
+    /// writing the queue's (level-triggered) notify eventfd before spawning.
+    pub fn spawn<F>(name: String, start_paused: bool, body: F) -> io::Result<Self>
     where
         F: FnOnce(EventLoop) + Send + 'static,
     {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let pause = EventFd::new(EFD_NONBLOCK)?;
         let control = Arc::new(PauseControl::default());
+        if start_paused {
+            control.lock().requested = true;
+            // Reported together with anything else pending by the first
+            // epoll_wait, so the thread parks before handling any of it.
+            pause.write(1)?;
+        }
         let mut ev = EventLoop::new(pause.try_clone()?, control.clone())?;
         ev.add(stop.as_raw_fd(), STOP_TOKEN, EventSet::IN)?;
         ev.add(pause.as_raw_fd(), PAUSE_TOKEN, EventSet::IN)?;
