@@ -26,7 +26,11 @@ impl PciConfigSpace {
         }
     }
 
-    /// Checks that `state` could be applied by [`PciConfigSpace::restore`].
+    /// Checks that `state` could be applied by [`PciConfigSpace::restore`]:
+    /// it has [`CONFIG_SPACE_SIZE`] bytes, and agrees with this function on
+    /// every bit the guest cannot write (IDs, class, BAR sizes, the
+    /// capability list…), as an image saved from a function built the same
+    /// way always does.
     pub fn check(
         &self,
         device: &'static str,
@@ -39,6 +43,19 @@ impl PciConfigSpace {
                     "configuration space of {} bytes, expected {CONFIG_SPACE_SIZE}",
                     state.bytes.len()
                 ),
+            ));
+        }
+        let differs = state
+            .bytes
+            .iter()
+            .zip(self.bytes.iter().zip(self.writable.iter()))
+            .position(|(saved, (here, writable))| (saved ^ here) & !writable != 0);
+        if let Some(off) = differs {
+            return Err(PersistError::mismatch(
+                device,
+                "read-only configuration space",
+                format_args!("{:#04x} at offset {off:#x}", state.bytes[off]),
+                format_args!("{:#04x}", self.bytes[off]),
             ));
         }
         Ok(())
@@ -132,6 +149,16 @@ mod tests {
         assert_eq!(b.u16_at(0), 0x1af4);
         b.write(BAR0, &[0xff; 4]);
         assert_eq!(b.bar_addr(0), Some(!(0x4000 - 1) & !0xf));
+
+        // Another device's image (different device ID) is refused.
+        let other = PciConfigSpace::new(0x1af4, 0x1041, [2, 0, 0], 1).save();
+        assert!(matches!(
+            b.restore("test", &other),
+            Err(PersistError::Mismatch {
+                what: "read-only configuration space",
+                ..
+            })
+        ));
 
         let mut short = state;
         short.bytes.truncate(256);

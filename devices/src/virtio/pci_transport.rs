@@ -195,7 +195,7 @@ pub struct VirtioPciDevice {
     pub(super) device: Box<dyn VirtioDevice>,
     pub(super) mem: GuestMemory,
     bar_addr: u64,
-    msix_cap: usize,
+    pub(super) msix_cap: usize,
     pub(super) msix: Arc<Mutex<MsixState>>,
     pub(super) shared: Arc<Shared>,
     notify: Vec<EventFd>,

@@ -45,8 +45,9 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::msix::Entry;
-use super::pci_transport::{lock, QueueRegs, NO_VECTOR};
+use super::pci_transport::{lock, QueueRegs, BAR_SIZE, NO_VECTOR};
 use super::{status, QueuePosition, VirtioPciDevice};
+use crate::pci::config::BAR0_OFFSET;
 use crate::pci::persist::PciConfigSpaceState;
 use crate::persist::PersistError;
 
@@ -265,6 +266,14 @@ impl VirtioPciDevice {
                 ),
             ));
         }
+        if state.status & status::FEATURES_OK != 0
+            && state.driver_features & super::features::VERSION_1 == 0
+        {
+            return Err(PersistError::invalid(
+                name,
+                "FEATURES_OK without VERSION_1 accepted",
+            ));
+        }
         if state.queues.len() != self.queues.len() {
             return Err(PersistError::mismatch(
                 name,
@@ -279,7 +288,7 @@ impl VirtioPciDevice {
             return Err(PersistError::invalid(
                 name,
                 format!(
-                    "configuration vector {} (the device has {vectors})",
+                    "configuration vector {} (the device has {vectors} vectors)",
                     state.config_vector
                 ),
             ));
@@ -307,7 +316,7 @@ impl VirtioPciDevice {
                 return Err(PersistError::invalid(
                     name,
                     format!(
-                        "queue {i} vector {} (the device has {vectors})",
+                        "queue {i} vector {} (the device has {vectors} vectors)",
                         q.msix_vector
                     ),
                 ));
@@ -339,6 +348,45 @@ impl VirtioPciDevice {
             ));
         }
         self.config.check(name, &state.config_space)?;
+        self.check_config_consistency(state)?;
+        Ok(())
+    }
+
+    /// Checks the writable configuration bytes the transport acts on: BAR0
+    /// is where this device was placed (or mid size-probe), and the MSI-X
+    /// enable and function mask there agree with the saved MSI-X state.
+    fn check_config_consistency(&self, state: &VirtioPciState) -> Result<(), PersistError> {
+        let name = self.device.name();
+        let bytes = &state.config_space.bytes;
+        let u32_at = |off: usize| {
+            bytes
+                .get(off..off + 4)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u32::from_le_bytes)
+        };
+        let bar = u32_at(BAR0_OFFSET) & !0xf;
+        let probing = bar == !(BAR_SIZE as u32 - 1);
+        if u64::from(bar) != self.bar_addr() && !probing {
+            return Err(PersistError::mismatch(
+                name,
+                "BAR0 address",
+                format_args!("{bar:#x}"),
+                format_args!("{:#x}", self.bar_addr()),
+            ));
+        }
+        let ctrl_off = self.msix_cap + 2;
+        let control = u32_at(ctrl_off) as u16;
+        let (enabled, masked) = (control & 0x8000 != 0, control & 0x4000 != 0);
+        if (enabled, masked) != (state.msix.enabled, state.msix.function_masked) {
+            return Err(PersistError::invalid(
+                name,
+                format!(
+                    "MSI-X control {control:#06x} in configuration space disagrees with the \
+                     saved enable ({}) and function mask ({})",
+                    state.msix.enabled, state.msix.function_masked
+                ),
+            ));
+        }
         Ok(())
     }
 

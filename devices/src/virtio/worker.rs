@@ -16,7 +16,9 @@
 //! nor its backend. Notifications and backend readiness that arrive while
 //! paused stay pending in their (level-triggered) eventfds and are handled
 //! after resume: nothing is lost, nothing is redone. Queue state (indices,
-//! event suppression) lives in the worker and is untouched.
+//! event suppression) lives in the worker and is untouched; the worker
+//! bodies publish each queue's positions ([`super::QueuePosition`]) just
+//! before every wait, so they are current while the worker is parked.
 //!
 //! A worker can also start paused ([`Worker::spawn`] with `start_paused`,
 //! used when a device is restored from a snapshot): it parks at its first

@@ -1410,7 +1410,7 @@ fn blk_bad_snapshots_are_refused_and_leave_the_device_usable() {
 
     type Edit = fn(&mut VirtioPciState);
     type Expect = fn(&PersistError) -> bool;
-    let cases: [(&str, Edit, Expect); 10] = [
+    let cases: [(&str, Edit, Expect); 14] = [
         (
             "device type",
             |s| s.device_type = 1,
@@ -1484,6 +1484,42 @@ fn blk_bad_snapshots_are_refused_and_leave_the_device_usable() {
                     }
                 )
             },
+        ),
+        (
+            "read-only config byte",
+            |s| s.config_space.bytes[2] ^= 1,
+            |e| {
+                matches!(
+                    e,
+                    PersistError::Mismatch {
+                        what: "read-only configuration space",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "BAR0 moved",
+            |s| s.config_space.bytes[0x13] ^= 0x10,
+            |e| {
+                matches!(
+                    e,
+                    PersistError::Mismatch {
+                        what: "BAR0 address",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "MSI-X enable",
+            |s| s.msix.enabled = !s.msix.enabled,
+            |e| matches!(e, PersistError::Invalid { .. }),
+        ),
+        (
+            "no VERSION_1",
+            |s| s.driver_features &= !features::VERSION_1,
+            |e| matches!(e, PersistError::Invalid { .. }),
         ),
         (
             "ring outside memory",
