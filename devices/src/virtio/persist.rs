@@ -344,7 +344,7 @@ impl VirtioPciDevice {
                     m.entries.len(),
                     m.pending.len()
                 ),
-                vectors,
+                format_args!("{vectors} vectors"),
             ));
         }
         self.config.check(name, &state.config_space)?;
