@@ -14,6 +14,11 @@
 //!                          │                      └──────┬───────────────┘
 //!                   IrqLine (irqfd)              ExitHandler (VM lifecycle)
 //! ```
+//!
+//! Snapshots: each device has `save()` returning a serde state struct from
+//! a `persist` module beside it, and `restore()` applying such a state onto
+//! a freshly built device, refusing untrusted or mismatching state with a
+//! [`PersistError`] (see [`persist`]).
 
 pub mod acpi_ged;
 pub mod acpi_persist;

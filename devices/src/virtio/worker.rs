@@ -257,3 +257,83 @@ impl EventLoop {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    const WORK_TOKEN: u64 = 7;
+
+    /// A worker whose body counts the times `work` was reported.
+    fn counting_worker(start_paused: bool) -> (Worker, EventFd, Arc<AtomicU64>) {
+        let work = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let theirs = work.try_clone().expect("clone");
+        let seen = Arc::new(AtomicU64::new(0));
+        let count = seen.clone();
+        let w = Worker::spawn("vireo-test-worker".into(), start_paused, move |mut ev| {
+            ev.add(theirs.as_raw_fd(), WORK_TOKEN, EventSet::IN)
+                .expect("watch");
+            let mut tokens = Vec::new();
+            loop {
+                ev.wait(&mut tokens).expect("wait");
+                for &t in &tokens {
+                    match t {
+                        STOP_TOKEN => return,
+                        WORK_TOKEN => {
+                            let _ = theirs.read();
+                            count.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        })
+        .expect("spawn");
+        (w, work, seen)
+    }
+
+    fn wait_for(seen: &AtomicU64, n: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.load(Ordering::SeqCst) < n {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    #[test]
+    fn a_worker_started_paused_handles_nothing_until_one_resume() {
+        let (mut w, work, seen) = counting_worker(true);
+        // Work pending before and after the thread started.
+        work.write(1).expect("signal");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(seen.load(Ordering::SeqCst), 0, "handled while paused");
+        w.resume();
+        assert!(wait_for(&seen, 1), "one resume lets it run");
+        // It pauses and resumes as usual afterwards.
+        w.pause();
+        work.write(1).expect("signal");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        w.resume();
+        assert!(wait_for(&seen, 2));
+        w.stop();
+    }
+
+    #[test]
+    fn a_worker_started_paused_stops_promptly() {
+        let (mut w, _work, seen) = counting_worker(true);
+        let t = Instant::now();
+        w.stop();
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
+        let (mut running, work, seen) = counting_worker(false);
+        work.write(1).expect("signal");
+        assert!(wait_for(&seen, 1), "a worker not started paused runs");
+        running.stop();
+    }
+}
