@@ -25,7 +25,7 @@ pub const EVENT_POWER_BUTTON: u8 = 1 << 0;
 #[derive(Debug)]
 pub struct AcpiGed {
     irq: IrqLine,
-    pending: u8,
+    pub(crate) pending: u8,
 }
 
 impl AcpiGed {

@@ -14,16 +14,24 @@
 //!                          │                      └──────┬───────────────┘
 //!                   IrqLine (irqfd)              ExitHandler (VM lifecycle)
 //! ```
+//!
+//! Snapshots: each device has `save()` returning a serde state struct from
+//! a `persist` module beside it, and `restore()` applying such a state onto
+//! a freshly built device, refusing untrusted or mismatching state with a
+//! [`PersistError`] (see [`persist`]).
 
 pub mod acpi_ged;
+pub mod acpi_persist;
 pub mod acpi_pm;
 pub mod bus;
 pub mod exit;
 pub mod irq;
 pub mod legacy;
 pub mod pci;
+pub mod persist;
 pub mod virtio;
 
 pub use bus::BusDevice;
 pub use exit::{ExitHandler, GuestExitRequest};
 pub use irq::IrqLine;
+pub use persist::PersistError;

@@ -88,8 +88,8 @@ impl CivilTime {
 /// The CMOS RTC and its RAM.
 #[derive(Debug)]
 pub struct Cmos {
-    index: u8,
-    ram: [u8; 128],
+    pub(super) index: u8,
+    pub(super) ram: [u8; 128],
     now: fn() -> u64,
 }
 

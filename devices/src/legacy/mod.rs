@@ -4,6 +4,7 @@
 pub mod cmos;
 pub mod debug_exit;
 pub mod i8042;
+pub mod persist;
 pub mod serial;
 
 pub use cmos::Cmos;

@@ -23,7 +23,7 @@ pub const COM1_IRQ: u32 = 4;
 
 /// A 8250/16550A UART whose output goes to `out`.
 pub struct Serial8250 {
-    inner: Serial<IrqLine, NoEvents, Box<dyn Write + Send>>,
+    pub(super) inner: Serial<IrqLine, NoEvents, Box<dyn Write + Send>>,
 }
 
 impl std::fmt::Debug for Serial8250 {

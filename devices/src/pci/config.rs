@@ -20,8 +20,8 @@ const STATUS_CAPABILITIES_LIST: u8 = 0x10;
 /// probe because their low bits are read-only.
 #[derive(Clone)]
 pub struct PciConfigSpace {
-    bytes: Box<[u8; CONFIG_SPACE_SIZE]>,
-    writable: Box<[u8; CONFIG_SPACE_SIZE]>,
+    pub(super) bytes: Box<[u8; CONFIG_SPACE_SIZE]>,
+    pub(super) writable: Box<[u8; CONFIG_SPACE_SIZE]>,
     /// Where the next capability goes, and the previous one's `next` byte.
     next_capability: usize,
     last_capability_link: usize,

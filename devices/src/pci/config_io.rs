@@ -15,7 +15,7 @@ const ENABLE: u32 = 1 << 31;
 #[derive(Debug)]
 pub struct PciConfigIo {
     root: Arc<Mutex<PciRoot>>,
-    address: u32,
+    pub(super) address: u32,
 }
 
 impl PciConfigIo {

@@ -11,7 +11,7 @@ pub const HOST_BRIDGE_DEVICE: u16 = 0x0d57;
 /// A host bridge: class 06/00/00, no BARs.
 #[derive(Debug)]
 pub struct PciHostBridge {
-    config: PciConfigSpace,
+    pub(super) config: PciConfigSpace,
 }
 
 impl Default for PciHostBridge {

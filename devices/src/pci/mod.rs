@@ -13,6 +13,7 @@ pub mod config;
 pub mod config_io;
 pub mod ecam;
 pub mod host_bridge;
+pub mod persist;
 pub mod root;
 
 pub use config::PciConfigSpace;

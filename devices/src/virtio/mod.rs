@@ -20,13 +20,15 @@ pub mod interrupt;
 pub mod msix;
 pub mod net;
 pub mod pci_transport;
+pub mod persist;
 pub(crate) mod prefetch;
 pub mod worker;
 
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use thiserror::Error;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use interrupt::Interrupt;
@@ -76,6 +78,45 @@ pub struct ActiveQueue {
     pub queue: Queue,
     /// Signalled when the driver notifies this queue (an ioeventfd).
     pub notify: EventFd,
+    /// Where the worker publishes the queue's positions at each request
+    /// boundary, for snapshots (see [`persist`]).
+    pub position: Arc<QueuePosition>,
+}
+
+/// A queue's `next_avail` / `next_used` as its worker last published them.
+///
+/// The worker owns the [`Queue`]; before each [`worker::EventLoop::wait`]
+/// (its request boundary, where a pause parks it) it calls
+/// [`QueuePosition::publish`]. While the worker is paused the values are
+/// therefore exactly the queue's.
+#[derive(Debug, Default)]
+pub struct QueuePosition {
+    next_avail: AtomicU16,
+    next_used: AtomicU16,
+}
+
+impl QueuePosition {
+    /// Positions `next_avail`, `next_used`.
+    pub fn new(next_avail: u16, next_used: u16) -> Self {
+        Self {
+            next_avail: AtomicU16::new(next_avail),
+            next_used: AtomicU16::new(next_used),
+        }
+    }
+
+    /// Records `queue`'s current positions.
+    pub fn publish(&self, queue: &Queue) {
+        self.next_avail.store(queue.next_avail(), Ordering::Release);
+        self.next_used.store(queue.next_used(), Ordering::Release);
+    }
+
+    /// The last published (`next_avail`, `next_used`).
+    pub fn get(&self) -> (u16, u16) {
+        (
+            self.next_avail.load(Ordering::Acquire),
+            self.next_used.load(Ordering::Acquire),
+        )
+    }
 }
 
 /// What a device gets when the driver sets `DRIVER_OK`.
@@ -88,6 +129,13 @@ pub struct Activation {
     pub acked_features: u64,
     /// How the device interrupts the driver.
     pub interrupt: Arc<dyn Interrupt>,
+    /// Start paused: the device processes nothing until
+    /// [`VirtioDevice::resume`] (one call). False for a guest-driven
+    /// activation; a paused snapshot restore sets it. Either way, work
+    /// already pending in the queues is handled once the device runs (the
+    /// device signals its queues' notify eventfds at activation instead of
+    /// draining them before its worker's first wait).
+    pub paused: bool,
 }
 
 impl std::fmt::Debug for Activation {
@@ -98,6 +146,7 @@ impl std::fmt::Debug for Activation {
                 "acked_features",
                 &format_args!("{:#x}", self.acked_features),
             )
+            .field("paused", &self.paused)
             .finish_non_exhaustive()
     }
 }
@@ -155,6 +204,15 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Starts processing the queues. Called once per `DRIVER_OK`.
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// The device model's own saved state (see [`persist`]).
+    fn save_state(&self) -> persist::VirtioDeviceState;
+    /// Checks `state` against this device (type, backend size, MAC, …) and
+    /// applies what it holds. Changes nothing on error. Called before the
+    /// transport applies anything, on a device that is not activated.
+    fn restore_state(
+        &mut self,
+        state: &persist::VirtioDeviceState,
+    ) -> Result<(), crate::persist::PersistError>;
     /// The device's counters as (name, value) pairs, for metrics and logs.
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()

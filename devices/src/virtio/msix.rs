@@ -25,11 +25,11 @@ const CONTROL_FUNCTION_MASK: u16 = 1 << 14;
 const ENTRY_MASKED: u32 = 1;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Entry {
-    addr_lo: u32,
-    addr_hi: u32,
-    data: u32,
-    control: u32,
+pub(super) struct Entry {
+    pub(super) addr_lo: u32,
+    pub(super) addr_hi: u32,
+    pub(super) data: u32,
+    pub(super) control: u32,
 }
 
 impl Entry {
@@ -43,11 +43,11 @@ impl Entry {
 
 /// The MSI-X table, pending bits and enable state of one function.
 pub struct MsixState {
-    entries: Vec<Entry>,
-    pending: Vec<bool>,
+    pub(super) entries: Vec<Entry>,
+    pub(super) pending: Vec<bool>,
     routed: Vec<Option<MsiMessage>>,
-    enabled: bool,
-    function_masked: bool,
+    pub(super) enabled: bool,
+    pub(super) function_masked: bool,
     vectors: Arc<dyn MsiVectors>,
 }
 
@@ -186,7 +186,7 @@ impl MsixState {
 
     /// Brings the KVM routes in line with the table and delivers vectors
     /// that became unmasked while pending.
-    fn sync(&mut self) {
+    pub(super) fn sync(&mut self) {
         for n in 0..self.entries.len() {
             let want = self.deliverable(n).then(|| self.entries[n].message());
             if want != self.routed[n] {

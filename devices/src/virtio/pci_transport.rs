@@ -24,7 +24,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::interrupt::{Interrupt, MsiVectors};
 use super::msix::{self, MsixState, MSIX_CAP_ID};
-use super::{features, status, Activation, ActiveQueue, GuestMemory, VirtioDevice};
+use super::{
+    features, status, ActivateError, Activation, ActiveQueue, GuestMemory, QueuePosition,
+    VirtioDevice,
+};
 use crate::bus::BusDevice;
 use crate::pci::config::BAR0_OFFSET;
 use crate::pci::{PciConfigSpace, PciDevice};
@@ -78,11 +81,11 @@ const MAX_QUEUES: usize = {
 
 /// State shared by the transport and the interrupt object given to workers.
 #[derive(Debug)]
-struct Shared {
-    status: AtomicU8,
-    isr: AtomicU8,
-    config_vector: AtomicU16,
-    queue_vectors: Vec<AtomicU16>,
+pub(super) struct Shared {
+    pub(super) status: AtomicU8,
+    pub(super) isr: AtomicU8,
+    pub(super) config_vector: AtomicU16,
+    pub(super) queue_vectors: Vec<AtomicU16>,
 }
 
 /// The transport's [`Interrupt`]: ISR bits plus MSI-X delivery.
@@ -125,17 +128,17 @@ impl Interrupt for TransportInterrupt {
 
 /// The driver-programmed registers of one queue.
 #[derive(Clone, Copy, Debug)]
-struct QueueRegs {
-    max_size: u16,
-    size: u16,
-    enabled: bool,
-    desc: u64,
-    driver: u64,
-    device: u64,
+pub(super) struct QueueRegs {
+    pub(super) max_size: u16,
+    pub(super) size: u16,
+    pub(super) enabled: bool,
+    pub(super) desc: u64,
+    pub(super) driver: u64,
+    pub(super) device: u64,
 }
 
 impl QueueRegs {
-    fn new(max_size: u16) -> Self {
+    pub(super) fn new(max_size: u16) -> Self {
         Self {
             max_size,
             size: max_size,
@@ -188,20 +191,23 @@ mod field {
 /// A virtio device behind the modern virtio-pci transport: a PCI function
 /// ([`PciDevice`]) whose BAR0 is served through [`BusDevice`].
 pub struct VirtioPciDevice {
-    config: PciConfigSpace,
-    device: Box<dyn VirtioDevice>,
-    mem: GuestMemory,
+    pub(super) config: PciConfigSpace,
+    pub(super) device: Box<dyn VirtioDevice>,
+    pub(super) mem: GuestMemory,
     bar_addr: u64,
-    msix_cap: usize,
-    msix: Arc<Mutex<MsixState>>,
-    shared: Arc<Shared>,
+    pub(super) msix_cap: usize,
+    pub(super) msix: Arc<Mutex<MsixState>>,
+    pub(super) shared: Arc<Shared>,
     notify: Vec<EventFd>,
-    queues: Vec<QueueRegs>,
-    device_feature_select: u32,
-    driver_feature_select: u32,
-    driver_features: u64,
-    queue_select: u16,
-    active: bool,
+    pub(super) queues: Vec<QueueRegs>,
+    /// Where each queue's worker publishes its positions (replaced at
+    /// every activation; see [`super::persist`]).
+    pub(super) positions: Vec<Arc<QueuePosition>>,
+    pub(super) device_feature_select: u32,
+    pub(super) driver_feature_select: u32,
+    pub(super) driver_features: u64,
+    pub(super) queue_select: u16,
+    pub(super) active: bool,
 }
 
 impl std::fmt::Debug for VirtioPciDevice {
@@ -243,7 +249,7 @@ pub enum TransportError {
     ConfigSpaceFull(&'static str),
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -336,6 +342,10 @@ impl VirtioPciDevice {
             msix: Arc::new(Mutex::new(msix)),
             shared,
             notify,
+            positions: sizes
+                .iter()
+                .map(|_| Arc::new(QueuePosition::default()))
+                .collect(),
             queues: sizes.into_iter().map(QueueRegs::new).collect(),
             device_feature_select: 0,
             driver_feature_select: 0,
@@ -591,12 +601,34 @@ impl VirtioPciDevice {
     }
 
     fn activate(&mut self) {
+        let positions = vec![(0, 0); self.queues.len()];
+        if let Err(e) = self.start(&positions, false) {
+            warn!(device = self.device.name(), error = %e, "virtio device activation failed");
+            self.fail_activation();
+        }
+    }
+
+    /// Hands the enabled queues to the device, each starting at
+    /// `positions[i]` = (`next_avail`, `next_used`) — zero for a driver's
+    /// activation, the saved ones for a restore — and marks the transport
+    /// active. With `paused`, the device processes nothing until
+    /// [`VirtioPciDevice::resume`].
+    pub(super) fn start(
+        &mut self,
+        positions: &[(u16, u16)],
+        paused: bool,
+    ) -> Result<(), ActivateError> {
+        let name = self.device.name();
         let event_idx = self.driver_features & features::RING_EVENT_IDX != 0;
         let mut queues = Vec::new();
         for (i, regs) in self.queues.iter().enumerate() {
             if !regs.enabled {
                 continue;
             }
+            let invalid = ActivateError::QueueInvalid {
+                device: name,
+                queue: i as u16,
+            };
             let Ok(mut queue) = Queue::new(regs.max_size) else {
                 continue;
             };
@@ -610,28 +642,31 @@ impl VirtioPciDevice {
                 .is_ok();
             queue.set_event_idx(event_idx);
             queue.set_ready(true);
-            let notify = match self.notify[i].try_clone() {
-                Ok(e) => e,
-                Err(e) => {
-                    warn!(error = %e, "cannot clone a queue eventfd");
-                    self.fail_activation();
-                    return;
-                }
-            };
+            let (next_avail, next_used) = positions.get(i).copied().unwrap_or((0, 0));
+            queue.set_next_avail(next_avail);
+            queue.set_next_used(next_used);
             if !aligned || !queue.is_valid(&self.mem) {
                 warn!(
-                    device = self.device.name(),
+                    device = name,
                     queue = i,
                     desc = format_args!("{:#x}", regs.desc),
                     "queue rings are not in guest memory or misaligned"
                 );
-                self.fail_activation();
-                return;
+                return Err(invalid);
             }
+            let notify = self.notify[i]
+                .try_clone()
+                .map_err(|source| ActivateError::Worker {
+                    device: name,
+                    source,
+                })?;
+            let position = Arc::new(QueuePosition::new(next_avail, next_used));
+            self.positions[i] = position.clone();
             queues.push(ActiveQueue {
                 index: i as u16,
                 queue,
                 notify,
+                position,
             });
         }
         let interrupt = Arc::new(TransportInterrupt {
@@ -643,21 +678,17 @@ impl VirtioPciDevice {
             queues,
             acked_features: self.driver_features,
             interrupt,
+            paused,
         };
-        match self.device.activate(activation) {
-            Ok(()) => {
-                self.active = true;
-                info!(
-                    device = self.device.name(),
-                    features = format_args!("{:#x}", self.driver_features),
-                    "virtio device activated"
-                );
-            }
-            Err(e) => {
-                warn!(error = %e, "virtio device activation failed");
-                self.fail_activation();
-            }
-        }
+        self.device.activate(activation)?;
+        self.active = true;
+        info!(
+            device = name,
+            features = format_args!("{:#x}", self.driver_features),
+            paused,
+            "virtio device activated"
+        );
+        Ok(())
     }
 
     fn fail_activation(&mut self) {

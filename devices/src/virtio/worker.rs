@@ -16,7 +16,13 @@
 //! nor its backend. Notifications and backend readiness that arrive while
 //! paused stay pending in their (level-triggered) eventfds and are handled
 //! after resume: nothing is lost, nothing is redone. Queue state (indices,
-//! event suppression) lives in the worker and is untouched.
+//! event suppression) lives in the worker and is untouched; the worker
+//! bodies publish each queue's positions ([`super::QueuePosition`]) just
+//! before every wait, so they are current while the worker is parked.
+//!
+//! A worker can also start paused ([`Worker::spawn`] with `start_paused`,
+//! used when a device is restored from a snapshot): it parks at its first
+//! wait, before handling anything, until [`Worker::resume`].
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -105,13 +111,25 @@ impl Worker {
     /// already watches the stop eventfd (token [`STOP_TOKEN`]) and the pause
     /// eventfd, and must return once [`STOP_TOKEN`] is reported. Pausing is
     /// transparent to `body`: it happens inside [`EventLoop::wait`].
-    pub fn spawn<F>(name: String, body: F) -> io::Result<Self>
+    ///
+    /// With `start_paused`, the thread is born paused: it parks in its first
+    /// [`EventLoop::wait`] and handles nothing until [`Worker::resume`]
+    /// (exactly one call). For that to hold, `body` must do no queue work
+    /// before its first `wait`; work pending at start is signalled instead by
+    /// writing the queue's (level-triggered) notify eventfd before spawning.
+    pub fn spawn<F>(name: String, start_paused: bool, body: F) -> io::Result<Self>
     where
         F: FnOnce(EventLoop) + Send + 'static,
     {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let pause = EventFd::new(EFD_NONBLOCK)?;
         let control = Arc::new(PauseControl::default());
+        if start_paused {
+            control.lock().requested = true;
+            // Reported together with anything else pending by the first
+            // epoll_wait, so the thread parks before handling any of it.
+            pause.write(1)?;
+        }
         let mut ev = EventLoop::new(pause.try_clone()?, control.clone())?;
         ev.add(stop.as_raw_fd(), STOP_TOKEN, EventSet::IN)?;
         ev.add(pause.as_raw_fd(), PAUSE_TOKEN, EventSet::IN)?;
@@ -237,5 +255,85 @@ impl EventLoop {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    const WORK_TOKEN: u64 = 7;
+
+    /// A worker whose body counts the times `work` was reported.
+    fn counting_worker(start_paused: bool) -> (Worker, EventFd, Arc<AtomicU64>) {
+        let work = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let theirs = work.try_clone().expect("clone");
+        let seen = Arc::new(AtomicU64::new(0));
+        let count = seen.clone();
+        let w = Worker::spawn("vireo-test-worker".into(), start_paused, move |mut ev| {
+            ev.add(theirs.as_raw_fd(), WORK_TOKEN, EventSet::IN)
+                .expect("watch");
+            let mut tokens = Vec::new();
+            loop {
+                ev.wait(&mut tokens).expect("wait");
+                for &t in &tokens {
+                    match t {
+                        STOP_TOKEN => return,
+                        WORK_TOKEN => {
+                            let _ = theirs.read();
+                            count.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        })
+        .expect("spawn");
+        (w, work, seen)
+    }
+
+    fn wait_for(seen: &AtomicU64, n: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.load(Ordering::SeqCst) < n {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    #[test]
+    fn a_worker_started_paused_handles_nothing_until_one_resume() {
+        let (mut w, work, seen) = counting_worker(true);
+        // Work pending before and after the thread started.
+        work.write(1).expect("signal");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(seen.load(Ordering::SeqCst), 0, "handled while paused");
+        w.resume();
+        assert!(wait_for(&seen, 1), "one resume lets it run");
+        // It pauses and resumes as usual afterwards.
+        w.pause();
+        work.write(1).expect("signal");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        w.resume();
+        assert!(wait_for(&seen, 2));
+        w.stop();
+    }
+
+    #[test]
+    fn a_worker_started_paused_stops_promptly() {
+        let (mut w, _work, seen) = counting_worker(true);
+        let t = Instant::now();
+        w.stop();
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
+        let (mut running, work, seen) = counting_worker(false);
+        work.write(1).expect("signal");
+        assert!(wait_for(&seen, 1), "a worker not started paused runs");
+        running.stop();
     }
 }

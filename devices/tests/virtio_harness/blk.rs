@@ -1230,3 +1230,359 @@ fn blk_reset_and_drop_while_paused_return_promptly() {
     b.drv.dev.pause();
     returns_promptly(b, "drop", drop);
 }
+
+// ---- snapshot: save, restore onto a new device, carry on ---------------------------------------
+
+use vireo_devices::persist::PersistError;
+use vireo_devices::virtio::persist::VirtioPciState;
+use vireo_devices::virtio::VirtioPciDevice;
+
+use crate::driver::{MsiRecorder, BAR_ADDR};
+
+/// Saves the paused device, sends the state through JSON, builds a new virtio-blk and transport
+/// on the same guest memory and disk, restores the state onto it (`paused` as given) and puts it
+/// in place of the old one, which is dropped. Returns the saved state.
+fn snapshot_and_restore(b: &mut Blk, paused: bool) -> VirtioPciState {
+    b.drv.dev.pause();
+    let saved = b.drv.dev.save();
+    let json = serde_json::to_string(&saved).expect("serialize");
+    let state: VirtioPciState = serde_json::from_str(&json).expect("deserialize");
+    assert_eq!(state, saved, "JSON round trip");
+
+    let index = unique_index();
+    let dev = VirtioBlock::new(b.disk.clone(), index);
+    let counters = dev.counters();
+    let msi = MsiRecorder::new(2);
+    let mut restored =
+        VirtioPciDevice::new(Box::new(dev), b.drv.mem.clone(), BAR_ADDR, msi.clone())
+            .expect("transport");
+    restored.restore(&state, paused).expect("restore");
+    assert_eq!(
+        restored.save(),
+        state,
+        "the restored device saves the same state"
+    );
+    for v in 0..2 {
+        assert_eq!(msi.route(v), b.drv.msi.route(v), "MSI route of vector {v}");
+    }
+    drop(std::mem::replace(&mut b.drv.dev, restored));
+    b.drv.msi = msi;
+    b.counters = counters;
+    b.index = index;
+    state
+}
+
+#[test]
+fn blk_snapshot_restore_continues_where_it_stopped() {
+    let mut b = Blk::new(Image::Raw);
+    let before: Vec<Vec<u8>> = (0..5u8).map(|i| pattern(1024, i)).collect();
+    for (i, d) in before.iter().enumerate() {
+        assert_eq!(b.write(1000 + 2 * i as u64, d), blk_status::OK);
+    }
+    let used = b.drv.used_idx(0);
+    assert_eq!(used, 5);
+
+    let state = snapshot_and_restore(&mut b, true);
+    assert_eq!(
+        state.queues[0].next_avail, 5,
+        "position published by the worker"
+    );
+    assert_eq!(state.queues[0].next_used, 5);
+    assert_eq!(state.status & status::DRIVER_OK, status::DRIVER_OK);
+    b.drv.dev.resume();
+
+    // Data written before the snapshot reads back; new requests continue the used ring.
+    for (i, d) in before.iter().enumerate() {
+        let (st, got) = b.read(1000 + 2 * i as u64, 1024);
+        assert_eq!(st, blk_status::OK);
+        assert_bytes(&got, d, "data written before the snapshot");
+    }
+    let after = pattern(4096, 77);
+    assert_eq!(b.write(3000, &after), blk_status::OK);
+    let (st, got) = b.read(3000, 4096);
+    assert_eq!(st, blk_status::OK);
+    assert_bytes(&got, &after, "data written after the restore");
+    assert_eq!(
+        b.drv.used_idx(0),
+        used.wrapping_add(7),
+        "used idx continuity"
+    );
+    assert!(
+        b.drv.try_wait_used(0, PAUSED_WATCH).is_none(),
+        "a request completed twice"
+    );
+    assert_eq!(
+        b.counters.requests.load(Ordering::Relaxed),
+        7,
+        "the new device did 7"
+    );
+    assert!(
+        b.drv.msi.fired(1) >= 1,
+        "interrupts through the restored route"
+    );
+    b.assert_still_works();
+}
+
+#[test]
+fn blk_restored_paused_processes_nothing_until_resumed() {
+    let mut b = Blk::new(Image::Raw);
+    b.assert_still_works();
+    // A request the guest posts while the old device is paused (before the snapshot) is in
+    // the avail ring but not taken: the restored device must do it, once.
+    b.drv.dev.pause();
+    let early = pattern(512, 5);
+    let early_segs = b.out_req(200, &early);
+    let early_head = b.drv.submit(0, &early_segs);
+    let used_before = b.drv.used_idx(0);
+    let state = snapshot_and_restore(&mut b, true);
+    assert_eq!(
+        state.queues[0].next_avail, used_before,
+        "the posted request was not taken"
+    );
+
+    // Another request, notified while the restored device is paused.
+    let late = pattern(512, 9);
+    let late_segs = b.out_req(201, &late);
+    let late_head = b.drv.submit(0, &late_segs);
+    b.drv.take_dirty();
+    let deadline = std::time::Instant::now() + PAUSED_WATCH;
+    while std::time::Instant::now() < deadline {
+        assert_eq!(
+            b.drv.used_idx(0),
+            used_before,
+            "used ring moved while paused"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        b.drv.take_dirty(),
+        Vec::<u64>::new(),
+        "pages dirtied while paused"
+    );
+    assert_eq!(b.counters.requests.load(Ordering::Relaxed), 0);
+    assert_eq!(b.drv.seg_bytes(early_segs[2]), [UNTOUCHED]);
+
+    // One resume is enough.
+    b.drv.dev.resume();
+    let mut done = vec![b.drv.wait_used(0).id, b.drv.wait_used(0).id];
+    done.sort_unstable();
+    assert_eq!(done, vec![u32::from(early_head), u32::from(late_head)]);
+    assert!(
+        b.drv.try_wait_used(0, PAUSED_WATCH).is_none(),
+        "a request completed twice"
+    );
+    assert_eq!(b.drv.used_idx(0), used_before.wrapping_add(2));
+    assert_bytes(
+        &b.file_bytes(200 * 512, 512),
+        &early,
+        "early request on disk",
+    );
+    assert_bytes(&b.file_bytes(201 * 512, 512), &late, "late request on disk");
+    b.assert_still_works();
+}
+
+#[test]
+fn blk_restore_of_a_never_started_device_then_the_driver_starts_it() {
+    let mut b = Blk::new_uninit(Image::Raw);
+    let state = snapshot_and_restore(&mut b, true);
+    assert_eq!(state.status, 0);
+    assert!(
+        state.msix.enabled,
+        "the harness enabled MSI-X before the snapshot"
+    );
+    b.drv.dev.resume();
+    b.drv.init_all();
+    b.assert_still_works();
+}
+
+/// A fresh device on `disk` behind its own harness driver (not initialised).
+fn fresh(disk: Arc<dyn DiskBackend>) -> Driver {
+    Driver::new(Box::new(VirtioBlock::new(disk, unique_index())))
+}
+
+#[test]
+fn blk_bad_snapshots_are_refused_and_leave_the_device_usable() {
+    let mut b = Blk::new(Image::Raw);
+    b.assert_still_works();
+    b.drv.dev.pause();
+    let good = b.drv.dev.save();
+    b.drv.dev.resume();
+
+    type Edit = fn(&mut VirtioPciState);
+    type Expect = fn(&PersistError) -> bool;
+    let cases: [(&str, Edit, Expect); 14] = [
+        (
+            "device type",
+            |s| s.device_type = 1,
+            |e| {
+                matches!(
+                    e,
+                    PersistError::Mismatch {
+                        what: "device type",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "queue count",
+            |s| s.queues.push(s.queues[0].clone()),
+            |e| {
+                matches!(
+                    e,
+                    PersistError::Mismatch {
+                        what: "queue count",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "queue max size",
+            |s| s.queues[0].max_size = 128,
+            |e| {
+                matches!(
+                    e,
+                    PersistError::Mismatch {
+                        what: "queue maximum size",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "queue size",
+            |s| s.queues[0].size = 100,
+            |e| matches!(e, PersistError::Invalid { .. }),
+        ),
+        (
+            "queue vector",
+            |s| s.queues[0].msix_vector = 2,
+            |e| matches!(e, PersistError::Invalid { .. }),
+        ),
+        (
+            "config vector",
+            |s| s.config_vector = 7,
+            |e| matches!(e, PersistError::Invalid { .. }),
+        ),
+        (
+            "config space",
+            |s| s.config_space.bytes.truncate(255),
+            |e| matches!(e, PersistError::Invalid { .. }),
+        ),
+        (
+            "MSI-X table",
+            |s| {
+                s.msix.entries.pop();
+            },
+            |e| {
+                matches!(
+                    e,
+                    PersistError::Mismatch {
+                        what: "MSI-X vector count",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "read-only config byte",
+            |s| s.config_space.bytes[2] ^= 1,
+            |e| {
+                matches!(
+                    e,
+                    PersistError::Mismatch {
+                        what: "read-only configuration space",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "BAR0 moved",
+            |s| s.config_space.bytes[0x13] ^= 0x10,
+            |e| {
+                matches!(
+                    e,
+                    PersistError::Mismatch {
+                        what: "BAR0 address",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "MSI-X enable",
+            |s| s.msix.enabled = !s.msix.enabled,
+            |e| matches!(e, PersistError::Invalid { .. }),
+        ),
+        (
+            "no VERSION_1",
+            |s| s.driver_features &= !features::VERSION_1,
+            |e| matches!(e, PersistError::Invalid { .. }),
+        ),
+        (
+            "ring outside memory",
+            |s| s.queues[0].desc = MEM_SIZE,
+            |e| matches!(e, PersistError::Invalid { .. }),
+        ),
+        (
+            "in flight",
+            |s| s.queues[0].next_avail = s.queues[0].next_used.wrapping_add(1),
+            |e| matches!(e, PersistError::Invalid { .. }),
+        ),
+    ];
+    let mut target = fresh(b.disk.clone());
+    let built = target.dev.save();
+    for (what, edit, expected) in cases {
+        let mut bad = good.clone();
+        edit(&mut bad);
+        let err = target.dev.restore(&bad, false).expect_err(what);
+        assert!(expected(&err), "{what}: {err}");
+        eprintln!("{what}: {err}");
+        assert_eq!(target.dev.save(), built, "{what}: device changed");
+    }
+
+    // A disk whose size changed.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = dir.path().join("bigger.raw");
+    create_raw(&other, 2 * DISK_SIZE).expect("create_raw");
+    let mut bigger = fresh(open(&other, Format::Raw, false));
+    let err = bigger
+        .dev
+        .restore(&good, false)
+        .expect_err("disk size changed");
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            PersistError::Mismatch {
+                what: "disk size",
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&SECTORS.to_string()) && msg.contains(&(2 * SECTORS).to_string()),
+        "both sizes named: {msg}"
+    );
+    // A disk opened read-only now offers RO.
+    let mut ro = fresh(open(&b.path, Format::Raw, true));
+    assert!(matches!(
+        ro.dev.restore(&good, false),
+        Err(PersistError::Mismatch {
+            what: "offered features",
+            ..
+        })
+    ));
+
+    // The refused devices still work as built.
+    for mut d in [target, bigger] {
+        d.init_all();
+        let (head, st) = crate::transport::flush(&mut d);
+        assert_eq!(d.wait_used(0).id, u32::from(head));
+        assert_eq!(d.seg_bytes(st)[0], blk_status::OK);
+    }
+    b.assert_still_works();
+}

@@ -11,7 +11,13 @@ use vireo_devices::virtio::net::{feature, NetCounters, VirtioNet, MAX_TX_LEN, RX
 use vireo_devices::virtio::{features, status};
 use vireo_net::VNET_HDR_LEN;
 
-use crate::driver::{assert_bytes, linked, unique_index, Driver, Seg, Used, MEM_SIZE, TIMEOUT};
+use vireo_devices::persist::PersistError;
+use vireo_devices::virtio::persist::{VirtioDeviceState, VirtioPciState};
+use vireo_devices::virtio::VirtioPciDevice;
+
+use crate::driver::{
+    assert_bytes, linked, unique_index, Driver, MsiRecorder, Seg, Used, BAR_ADDR, MEM_SIZE, TIMEOUT,
+};
 use crate::netcommon::{
     arp_request, guest_mac, in_netns, ip, is_arp_reply, link_mac, require_root, tap_with_address,
     GUEST_IP, HOST_IP,
@@ -494,5 +500,154 @@ fn net_stop_while_paused_returns_promptly() {
         let t = Instant::now();
         drop(n);
         assert!(t.elapsed() < Duration::from_secs(1), "drop while paused");
+    });
+}
+
+/// Saves the paused device, sends the state through JSON, closes the old device (and its
+/// tap), opens the tap again by name as a VMM restoring the VM would, builds a new virtio-net
+/// and transport on the same guest memory, restores onto it (`paused` as given) and puts it in
+/// place. Returns the saved state.
+fn snapshot_and_restore(n: &mut Net, paused: bool) -> VirtioPciState {
+    n.drv.dev.pause();
+    let saved = n.drv.dev.save();
+    let json = serde_json::to_string(&saved).expect("serialize");
+    let state: VirtioPciState = serde_json::from_str(&json).expect("deserialize");
+    assert_eq!(state, saved, "JSON round trip");
+
+    // The tap is not persistent: it goes away with the old device's descriptor. A stand-in
+    // device holds the driver's place meanwhile.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("standin.raw");
+    vireo_block::create_raw(&path, 1 << 20).expect("create_raw");
+    let opts = vireo_block::OpenOptions {
+        format: Some(vireo_block::Format::Raw),
+        ..vireo_block::OpenOptions::default()
+    };
+    let disk = Arc::from(vireo_block::open_disk(&path, &opts).expect("open_disk"));
+    let standin = VirtioPciDevice::new(
+        Box::new(vireo_devices::virtio::block::VirtioBlock::new(
+            disk,
+            unique_index(),
+        )),
+        n.drv.mem.clone(),
+        BAR_ADDR,
+        MsiRecorder::new(2),
+    )
+    .expect("stand-in transport");
+    drop(std::mem::replace(&mut n.drv.dev, standin));
+
+    let dev = VirtioNet::new(tap_with_address(TAP), guest_mac(), unique_index());
+    let counters = dev.counters();
+    let msi = MsiRecorder::new(3);
+    let mut restored =
+        VirtioPciDevice::new(Box::new(dev), n.drv.mem.clone(), BAR_ADDR, msi.clone())
+            .expect("transport");
+    restored.restore(&state, paused).expect("restore");
+    assert_eq!(
+        restored.save(),
+        state,
+        "the restored device saves the same state"
+    );
+    for v in 0..3 {
+        assert_eq!(msi.route(v), n.drv.msi.route(v), "MSI route of vector {v}");
+    }
+    n.drv.dev = restored;
+    n.drv.msi = msi;
+    n.counters = counters;
+    state
+}
+
+#[test]
+fn net_snapshot_restore_keeps_posted_buffers_and_positions() {
+    net_test(
+        "net_snapshot_restore_keeps_posted_buffers_and_positions",
+        || {
+            let mut n = Net::new();
+            n.post_rx(4);
+            n.assert_arp_round_trip();
+            let rx_used = n.drv.used_idx(RX_QUEUE);
+            let tx_used = n.drv.used_idx(TX_QUEUE);
+            assert!(rx_used >= 1 && tx_used == 1);
+
+            let state = snapshot_and_restore(&mut n, true);
+            assert_eq!(state.queues[usize::from(RX_QUEUE)].next_used, rx_used);
+            assert_eq!(state.queues[usize::from(TX_QUEUE)].next_used, tx_used);
+            assert_eq!(
+                state.queues[usize::from(RX_QUEUE)].next_avail,
+                rx_used,
+                "receive chains taken without a frame were given back"
+            );
+
+            // Paused: a transmit is not processed.
+            let frame = arp_request(guest_mac(), GUEST_IP, HOST_IP);
+            let segs = [n.drv.rbuf(&[0; VNET_HDR_LEN]), n.drv.rbuf(&frame)];
+            let head = n.drv.submit(TX_QUEUE, &segs);
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < deadline {
+                assert_eq!(n.drv.used_idx(TX_QUEUE), tx_used, "TX while paused");
+                assert_eq!(n.drv.used_idx(RX_QUEUE), rx_used, "RX while paused");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(n.count(|c| &c.tx_frames), 0);
+
+            // One resume: the transmit completes once and its reply lands in a buffer posted
+            // before the snapshot.
+            n.drv.dev.resume();
+            assert_eq!(n.drv.wait_used(TX_QUEUE).id, u32::from(head));
+            let (used, _, reply) = n.recv_arp_reply();
+            assert_eq!(&reply[0..6], &guest_mac().bytes(), "to the guest");
+            assert!(used.len as usize > VNET_HDR_LEN);
+            assert_eq!(n.drv.used_idx(TX_QUEUE), tx_used.wrapping_add(1));
+            assert!(
+                n.drv
+                    .try_wait_used(TX_QUEUE, Duration::from_millis(200))
+                    .is_none(),
+                "a transmit completed twice"
+            );
+            assert_eq!(n.count(|c| &c.tx_frames), 1);
+            n.assert_arp_round_trip();
+        },
+    );
+}
+
+#[test]
+fn net_restore_refuses_another_mac() {
+    net_test("net_restore_refuses_another_mac", || {
+        let mut n = Net::new();
+        n.drv.dev.pause();
+        let mut state = n.drv.dev.save();
+        n.drv.dev.resume();
+        let VirtioDeviceState::Net(net) = &mut state.device else {
+            panic!("a virtio-net state: {:?}", state.device);
+        };
+        net.mac[5] ^= 1;
+        let mut other = Driver::new(Box::new(VirtioNet::new(
+            vireo_net::Tap::open("vtap1").expect("tap"),
+            guest_mac(),
+            unique_index(),
+        )));
+        let built = other.dev.save();
+        let err = other.dev.restore(&state, false).expect_err("MAC differs");
+        assert!(
+            matches!(err, PersistError::Mismatch { what: "MAC", .. }),
+            "{err}"
+        );
+        assert_eq!(other.dev.save(), built, "left as built");
+        // A blk state on a net device.
+        let mut blk = state.clone();
+        blk.device = VirtioDeviceState::Block(vireo_devices::virtio::persist::BlockState {
+            capacity_sectors: 8,
+            read_only: false,
+        });
+        blk.device_type = 2;
+        assert!(matches!(
+            other.dev.restore(&blk, false),
+            Err(PersistError::Mismatch {
+                what: "device type",
+                ..
+            })
+        ));
+        other.init_all();
+        n.assert_arp_round_trip();
     });
 }

@@ -34,7 +34,7 @@ fn ready_blk_driver() -> (Driver, TempDir) {
 }
 
 /// Runs a FLUSH and returns its head; the caller waits.
-fn flush(d: &mut Driver) -> (u16, Seg) {
+pub(crate) fn flush(d: &mut Driver) -> (u16, Seg) {
     let h = d.rbuf(&crate::blk::header(kind::FLUSH, 0));
     let st = d.wbuf(1, 0xee);
     (d.submit(0, &[h, st]), st)

@@ -14,6 +14,7 @@
 //! chains are walked) and back-to-back syscalls keep the kernel's read path
 //! warm. The README's benchmark table gives the measured effect.
 
+pub mod persist;
 pub mod request;
 mod worker;
 
@@ -208,6 +209,16 @@ impl VirtioDevice for VirtioBlock {
                 queue: 0,
             },
         )?;
+        // The driver may have posted requests before the worker existed (or
+        // before a snapshot): have the worker look at the queue at its first
+        // wait, which is also where a paused start parks.
+        queue
+            .notify
+            .write(1)
+            .map_err(|source| ActivateError::Worker {
+                device: "virtio-blk",
+                source,
+            })?;
         let ctx = worker::BlockWorker::new(
             self.disk.clone(),
             activation.mem,
@@ -219,14 +230,36 @@ impl VirtioDevice for VirtioBlock {
                 max_range_sectors: MAX_RANGE_SECTORS,
             },
         );
-        let w = Worker::spawn(format!("vireo-blk{}", self.index), move |ev| ctx.run(ev)).map_err(
-            |source| ActivateError::Worker {
-                device: "virtio-blk",
-                source,
-            },
-        )?;
+        let w = Worker::spawn(
+            format!("vireo-blk{}", self.index),
+            activation.paused,
+            move |ev| ctx.run(ev),
+        )
+        .map_err(|source| ActivateError::Worker {
+            device: "virtio-blk",
+            source,
+        })?;
         self.worker = Some(w);
         Ok(())
+    }
+
+    fn save_state(&self) -> super::persist::VirtioDeviceState {
+        super::persist::VirtioDeviceState::Block(self.save())
+    }
+
+    fn restore_state(
+        &mut self,
+        state: &super::persist::VirtioDeviceState,
+    ) -> Result<(), crate::persist::PersistError> {
+        match state {
+            super::persist::VirtioDeviceState::Block(s) => self.restore(s),
+            other => Err(crate::persist::PersistError::mismatch(
+                "virtio-blk",
+                "device model",
+                other.kind(),
+                "virtio-blk",
+            )),
+        }
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

@@ -19,7 +19,7 @@ use super::{BlockCounters, SEG_MAX};
 use crate::virtio::chain::{ChainError, ChainLayout};
 use crate::virtio::prefetch;
 use crate::virtio::worker::{EventLoop, STOP_TOKEN};
-use crate::virtio::{ActiveQueue, GuestMemory, Interrupt};
+use crate::virtio::{ActiveQueue, GuestMemory, Interrupt, QueuePosition};
 
 const QUEUE_TOKEN: u64 = 0;
 /// How long the worker keeps looking for new requests after the queue ran
@@ -42,6 +42,7 @@ pub(super) struct BlockWorker {
     mem: Arc<GuestMemory>,
     queue: Queue,
     notify: EventFd,
+    position: Arc<QueuePosition>,
     interrupt: Arc<dyn Interrupt>,
     counters: Arc<BlockCounters>,
     handler: RequestHandler,
@@ -91,6 +92,7 @@ impl BlockWorker {
             mem: Arc::new(mem),
             queue: queue.queue,
             notify: queue.notify,
+            position: queue.position,
             interrupt,
             counters: counters.clone(),
             handler: RequestHandler {
@@ -108,10 +110,14 @@ impl BlockWorker {
             self.interrupt.set_needs_reset();
             return;
         }
-        // The driver may have notified before the worker existed.
-        let mut broken = self.process().is_err();
+        // Requests posted before the worker existed are signalled through
+        // the notify eventfd by `activate`, so nothing is done before the
+        // first wait (where a worker started paused parks).
+        let mut broken = false;
         let mut tokens = Vec::new();
         loop {
+            // A request boundary: everything taken has been completed.
+            self.position.publish(&self.queue);
             if let Err(e) = ev.wait(&mut tokens) {
                 warn!(error = %e, "virtio-blk: epoll failed");
                 return;

@@ -8,6 +8,7 @@
 //! large unsegmented frames; offloads for transmit are always accepted by a
 //! vnet-header tap. The link is always up.
 
+pub mod persist;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,7 +114,7 @@ impl NetCounters {
 #[derive(Debug)]
 pub struct VirtioNet {
     tap: Arc<Tap>,
-    config: [u8; 12],
+    pub(super) config: [u8; 12],
     counters: Arc<NetCounters>,
     worker: Option<Worker>,
     index: usize,
@@ -183,6 +184,7 @@ impl VirtioDevice for VirtioNet {
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         let acked = activation.acked_features;
+        let paused = activation.paused;
         let has = |f: u64| acked & f != 0;
         self.tap
             .set_offloads(Offloads {
@@ -211,6 +213,15 @@ impl VirtioDevice for VirtioNet {
         };
         let rx = rx.ok_or(missing(RX_QUEUE))?;
         let tx = tx.ok_or(missing(TX_QUEUE))?;
+        // Frames the driver queued for transmit (and receive buffers it
+        // posted) before the worker existed, or before a snapshot, are
+        // handled at the worker's first wait, where a paused start parks.
+        for q in [&rx, &tx] {
+            q.notify.write(1).map_err(|source| ActivateError::Worker {
+                device: "virtio-net",
+                source,
+            })?;
+        }
         let ctx = worker::NetWorker::new(
             self.tap.clone(),
             activation.mem,
@@ -219,14 +230,34 @@ impl VirtioDevice for VirtioNet {
             activation.interrupt,
             self.counters.clone(),
         );
-        let w = Worker::spawn(format!("vireo-net{}", self.index), move |ev| ctx.run(ev)).map_err(
-            |source| ActivateError::Worker {
-                device: "virtio-net",
-                source,
-            },
-        )?;
+        let w = Worker::spawn(format!("vireo-net{}", self.index), paused, move |ev| {
+            ctx.run(ev)
+        })
+        .map_err(|source| ActivateError::Worker {
+            device: "virtio-net",
+            source,
+        })?;
         self.worker = Some(w);
         Ok(())
+    }
+
+    fn save_state(&self) -> super::persist::VirtioDeviceState {
+        super::persist::VirtioDeviceState::Net(self.save())
+    }
+
+    fn restore_state(
+        &mut self,
+        state: &super::persist::VirtioDeviceState,
+    ) -> Result<(), crate::persist::PersistError> {
+        match state {
+            super::persist::VirtioDeviceState::Net(s) => self.restore(s),
+            other => Err(crate::persist::PersistError::mismatch(
+                "virtio-net",
+                "device model",
+                other.kind(),
+                "virtio-net",
+            )),
+        }
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

@@ -22,7 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{validate_rx, validate_tx, NetCounters, MAX_SEGMENTS, RX_QUEUE, TX_QUEUE};
 use crate::virtio::chain::{self, ChainLayout, Segment};
 use crate::virtio::worker::{EventLoop, STOP_TOKEN};
-use crate::virtio::{ActiveQueue, GuestMemory, Interrupt};
+use crate::virtio::{ActiveQueue, GuestMemory, Interrupt, QueuePosition};
 
 const RX_TOKEN: u64 = 0;
 const TX_TOKEN: u64 = 1;
@@ -36,8 +36,10 @@ pub(super) struct NetWorker {
     mem: Arc<GuestMemory>,
     rx: Queue,
     rx_notify: EventFd,
+    rx_position: Arc<QueuePosition>,
     tx: Queue,
     tx_notify: EventFd,
+    tx_position: Arc<QueuePosition>,
     interrupt: Arc<dyn Interrupt>,
     counters: Arc<NetCounters>,
     layout: ChainLayout,
@@ -64,8 +66,10 @@ impl NetWorker {
             mem: Arc::new(mem),
             rx: rx.queue,
             rx_notify: rx.notify,
+            rx_position: rx.position,
             tx: tx.queue,
             tx_notify: tx.notify,
+            tx_position: tx.position,
             interrupt,
             counters,
             layout: ChainLayout::default(),
@@ -85,10 +89,14 @@ impl NetWorker {
             self.interrupt.set_needs_reset();
             return;
         }
-        self.step(&mut ev, TX_TOKEN);
-        self.step(&mut ev, TAP_TOKEN);
+        // Nothing before the first wait: `activate` signalled both queues'
+        // eventfds and the tap is level-triggered, so pending work is seen
+        // there (and a worker started paused parks there first).
         let mut tokens = Vec::new();
         loop {
+            // A request boundary: every chain taken was used or given back.
+            self.rx_position.publish(&self.rx);
+            self.tx_position.publish(&self.tx);
             if let Err(e) = ev.wait(&mut tokens) {
                 warn!(error = %e, "virtio-net: epoll failed");
                 return;
