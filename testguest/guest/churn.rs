@@ -4,32 +4,37 @@
 //!
 //! - Memory: a working set of PAGES 4 KiB pages above the image. Iteration
 //!   `i` (0, 1, …) rewrites page `i % PAGES` with words from a xorshift64
-//!   seeded by `(i, page)`, and updates the expected checksum of the whole
+//!   seeded by `(i, page)`, after checking the page still holds what its
+//!   last writer put there, and updates the expected checksum of the whole
 //!   working set, which lives only in this program's state. After every
 //!   EVERY iterations (default PAGES) it reads the whole working set back,
 //!   and prints `churn i=<i> sum=<hex16>` (`i` = iterations done, so a
-//!   multiple of EVERY; `sum` is a function of `i` and PAGES only), or
-//!   `churn MISMATCH i=<i> page=<p> got=<hex16> want=<hex16>` and exits 1.
+//!   multiple of EVERY; `sum` is a function of `i` and PAGES only). A page
+//!   found with the wrong content (before its rewrite or in the sweep)
+//!   prints `churn MISMATCH i=<i> page=<p> got=<hex16> want=<hex16>` (page
+//!   hashes; `i` = iterations done) and exits 1.
 //! - Disk (when a virtio-blk device is present): iteration `i` also writes
 //!   sector `i % S` (S = BLK-SECTORS, default min(capacity, 256)) with a
 //!   pattern of `(i, sector)`, then reads sector `(i + 1) % S` back and
 //!   checks it holds the pattern of the iteration that last wrote it;
 //!   otherwise `churn BLK-MISMATCH i=<i> sector=<s> want-iter=<j>
 //!   got-iter=<k> word=<w>` and exit 1. The line gets ` blk=<writes>`.
-//! - Network (when a virtio-net device is present): iteration `i` also
-//!   sends one broadcast frame of ethertype 0x88b5 whose payload is
-//!   `churn-tx` then the big-endian u64 sequence number `i`; received
-//!   frames of that ethertype whose payload starts with `churn-rx` are
+//! - Network (when a virtio-net device is present): every iteration `i`
+//!   that is a multiple of 16 also sends one broadcast frame of ethertype
+//!   0x88b5 whose payload is `churn-tx`, the big-endian u64 sequence number
+//!   (`i / 16`: 0, 1, 2, …), then the big-endian u64 `i`; every iteration
+//!   takes in what arrived: frames of that ethertype whose payload starts with `churn-rx` are
 //!   counted, their big-endian u64 sequence numbers (bytes 8..16 of the
 //!   payload) must each be one more than the previous one, else a line
 //!   `churn RX-GAP i=<i> want=<n> got=<m>` (not fatal). The line gets
 //!   ` tx=<sent> rx=<received>`; `rx` is the one field that depends on the
 //!   host rather than on `i`.
 //!
-//! First line: `churn start pages=<P> every=<K> blk-sectors=<S> net=<0|1>`
-//! (S = 0 without a disk). With LIMIT > 0 it stops after LIMIT iterations
-//! (rounded up to a multiple of EVERY) with `churn done i=<i>`, exit 0;
-//! otherwise it runs until the VMM stops it.
+//! First line: `churn start pages=<P> every=<K> blk-sectors=<S> net=<0|1>
+//! base=0x<hex16>` (S = 0 without a disk; `base` is the guest-physical
+//! address of the working set, page `p` at `base + 4096·p`). With LIMIT > 0
+//! it stops after LIMIT iterations (rounded up to a multiple of EVERY) with
+//! `churn done i=<i>`, exit 0; otherwise it runs until the VMM stops it.
 
 use crate::mem::{self, rd64, wr64, Bump};
 use crate::virtio::{fail, fail_with, find_nth, Kind, VResult};
@@ -48,6 +53,8 @@ const TX_MAGIC: &[u8; 8] = b"churn-tx";
 const RX_MAGIC: &[u8; 8] = b"churn-rx";
 const ETH_HLEN: usize = 14;
 const FRAME_LEN: usize = 60;
+/// Iterations per transmitted frame.
+const TX_EVERY: u64 = 16;
 
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -122,6 +129,21 @@ fn put_hex16(v: u64) {
     }
 }
 
+/// Reports page `page` holding the wrong content at iteration `i` and
+/// exits with status 1.
+fn mismatch(i: u64, page: u64, got: u64, want: u64) -> ! {
+    puts("churn MISMATCH i=");
+    put_dec(i);
+    puts(" page=");
+    put_dec(page);
+    puts(" got=");
+    put_hex16(got);
+    puts(" want=");
+    put_hex16(want);
+    putc(b'\n');
+    exit(1)
+}
+
 struct Disk {
     blk: Blk,
     sectors: u64,
@@ -183,6 +205,13 @@ struct Nic {
 impl Nic {
     /// Iteration `i`'s frame, and whatever arrived.
     fn step(&mut self, i: u64) -> VResult<()> {
+        if i.is_multiple_of(TX_EVERY) {
+            self.send(i)?;
+        }
+        self.receive(i)
+    }
+
+    fn send(&mut self, i: u64) -> VResult<()> {
         let mut f = [0u8; FRAME_LEN];
         f[0..6].fill(0xff);
         f[6..12].copy_from_slice(&self.net.mac);
@@ -192,7 +221,10 @@ impl Nic {
         f[ETH_HLEN + 16..ETH_HLEN + 24].copy_from_slice(&i.to_be_bytes());
         self.net.send(&f)?;
         self.sent += 1;
+        Ok(())
+    }
 
+    fn receive(&mut self, i: u64) -> VResult<()> {
         let mut frame = [0u8; BUF_SIZE];
         while let Some(len) = self.net.recv(&mut frame)? {
             if len < ETH_HLEN + 16
@@ -286,6 +318,8 @@ pub fn scenario(args: &mut Args<'_>, mem_size: u64) -> VResult<()> {
     put_dec(disk.as_ref().map_or(0, |d| d.sectors));
     puts(" net=");
     putc(if nic.is_some() { b'1' } else { b'0' });
+    puts(" base=");
+    crate::put_hex(base as u64);
     putc(b'\n');
 
     // Initial content, and its checksum.
@@ -302,7 +336,14 @@ pub fn scenario(args: &mut Args<'_>, mem_size: u64) -> VResult<()> {
     loop {
         let p = i % pages;
         let old = last_writer(i, p, pages);
-        expected = expected.wrapping_sub(weight(p, page_hash(page_words(old, p))));
+        let old_hash = page_hash(page_words(old, p));
+        // The page still holds what its last writer put there.
+        let at = page_addr(p);
+        let got = page_hash((0..WORDS).map(|k| rd64(at + 8 * k)));
+        if got != old_hash {
+            mismatch(i, p, got, old_hash);
+        }
+        expected = expected.wrapping_sub(weight(p, old_hash));
         for (k, w) in page_words(i, p).enumerate() {
             wr64(page_addr(p) + 8 * k, w);
         }
@@ -325,16 +366,7 @@ pub fn scenario(args: &mut Args<'_>, mem_size: u64) -> VResult<()> {
             let got = page_hash((0..WORDS).map(|k| rd64(at + 8 * k)));
             let want = page_hash(page_words(last_writer(i, q, pages), q));
             if got != want {
-                puts("churn MISMATCH i=");
-                put_dec(i);
-                puts(" page=");
-                put_dec(q);
-                puts(" got=");
-                put_hex16(got);
-                puts(" want=");
-                put_hex16(want);
-                putc(b'\n');
-                exit(1);
+                mismatch(i, q, got, want);
             }
             sum = sum.wrapping_add(weight(q, got));
         }

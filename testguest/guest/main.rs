@@ -33,10 +33,10 @@
 //!   `i`, contents a function of `(i, page)`), and with a virtio-blk disk
 //!   writes sector `i % BLK-SECTORS` (default min(capacity, 256)) and
 //!   verifies sector `(i + 1) % BLK-SECTORS` read back, and with a
-//!   virtio-net NIC sends one frame (ethertype 0x88b5, payload `churn-tx`,
-//!   BE u64 sequence number) and counts frames with payload `churn-rx` +
-//!   consecutive BE u64 sequence numbers. `churn start pages=… every=…
-//!   blk-sectors=… net=0|1`, then every EVERY (default PAGES) iterations,
+//!   virtio-net NIC sends one frame every 16 iterations (ethertype 0x88b5,
+//!   payload `churn-tx`, BE u64 sequence number, BE u64 `i`) and counts
+//!   frames with payload `churn-rx` + consecutive BE u64 sequence numbers.
+//!   `churn start pages=… every=… blk-sectors=… net=0|1 base=0x…`, then every EVERY (default PAGES) iterations,
 //!   after reading the whole working set back, `churn i=<i> sum=<hex16>`
 //!   [` blk=<writes>`] [` tx=<sent> rx=<received>`] — all but `rx` a pure
 //!   function of `i`. Failures: `churn MISMATCH …` or `churn BLK-MISMATCH

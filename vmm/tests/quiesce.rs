@@ -15,7 +15,8 @@ mod netcommon;
 
 use std::hash::{DefaultHasher, Hasher};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -280,7 +281,7 @@ fn pause_freezes_a_churning_guest_and_its_disk_and_resume_loses_nothing() {
     let text = out.text();
     assert!(
         text.starts_with(&format!(
-            "churn start pages={PAGES} every={EVERY} blk-sectors={SECTORS} net=0\n"
+            "churn start pages={PAGES} every={EVERY} blk-sectors={SECTORS} net=0 base="
         )),
         "{text}"
     );
@@ -291,4 +292,411 @@ fn pause_freezes_a_churning_guest_and_its_disk_and_resume_loses_nothing() {
         lines.last().map_or(0, |l| l.i),
         started.elapsed()
     );
+}
+
+/// The guest-physical address of the working set, from the start line.
+fn working_set_base(out: &Capture) -> u64 {
+    let text = out.text();
+    let start = text
+        .lines()
+        .find(|l| l.starts_with("churn start "))
+        .unwrap_or_else(|| panic!("no start line in\n{text}"));
+    let hex = start
+        .split(' ')
+        .find_map(|w| w.strip_prefix("base=0x"))
+        .unwrap_or_else(|| panic!("no base in {start:?}"));
+    u64::from_str_radix(hex, 16).expect("base address")
+}
+
+/// Waits for the guest to exit and returns its status and output.
+fn guest_exit(vm: &Vm, out: &Capture) -> (ExitReason, String) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = tx.send(vm.wait());
+        });
+        let reason = rx.recv_timeout(PATIENCE);
+        if reason.is_err() {
+            vm.shutdown();
+        }
+        let reason = reason.unwrap_or_else(|_| {
+            panic!(
+                "the guest did not exit within {PATIENCE:?}; output:\n{}",
+                out.text()
+            )
+        });
+        (reason, out.text())
+    })
+}
+
+#[test]
+fn the_guest_notices_a_page_changed_behind_its_back() {
+    // The counterpart of the tests above: a host write into the working set
+    // while paused must be caught by the guest.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("disk.raw");
+    let config = churn_config(dir.path(), &disk);
+    let out = Capture::default();
+    let vm = VmBuilder::new(config)
+        .serial_writer(Box::new(out.clone()))
+        .build()
+        .expect("build VM");
+    vm.start().expect("start");
+    wait_for_i(&out, 2 * EVERY);
+    vm.pause().expect("pause");
+    let base = working_set_base(&out);
+    // Flip a bit in every page of the working set: the guest checks each
+    // page before rewriting it, so the next iteration notices.
+    use vm_memory::{Bytes, GuestAddress};
+    for page in 0..PAGES {
+        let at = GuestAddress(base + page * 4096 + 8);
+        let mut word = [0u8; 8];
+        vm.memory()
+            .read_slice(&mut word, at)
+            .expect("read guest memory");
+        word[0] ^= 1;
+        vm.memory()
+            .write_slice(&word, at)
+            .expect("write guest memory");
+    }
+    vm.resume().expect("resume");
+    let (reason, text) = guest_exit(&vm, &out);
+    assert_eq!(reason, ExitReason::DebugExit { status: 1 }, "{text}");
+    assert!(
+        text.contains("churn MISMATCH i="),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_guest_notices_a_disk_changed_behind_its_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("disk.raw");
+    let config = churn_config(dir.path(), &disk);
+    let out = Capture::default();
+    let vm = VmBuilder::new(config)
+        .serial_writer(Box::new(out.clone()))
+        .build()
+        .expect("build VM");
+    vm.start().expect("start");
+    // Every sector in use has been written once.
+    wait_for_i(&out, SECTORS + EVERY);
+    vm.pause().expect("pause");
+    // Zero the sectors the guest writes, as a restore of an older disk
+    // would.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .expect("open disk");
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&vec![0u8; (SECTORS * 512) as usize], 0)
+        .expect("zero the disk");
+    f.sync_all().expect("sync");
+    vm.resume().expect("resume");
+    let (reason, text) = guest_exit(&vm, &out);
+    assert_eq!(reason, ExitReason::DebugExit { status: 1 }, "{text}");
+    assert!(
+        text.contains("churn BLK-MISMATCH i=") && text.contains(" got-iter=0 "),
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------- with a tap
+
+const TAP: &str = "vqtap0";
+const ETHERTYPE: u16 = 0x88b5;
+/// Iterations per frame the guest sends.
+const TX_EVERY: u64 = 16;
+/// Frames the host sends the guest while it runs, and while it is paused.
+const RX_RUNNING: u64 = 20;
+const RX_PAUSED: u64 = 10;
+
+fn guest_mac() -> [u8; 6] {
+    [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]
+}
+
+/// An `AF_PACKET` socket on the tap's host side for ethertype 0x88b5: reads
+/// what the guest transmits, and sends frames to the guest.
+struct PacketSocket {
+    fd: OwnedFd,
+    ifindex: i32,
+}
+
+impl PacketSocket {
+    fn open(ifname: &str) -> Self {
+        let proto = i32::from(ETHERTYPE.to_be());
+        // SAFETY: plain socket(2); the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+        assert!(fd >= 0, "socket(AF_PACKET): {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(ifname).expect("name");
+        // SAFETY: `name` is a valid C string for the call.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(ifindex != 0, "if_nametoindex({ifname})");
+        let s = Self {
+            fd,
+            ifindex: ifindex as i32,
+        };
+        let addr = s.addr([0; 6]);
+        // SAFETY: `addr` is a valid sockaddr_ll of the given size.
+        let rc = unsafe {
+            libc::bind(
+                s.fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        // A large receive buffer (root may exceed rmem_max), so the reader
+        // thread never loses a frame to a full socket.
+        s.setsockopt(libc::SO_RCVBUFFORCE, &(64i32 << 20));
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        s.setsockopt(libc::SO_RCVTIMEO, &tv);
+        s
+    }
+
+    fn setsockopt<T>(&self, opt: i32, value: &T) {
+        // SAFETY: `value` is valid for `size_of::<T>()` bytes for the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (value as *const T).cast(),
+                std::mem::size_of::<T>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt {opt}: {}", std::io::Error::last_os_error());
+    }
+
+    fn addr(&self, dst: [u8; 6]) -> libc::sockaddr_ll {
+        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+        let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        a.sll_family = libc::AF_PACKET as u16;
+        a.sll_protocol = ETHERTYPE.to_be();
+        a.sll_ifindex = self.ifindex;
+        a.sll_halen = 6;
+        a.sll_addr[..6].copy_from_slice(&dst);
+        a
+    }
+
+    /// The next frame (up to the timeout), with whether it is incoming.
+    fn recv(&self, buf: &mut [u8]) -> Option<(usize, bool)> {
+        // SAFETY: as above.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        // SAFETY: `buf` and `from` are valid for their lengths for the call.
+        let n = unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut from as *mut libc::sockaddr_ll).cast(),
+                &mut len,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ),
+                "recvfrom: {e}"
+            );
+            return None;
+        }
+        Some((n as usize, from.sll_pkttype != libc::PACKET_OUTGOING as u8))
+    }
+
+    /// Sends one frame carrying `churn-rx` and `seq` to the guest.
+    fn send_seq(&self, seq: u64) {
+        let mut f = vec![0u8; 60];
+        f[0..6].copy_from_slice(&guest_mac());
+        f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+        f[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+        f[14..22].copy_from_slice(b"churn-rx");
+        f[22..30].copy_from_slice(&seq.to_be_bytes());
+        let addr = self.addr(guest_mac());
+        // SAFETY: `f` and `addr` are valid for their lengths for the call.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(n, 60, "sendto: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Packets the tap's host side received (what the VMM wrote into the tap).
+fn tap_rx_packets() -> u64 {
+    let json = netcommon::ip(&["-j", "-s", "link", "show", TAP]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("ip -j output");
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no rx packet count in {json}"))
+}
+
+/// Sends frames to the guest and watches the tap while paused.
+struct TapTraffic {
+    sock: Arc<PacketSocket>,
+    next_seq: u64,
+    tap_rx_at_pause: u64,
+    /// Sequence numbers of the guest's frames, in arrival order.
+    seen: Arc<Mutex<Vec<u64>>>,
+    seen_at_pause: usize,
+}
+
+impl TapTraffic {
+    fn send(&mut self, n: u64) {
+        for _ in 0..n {
+            self.sock.send_seq(self.next_seq);
+            self.next_seq += 1;
+        }
+    }
+}
+
+impl Traffic for TapTraffic {
+    fn while_paused_start(&mut self) {
+        self.tap_rx_at_pause = tap_rx_packets();
+        // Frames for the guest wait in the tap until it resumes.
+        self.send(RX_PAUSED);
+        // What the guest sent before the pause has reached the reader.
+        std::thread::sleep(Duration::from_millis(50));
+        self.seen_at_pause = self.seen.lock().expect("lock").len();
+    }
+
+    fn while_paused_end(&mut self, round: usize) {
+        assert_eq!(
+            tap_rx_packets(),
+            self.tap_rx_at_pause,
+            "the guest's NIC sent frames while paused (round {round})"
+        );
+        assert_eq!(
+            self.seen.lock().expect("lock").len(),
+            self.seen_at_pause,
+            "frames from the guest arrived while paused (round {round})"
+        );
+    }
+
+    fn while_running(&mut self) {
+        self.send(RX_RUNNING);
+    }
+}
+
+#[test]
+fn pause_freezes_a_churning_guest_with_a_disk_and_a_tap_and_resume_loses_nothing() {
+    netcommon::require_root(
+        "pause_freezes_a_churning_guest_with_a_disk_and_a_tap_and_resume_loses_nothing",
+    );
+    netcommon::in_netns(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = dir.path().join("disk.raw");
+        let mut config = churn_config(dir.path(), &disk);
+        config.nets.push(NetConfig {
+            tap: TAP.into(),
+            mac: Some("52:54:00:12:34:56".parse().expect("MAC")),
+        });
+        let out = Capture::default();
+        // The VMM creates the tap (in this thread's namespace) and brings
+        // it up.
+        let vm = VmBuilder::new(config)
+            .serial_writer(Box::new(out.clone()))
+            .build()
+            .expect("build VM");
+        let sock = Arc::new(PacketSocket::open(TAP));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (sock, seen, done) = (sock.clone(), seen.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 2048];
+                while !done.load(Ordering::Relaxed) {
+                    let Some((n, incoming)) = sock.recv(&mut buf) else {
+                        continue;
+                    };
+                    if !incoming || n < 38 || &buf[14..22] != b"churn-tx" {
+                        continue;
+                    }
+                    let seq = u64::from_be_bytes(buf[22..30].try_into().expect("8 bytes"));
+                    let i = u64::from_be_bytes(buf[30..38].try_into().expect("8 bytes"));
+                    assert_eq!(i, seq * TX_EVERY, "frame {seq} is for iteration {i}");
+                    assert_eq!(&buf[0..6], &[0xff; 6], "broadcast");
+                    assert_eq!(&buf[6..12], &guest_mac(), "from the guest's MAC");
+                    seen.lock().expect("lock").push(seq);
+                }
+            })
+        };
+        let started = Instant::now();
+        vm.start().expect("start");
+        let mut traffic = TapTraffic {
+            sock,
+            next_seq: 0,
+            tap_rx_at_pause: 0,
+            seen: seen.clone(),
+            seen_at_pause: 0,
+        };
+        pause_resume_rounds(&vm, &out, &disk, &mut traffic);
+
+        // Every frame sent to the guest arrives, in order (the guest reports
+        // a gap itself).
+        let sent = traffic.next_seq;
+        let start = Instant::now();
+        let last = loop {
+            let last = last_line(&out).expect("lines");
+            if last.rx == Some(sent) {
+                break last;
+            }
+            assert!(
+                start.elapsed() < PATIENCE && last.rx < Some(sent),
+                "the guest received {:?} of {sent} frames; output:\n{}",
+                last.rx,
+                out.text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        // Every frame the guest sent up to its last line, but those still
+        // in its 16-entry transmit ring, reached the tap, once each and in
+        // order.
+        let tx = last.tx.expect("tx count");
+        let start = Instant::now();
+        while (seen.lock().expect("lock").len() as u64) + 16 < tx {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "only {} of the guest's {tx} frames reached the tap",
+                seen.lock().expect("lock").len()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop(&vm, &out);
+        done.store(true, Ordering::Relaxed);
+        reader.join().expect("reader thread");
+
+        let lines = churn_lines(&out.text());
+        for l in &lines {
+            assert_eq!(l.tx, Some(l.i.div_ceil(TX_EVERY)), "{l:?}");
+        }
+        let seen = seen.lock().expect("lock");
+        for (n, &seq) in seen.iter().enumerate() {
+            assert_eq!(seq, n as u64, "the guest's frames arrive once each, in order");
+        }
+        eprintln!(
+            "{} lines, {} frames from the guest, {sent} to it, in {:?}",
+            lines.len(),
+            seen.len(),
+            started.elapsed()
+        );
+    });
 }
