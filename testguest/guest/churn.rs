@@ -125,7 +125,11 @@ fn last_writer(done: u64, slot: u64, n: u64) -> u64 {
 fn put_hex16(v: u64) {
     for shift in (0..16).rev() {
         let nib = ((v >> (shift * 4)) & 0xf) as u8;
-        putc(if nib < 10 { b'0' + nib } else { b'a' + nib - 10 });
+        putc(if nib < 10 {
+            b'0' + nib
+        } else {
+            b'a' + nib - 10
+        });
     }
 }
 
@@ -162,7 +166,10 @@ impl Disk {
         }
         let st = self.blk.write_sectors(s, 1, self.wbuf)?;
         if st != VIRTIO_BLK_S_OK {
-            return Err(fail_with("churn: sector write failed with status", st.into()));
+            return Err(fail_with(
+                "churn: sector write failed with status",
+                st.into(),
+            ));
         }
         self.writes += 1;
         let r = (i + 1) % n;
@@ -173,7 +180,10 @@ impl Disk {
         mem::bytes_mut(self.rbuf, SECTOR_SIZE as usize).fill(0xa5);
         let st = self.blk.read_sectors(r, 1, self.rbuf)?;
         if st != VIRTIO_BLK_S_OK {
-            return Err(fail_with("churn: sector read failed with status", st.into()));
+            return Err(fail_with(
+                "churn: sector read failed with status",
+                st.into(),
+            ));
         }
         for (k, w) in sector_words(want, r).enumerate() {
             if rd64(self.rbuf + 8 * k) != w {
