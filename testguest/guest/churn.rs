@@ -19,13 +19,15 @@
 //!   checks it holds the pattern of the iteration that last wrote it;
 //!   otherwise `churn BLK-MISMATCH i=<i> sector=<s> want-iter=<j>
 //!   got-iter=<k> word=<w>` and exit 1. The line gets ` blk=<writes>`.
+//!   A nonzero BLK-SECTORS without a disk is a failure (`FAIL: …`).
 //! - Network (when a virtio-net device is present): every iteration `i`
 //!   that is a multiple of 16 also sends one broadcast frame of ethertype
 //!   0x88b5 whose payload is `churn-tx`, the big-endian u64 sequence number
 //!   (`i / 16`: 0, 1, 2, …), then the big-endian u64 `i`; every iteration
-//!   takes in what arrived: frames of that ethertype whose payload starts with `churn-rx` are
-//!   counted, their big-endian u64 sequence numbers (bytes 8..16 of the
-//!   payload) must each be one more than the previous one, else a line
+//!   takes in what arrived: frames of that ethertype whose payload starts
+//!   with `churn-rx` are counted, their big-endian u64 sequence numbers
+//!   (bytes 8..16 of the payload) must each be one more than the previous
+//!   one, else a line
 //!   `churn RX-GAP i=<i> want=<n> got=<m>` (not fatal). The line gets
 //!   ` tx=<sent> rx=<received>`; `rx` is the one field that depends on the
 //!   host rather than on `i`.

@@ -23,8 +23,8 @@
 //! exits with status 1; a gap in received sequence numbers prints `churn
 //! RX-GAP …`. Frames use ethertype 0x88b5: every 16 iterations the guest
 //! sends payload `churn-tx` + BE u64 sequence number (from 0) + BE u64
-//! iteration, and
-//! counts received payloads `churn-rx` + BE u64 sequence number.
+//! iteration, and counts received payloads `churn-rx` + BE u64 sequence
+//! number.
 
 use std::io;
 use std::path::Path;

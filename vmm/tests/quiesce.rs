@@ -5,8 +5,11 @@
 //! memory (the dirty bitmap stays clean), no frame on the tap, and the
 //! guest's counter stands still. After each resume the guest's periodic
 //! lines continue with no iteration lost or repeated, its own memory and
-//! disk checks keep passing, and frames in both directions keep their
-//! sequence across the pauses.
+//! disk checks keep passing (its checksums also match the ones recomputed
+//! here), and frames in both directions keep their sequence across the
+//! pauses. The tap test runs in a private network namespace and needs root,
+//! which it asserts. Two more tests change a page and the disk behind the
+//! paused guest's back, and expect the guest to report it and fail.
 
 /// Root check, network namespaces and `ip`, shared with the `net` crate's
 /// tap tests.
