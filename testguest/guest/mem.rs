@@ -150,3 +150,10 @@ impl Bump {
 pub fn align_up(v: usize, align: usize) -> usize {
     (v + align - 1) & !(align - 1)
 }
+
+/// Volatile 64-bit load (RAM only).
+#[inline(always)]
+pub fn rd64(addr: usize) -> u64 {
+    // SAFETY: as for `rd8`.
+    unsafe { read_volatile(addr as *const u64) }
+}

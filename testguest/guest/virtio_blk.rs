@@ -39,9 +39,9 @@ mod req {
 }
 
 /// Request status byte values.
-const VIRTIO_BLK_S_OK: u8 = 0;
+pub const VIRTIO_BLK_S_OK: u8 = 0;
 
-const SECTOR_SIZE: u64 = 512;
+pub const SECTOR_SIZE: u64 = 512;
 /// Bytes of a `GET_ID` answer.
 const ID_BYTES: usize = 20;
 /// Generous: a qcow2 cluster allocation on a slow host disk.
@@ -209,6 +209,16 @@ impl Blk {
 
     fn flush(&mut self) -> VResult<u8> {
         self.request(req::FLUSH, 0, 0, 0, false)
+    }
+
+    /// Reads `count` sectors at `sector` into `buf`; the request status.
+    pub fn read_sectors(&mut self, sector: u64, count: u64, buf: usize) -> VResult<u8> {
+        self.transfer(req::IN, sector, count, buf)
+    }
+
+    /// Writes `count` sectors at `sector` from `buf`; the request status.
+    pub fn write_sectors(&mut self, sector: u64, count: u64, buf: usize) -> VResult<u8> {
+        self.transfer(req::OUT, sector, count, buf)
     }
 }
 

@@ -30,7 +30,7 @@ const TX_QUEUE: u16 = 1;
 /// Receive buffers posted.
 const RX_BUFFERS: u16 = 16;
 /// Bytes per buffer: header plus a full 1514-byte frame fits.
-const BUF_SIZE: usize = 2048;
+pub const BUF_SIZE: usize = 2048;
 /// Most transmit slots.
 const MAX_TX: usize = 256;
 /// Used when the device offers no MAC (locally administered).

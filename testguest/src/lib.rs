@@ -12,6 +12,19 @@
 //! and, through the guest's own polling virtio 1.2 driver (modern virtio-pci),
 //! `virtio-list`, `blk-rw`, `blk-edge`, `blk-bench`, `net-ping`, `net-bench`
 //! (arguments and output lines are listed in `guest/main.rs`).
+//!
+//! `churn PAGES [EVERY [BLK-SECTORS [LIMIT]]]` is for pause/resume and
+//! snapshot/restore tests: it keeps rewriting a working set of PAGES pages
+//! (and, when present, sectors of the first virtio-blk disk and frames on
+//! the first virtio-net NIC), verifies all of it itself, and every EVERY
+//! iterations prints `churn i=<i> sum=<hex16>[ blk=<writes>][ tx=<sent>
+//! rx=<received>]`, a pure function of `i` except for `rx`. A corrupted
+//! page or sector prints `churn MISMATCH …` / `churn BLK-MISMATCH …` and
+//! exits with status 1; a gap in received sequence numbers prints `churn
+//! RX-GAP …`. Frames use ethertype 0x88b5: every 16 iterations the guest
+//! sends payload `churn-tx` + BE u64 sequence number (from 0) + BE u64
+//! iteration, and counts received payloads `churn-rx` + BE u64 sequence
+//! number.
 
 use std::io;
 use std::path::Path;
