@@ -93,7 +93,11 @@ pub fn restore_vm(args: RestoreArgs) -> Result<ExitCode> {
     };
     let vm = snapshot::restore(&args.source, opts)
         .with_context(|| format!("cannot restore {}", args.source.display()))?;
-    run_built(Arc::new(vm), args.api_socket.as_deref(), args.shutdown_timeout)
+    run_built(
+        Arc::new(vm),
+        args.api_socket.as_deref(),
+        args.shutdown_timeout,
+    )
 }
 
 /// `vireo run --api-socket PATH` without a payload: serves the API, waits for `vm.restore`

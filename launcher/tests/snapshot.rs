@@ -50,7 +50,9 @@ fn ticks(text: &str) -> Vec<u64> {
         .map(|(i, l)| {
             l.strip_prefix("tick ")
                 .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("line {i} is not a tick line: {l:?}\n{}", around(text, i)))
+                .unwrap_or_else(|| {
+                    panic!("line {i} is not a tick line: {l:?}\n{}", around(text, i))
+                })
         })
         .collect()
 }
@@ -72,7 +74,10 @@ fn assert_consecutive(text: &str) {
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < limit, "{what} did not happen in {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not happen in {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -106,7 +111,10 @@ fn saved_guest(fx: &Fixture, snap: &Path) -> String {
     assert_eq!(code, 200, "{answer}");
     let info = json(&answer);
     assert_eq!(info["memory_bytes"], 64 << 20);
-    assert!(info["memory_data_bytes"].as_u64().expect("data") < 8 << 20, "{info}");
+    assert!(
+        info["memory_data_bytes"].as_u64().expect("data") < 8 << 20,
+        "{info}"
+    );
     let lines = read(&serial).lines().count();
     wait_until("the VM runs on", Duration::from_secs(20), || {
         read(&serial).lines().count() > lines + 20
@@ -186,7 +194,10 @@ fn a_payload_less_vireo_restores_through_the_api_and_stays_paused_until_resumed(
         .expect("vireo remote");
     assert!(out.status.success(), "{}", stderr(&out));
     let info = json(&curl(&socket, "GET", "/api/v1/vm.info", None).1);
-    assert_eq!(info["state"], "Paused", "restored paused, as Cloud Hypervisor does");
+    assert_eq!(
+        info["state"], "Paused",
+        "restored paused, as Cloud Hypervisor does"
+    );
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(read(&serial), "", "a paused restored VM prints nothing");
     let (code, body) = curl(
@@ -270,7 +281,10 @@ fn bad_snapshots_are_refused_with_a_reason() {
             .expect("open");
         f.set_len(32 << 20).expect("truncate");
     });
-    assert!(e.contains("but the snapshot's memory needs 67108864"), "{e}");
+    assert!(
+        e.contains("but the snapshot's memory needs 67108864"),
+        "{e}"
+    );
     let e = variant("not-a-snapshot", &|d| {
         std::fs::write(state(d), b"hello").expect("write");
     });
@@ -303,7 +317,12 @@ fn bad_snapshot_requests_leave_the_running_vm_unharmed() {
     proc.wait_for_lines(10, Duration::from_secs(20));
     let cases: &[(&str, Option<&str>, u16, &str)] = &[
         ("/api/v1/vm.snapshot", None, 400, "invalid request body"),
-        ("/api/v1/vm.snapshot", Some("{}"), 400, "invalid request body"),
+        (
+            "/api/v1/vm.snapshot",
+            Some("{}"),
+            400,
+            "invalid request body",
+        ),
         (
             "/api/v1/vm.snapshot",
             Some(r#"{"destination_url": "http://x/y"}"#),

@@ -142,11 +142,7 @@ pub(crate) fn create_platform(
     memory: &GuestMemory,
 ) -> Result<Arc<VmFd>, VmError> {
     let platform = |what| move |source| VmError::Platform { what, source };
-    let vm_fd = Arc::new(
-        kvm.kvm()
-            .create_vm()
-            .map_err(platform("create a KVM VM"))?,
-    );
+    let vm_fd = Arc::new(kvm.kvm().create_vm().map_err(platform("create a KVM VM"))?);
     memory::register_with_kvm(&vm_fd, memory)?;
     vm_fd
         .set_tss_address(layout::KVM_TSS_ADDR as usize)

@@ -229,7 +229,12 @@ impl Vm {
         self.lifecycle.begin_start(self.vcpus.len(), paused)?;
         let mut threads = lock(&self.threads);
         for (index, fd) in (0u8..).zip(&self.vcpus) {
-            match vcpu::spawn(index, fd.clone(), self.buses.clone(), self.lifecycle.clone()) {
+            match vcpu::spawn(
+                index,
+                fd.clone(),
+                self.buses.clone(),
+                self.lifecycle.clone(),
+            ) {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
                     // Account for the vCPUs that never started, then stop.

@@ -145,7 +145,10 @@ fn snapshot_of_a_running_vm_keeps_it_running_and_two_restores_agree() {
         let t = ticks(&after.text());
         runs.push(t[..50].to_vec());
     }
-    assert_eq!(runs[0], runs[1], "two restores of one snapshot continue identically");
+    assert_eq!(
+        runs[0], runs[1],
+        "two restores of one snapshot continue identically"
+    );
 }
 
 #[test]

@@ -206,6 +206,11 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// The device model's own saved state (see [`persist`]).
     fn save_state(&self) -> persist::VirtioDeviceState;
+    /// Makes every completed write durable in the backend (a disk's image, qcow2 metadata
+    /// included), so a snapshot's disks match its state. The default has nothing to flush.
+    fn flush_backend(&self) -> std::io::Result<()> {
+        Ok(())
+    }
     /// Checks `state` against this device (type, backend size, MAC, …) and
     /// applies what it holds. Changes nothing on error. Called before the
     /// transport applies anything, on a device that is not activated.

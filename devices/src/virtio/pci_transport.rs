@@ -385,6 +385,11 @@ impl VirtioPciDevice {
         self.device.counters()
     }
 
+    /// Flushes the device model's backend (see [`VirtioDevice::flush_backend`]).
+    pub fn flush_backend(&self) -> std::io::Result<()> {
+        self.device.flush_backend()
+    }
+
     /// Quiesces the device model (see [`VirtioDevice::pause`]); the
     /// transport's registers and MSI-X state are kept as they are.
     pub fn pause(&mut self) {

@@ -44,14 +44,46 @@ pub enum Endpoint {
 
 /// The endpoints: path, method, endpoint.
 pub const ROUTES: &[(&str, &str, Endpoint)] = &[
-    ("/api/v1/vmm.ping", "GET", Endpoint::Plain(|| ApiRequest::VmmPing)),
-    ("/api/v1/vm.info", "GET", Endpoint::Plain(|| ApiRequest::VmInfo)),
-    ("/api/v1/vm.counters", "GET", Endpoint::Plain(|| ApiRequest::VmCounters)),
-    ("/api/v1/vm.pause", "PUT", Endpoint::Plain(|| ApiRequest::VmPause)),
-    ("/api/v1/vm.resume", "PUT", Endpoint::Plain(|| ApiRequest::VmResume)),
-    ("/api/v1/vm.power-button", "PUT", Endpoint::Plain(|| ApiRequest::VmPowerButton)),
-    ("/api/v1/vm.shutdown", "PUT", Endpoint::Plain(|| ApiRequest::VmShutdown)),
-    ("/api/v1/vmm.shutdown", "PUT", Endpoint::Plain(|| ApiRequest::VmmShutdown)),
+    (
+        "/api/v1/vmm.ping",
+        "GET",
+        Endpoint::Plain(|| ApiRequest::VmmPing),
+    ),
+    (
+        "/api/v1/vm.info",
+        "GET",
+        Endpoint::Plain(|| ApiRequest::VmInfo),
+    ),
+    (
+        "/api/v1/vm.counters",
+        "GET",
+        Endpoint::Plain(|| ApiRequest::VmCounters),
+    ),
+    (
+        "/api/v1/vm.pause",
+        "PUT",
+        Endpoint::Plain(|| ApiRequest::VmPause),
+    ),
+    (
+        "/api/v1/vm.resume",
+        "PUT",
+        Endpoint::Plain(|| ApiRequest::VmResume),
+    ),
+    (
+        "/api/v1/vm.power-button",
+        "PUT",
+        Endpoint::Plain(|| ApiRequest::VmPowerButton),
+    ),
+    (
+        "/api/v1/vm.shutdown",
+        "PUT",
+        Endpoint::Plain(|| ApiRequest::VmShutdown),
+    ),
+    (
+        "/api/v1/vmm.shutdown",
+        "PUT",
+        Endpoint::Plain(|| ApiRequest::VmmShutdown),
+    ),
     ("/api/v1/vm.snapshot", "PUT", Endpoint::Snapshot),
     ("/api/v1/vm.restore", "PUT", Endpoint::Restore),
 ];
@@ -173,7 +205,11 @@ mod tests {
     #[test]
     fn snapshot_and_restore_bodies_are_typed() {
         assert_eq!(
-            route("PUT", "/api/v1/vm.snapshot", br#"{"destination_url":"file:///d"}"#),
+            route(
+                "PUT",
+                "/api/v1/vm.snapshot",
+                br#"{"destination_url":"file:///d"}"#
+            ),
             Ok(ApiRequest::VmSnapshot(VmSnapshotConfig {
                 destination_url: "file:///d".into()
             }))
@@ -190,7 +226,12 @@ mod tests {
                 resume: false,
             }))
         );
-        for bad in [&b""[..], b"{}", b"[1]", br#"{"destination_url":"file:///d","x":1}"#] {
+        for bad in [
+            &b""[..],
+            b"{}",
+            b"[1]",
+            br#"{"destination_url":"file:///d","x":1}"#,
+        ] {
             let e = route("PUT", "/api/v1/vm.snapshot", bad).expect_err("bad body");
             assert_eq!(e.status, Status::BadRequest);
             assert!(e.reason.starts_with("invalid request body"), "{}", e.reason);

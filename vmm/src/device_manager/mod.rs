@@ -14,8 +14,8 @@
 pub mod attach;
 pub mod bus;
 pub mod msi;
-pub mod persist;
 pub mod pci_allocator;
+pub mod persist;
 
 use std::sync::{Arc, Mutex};
 
@@ -183,7 +183,11 @@ impl DeviceManager {
             .map_err(DeviceError::Pci)?;
         let pci_root = Arc::new(Mutex::new(root));
         let pci_config_io = Arc::new(Mutex::new(PciConfigIo::new(pci_root.clone())));
-        pio.insert(pci_config_io.clone(), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE)?;
+        pio.insert(
+            pci_config_io.clone(),
+            PCI_CONFIG_IO_BASE,
+            PCI_CONFIG_IO_SIZE,
+        )?;
         let mut mmio = Bus::new();
         mmio.insert(
             Arc::new(Mutex::new(PciEcam::new(pci_root.clone()))),

@@ -72,7 +72,9 @@ pub enum FormatError {
     #[error("the state file's header is malformed: {0}")]
     BadHeader(&'static str),
     /// The checksum does not match the content.
-    #[error("the state file is corrupted: checksum {found:#010x}, content sums to {computed:#010x}")]
+    #[error(
+        "the state file is corrupted: checksum {found:#010x}, content sums to {computed:#010x}"
+    )]
     Checksum {
         /// The checksum stored in the file.
         found: u32,
@@ -251,7 +253,9 @@ mod tests {
             assert!(
                 matches!(
                     e,
-                    FormatError::Truncated { .. } | FormatError::BadMagic | FormatError::Checksum { .. }
+                    FormatError::Truncated { .. }
+                        | FormatError::BadMagic
+                        | FormatError::Checksum { .. }
                 ),
                 "{len}: {e}"
             );
@@ -273,8 +277,15 @@ mod tests {
         let mut b = sample();
         b[8..10].copy_from_slice(&2u16.to_le_bytes());
         let e = decode::<V1>(&b).expect_err("major 2");
-        assert!(matches!(e, FormatError::UnsupportedVersion { major: 2, .. }));
-        assert!(e.to_string().starts_with("snapshot format 2.0 (written by Vireo"), "{e}");
+        assert!(matches!(
+            e,
+            FormatError::UnsupportedVersion { major: 2, .. }
+        ));
+        assert!(
+            e.to_string()
+                .starts_with("snapshot format 2.0 (written by Vireo"),
+            "{e}"
+        );
         let mut b = sample();
         b[10..12].copy_from_slice(&(FORMAT_MINOR + 1).to_le_bytes());
         assert!(matches!(

@@ -122,7 +122,10 @@ pub struct WriteStats {
 
 /// Writes every region of `mem` to a new sparse file at `path` (replaced if it exists).
 /// The guest must not run meanwhile. Returns the region table and what was written.
-pub fn write(mem: &GuestMemory, path: &Path) -> Result<(Vec<RegionEntry>, WriteStats), MemoryFileError> {
+pub fn write(
+    mem: &GuestMemory,
+    path: &Path,
+) -> Result<(Vec<RegionEntry>, WriteStats), MemoryFileError> {
     let e = io_err(path);
     let file = File::create(path).map_err(&e)?;
     let page = page_size();
@@ -133,7 +136,8 @@ pub fn write(mem: &GuestMemory, path: &Path) -> Result<(Vec<RegionEntry>, WriteS
     let mut status = vec![0u8; CHUNK_PAGES];
     let zero = vec![0u8; page];
     for region in mem.iter() {
-        let len = usize::try_from(region.len()).map_err(|_| MemoryFileError::Map("region too large".into()))?;
+        let len = usize::try_from(region.len())
+            .map_err(|_| MemoryFileError::Map("region too large".into()))?;
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|err| MemoryFileError::Map(err.to_string()))?;
@@ -154,9 +158,8 @@ pub fn write(mem: &GuestMemory, path: &Path) -> Result<(Vec<RegionEntry>, WriteS
             let bytes = (len - chunk_start).min(CHUNK_PAGES * page);
             // SAFETY: `host + chunk_start .. + bytes` lies inside the region's live, page-aligned
             // mapping, and `status` has room for `bytes / page` entries.
-            let rc = unsafe {
-                libc::mincore(host.add(chunk_start).cast(), bytes, status.as_mut_ptr())
-            };
+            let rc =
+                unsafe { libc::mincore(host.add(chunk_start).cast(), bytes, status.as_mut_ptr()) };
             if rc != 0 {
                 return Err(e(io::Error::last_os_error()));
             }
@@ -173,7 +176,9 @@ pub fn write(mem: &GuestMemory, path: &Path) -> Result<(Vec<RegionEntry>, WriteS
                     stats.visited_pages += 1;
                     // SAFETY: page `p` of this chunk is inside the mapping (see above); the guest
                     // is paused, so nothing writes it while it is read.
-                    let s = unsafe { std::slice::from_raw_parts(host.add(chunk_start + p * page), page) };
+                    let s = unsafe {
+                        std::slice::from_raw_parts(host.add(chunk_start + p * page), page)
+                    };
                     s != zero.as_slice()
                 };
                 match (data, run) {
@@ -235,13 +240,15 @@ fn map_private(file: File, entries: &[RegionEntry]) -> Result<GuestMemory, Memor
     let file = Arc::new(file);
     let mut regions = Vec::with_capacity(entries.len());
     for r in entries {
-        let len = usize::try_from(r.len).map_err(|_| MemoryFileError::Map("region too large".into()))?;
-        let mapping = MmapRegionBuilder::new_with_bitmap(len, vireo_block::DirtyBitmap::with_len(len))
-            .with_file_offset(FileOffset::from_arc(file.clone(), r.file_offset))
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-            .build()
-            .map_err(|err| MemoryFileError::Map(err.to_string()))?;
+        let len =
+            usize::try_from(r.len).map_err(|_| MemoryFileError::Map("region too large".into()))?;
+        let mapping =
+            MmapRegionBuilder::new_with_bitmap(len, vireo_block::DirtyBitmap::with_len(len))
+                .with_file_offset(FileOffset::from_arc(file.clone(), r.file_offset))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .build()
+                .map_err(|err| MemoryFileError::Map(err.to_string()))?;
         let region = GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
             .ok_or_else(|| MemoryFileError::Map("region wraps the address space".into()))?;
         regions.push(region);
@@ -315,7 +322,8 @@ mod tests {
         let size = 64 << 20;
         let mem = memory::create_guest_memory(size).expect("alloc");
         for i in 0..100u64 {
-            mem.write_obj(i + 1, GuestAddress(i * 37 * 4096 + 8)).expect("write");
+            mem.write_obj(i + 1, GuestAddress(i * 37 * 4096 + 8))
+                .expect("write");
         }
         // A touched page of zeros is not written either.
         mem.write_obj(0u64, GuestAddress(5 << 20)).expect("write");
@@ -324,11 +332,17 @@ mod tests {
         assert_eq!(stats.data_bytes, 100 * 4096);
         let meta = std::fs::metadata(&path).expect("stat");
         assert_eq!(meta.len(), size);
-        assert!(meta.blocks() * 512 <= 200 * 4096, "{} blocks allocated", meta.blocks());
+        assert!(
+            meta.blocks() * 512 <= 200 * 4096,
+            "{} blocks allocated",
+            meta.blocks()
+        );
         for how in [MemoryRestore::Lazy, MemoryRestore::Eager] {
             let back = restore(&path, &entries, size, how).expect("restore");
             for i in 0..100u64 {
-                let v: u64 = back.read_obj(GuestAddress(i * 37 * 4096 + 8)).expect("read");
+                let v: u64 = back
+                    .read_obj(GuestAddress(i * 37 * 4096 + 8))
+                    .expect("read");
                 assert_eq!(v, i + 1, "{how:?} page {i}");
             }
             let z: u64 = back.read_obj(GuestAddress(6 << 20)).expect("read");
@@ -347,12 +361,15 @@ mod tests {
         let size = 32 << 20;
         let mem = memory::create_guest_memory(size).expect("alloc");
         for i in 0..50u64 {
-            mem.write_obj(i + 1, GuestAddress(i * 64 * 4096)).expect("write");
+            mem.write_obj(i + 1, GuestAddress(i * 64 * 4096))
+                .expect("write");
         }
         let (entries, _) = write(&mem, &first).expect("write");
         drop(mem);
         let restored = restore(&first, &entries, size, MemoryRestore::Lazy).expect("restore");
-        restored.write_obj(999u64, GuestAddress(3 * 64 * 4096)).expect("write");
+        restored
+            .write_obj(999u64, GuestAddress(3 * 64 * 4096))
+            .expect("write");
         let (entries2, stats) = write(&restored, &second).expect("write again");
         assert_eq!(stats.data_bytes, 50 * 4096);
         let back = restore(&second, &entries2, size, MemoryRestore::Eager).expect("restore");
@@ -370,10 +387,16 @@ mod tests {
         let size = 16 << 20;
         let mem = memory::create_guest_memory(size).expect("alloc");
         let (entries, _) = write(&mem, &path).expect("write");
-        let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
         f.set_len(size - 4096).expect("truncate");
         let e = restore(&path, &entries, size, MemoryRestore::Lazy).expect_err("short");
-        assert!(matches!(e, MemoryFileError::TooShort { need, .. } if need == size), "{e}");
+        assert!(
+            matches!(e, MemoryFileError::TooShort { need, .. } if need == size),
+            "{e}"
+        );
         let e = restore(&path, &entries, 2 * size, MemoryRestore::Lazy).expect_err("layout");
         assert!(matches!(e, MemoryFileError::Layout { .. }), "{e}");
     }

@@ -193,7 +193,10 @@ impl Vm {
 
     /// Saves the paused VM.
     fn save_to(&self, dir: &Path) -> Result<SnapshotReport, SnapshotError> {
-        let xsave = self.kvm().kvm().check_extension_int(kvm_ioctls::Cap::Xsave2);
+        let xsave = self
+            .kvm()
+            .kvm()
+            .check_extension_int(kvm_ioctls::Cap::Xsave2);
         if xsave > 4096 {
             return Err(SnapshotError::Unsupported(format!(
                 "its XSAVE area is {xsave} bytes; Vireo saves the 4096-byte legacy area"
@@ -208,11 +211,12 @@ impl Vm {
             vcpus.push(cpu_state::save(&fd, index, &msrs)?);
         }
         let vm = vm_state::save(self.vm_fd())?;
-        let devices = device_persist::save(self.devices(), self.memory())?;
+        let devices = device_persist::save(self.devices());
         let mem_tmp = dir.join(format!(".{MEMORY_FILE}.tmp"));
         let (memory, stats) = memory_file::write(self.memory(), &mem_tmp)?;
         let mem_path = dir.join(MEMORY_FILE);
         std::fs::rename(&mem_tmp, &mem_path).map_err(io_err(&mem_path))?;
+        let config = device_persist::effective_config(self.config(), &devices);
         let body = VmSnapshot {
             flags: self.flags(),
             memory,
@@ -225,7 +229,6 @@ impl Vm {
             source,
         })?;
         write_file(dir, STATE_FILE, &state)?;
-        let config = device_persist::effective_config(self.config(), self.devices());
         let json = serde_json::to_vec_pretty(&config).map_err(|e| SnapshotError::Io {
             path: dir.join(CONFIG_FILE).display().to_string(),
             source: std::io::Error::other(e),
@@ -295,10 +298,7 @@ pub fn read(dir: &Path) -> Result<(VmConfig, VmSnapshot), SnapshotError> {
             snapshot.vcpus.len()
         )));
     }
-    if let Some((i, v)) = (0u8..)
-        .zip(&snapshot.vcpus)
-        .find(|(i, v)| v.index != *i)
-    {
+    if let Some((i, v)) = (0u8..).zip(&snapshot.vcpus).find(|(i, v)| v.index != *i) {
         return Err(SnapshotError::Mismatch(format!(
             "vCPU record {i} is for vCPU {}",
             v.index

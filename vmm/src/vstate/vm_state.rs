@@ -78,7 +78,8 @@ pub fn restore(
     ]) {
         // The chip a record is applied to is its position, not a saved field.
         c.chip_id = id;
-        vm.set_irqchip(c).map_err(err("set an interrupt controller"))?;
+        vm.set_irqchip(c)
+            .map_err(err("set an interrupt controller"))?;
     }
     vm.set_pit2(&state.pit).map_err(err("set the PIT"))?;
     let mut clock = state.clock;

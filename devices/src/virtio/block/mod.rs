@@ -284,6 +284,10 @@ impl VirtioDevice for VirtioBlock {
         }
     }
 
+    fn flush_backend(&self) -> std::io::Result<()> {
+        self.disk.flush().map_err(std::io::Error::other)
+    }
+
     fn worker_mut(&mut self) -> Option<&mut Worker> {
         self.worker.as_mut()
     }
