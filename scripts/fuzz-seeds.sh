@@ -19,6 +19,10 @@
 #                         endpoint, with bodies, and a few refused ones
 #   launch_spec           launch specs as `vireo run` builds them, the controller renders them and
 #                         the README documents them: every serial mode, disks, NICs, limits
+#   snapshot_state        state files `vireo` itself wrote: the test guest churning on a
+#                         virtio-blk disk (1 and 2 vCPUs), snapshotted through the control API
+#                         (needs /dev/kvm; builds vireo in release if target/release/vireo is
+#                         missing)
 #
 # Usage: scripts/fuzz-seeds.sh [OUT_DIR]   (default fuzz/seeds; replaced entirely)
 # Needs: cargo, qemu-img and qemu-io (Debian: qemu-utils). Takes a few seconds once
@@ -79,7 +83,31 @@ req unknown 'GET /api/v1/vm.snapshot HTTP/1.1\r\n\r\n'
 req bad-body 'PUT /api/v1/vm.pause HTTP/1.1\r\nContent-Length: 5\r\n\r\npause'
 req chunked 'PUT /api/v1/vm.pause HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'
 req garbage 'GARBAGE\r\n\r\n'
+req snapshot 'PUT /api/v1/vm.snapshot HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 43\r\n\r\n{"destination_url":"file:///tmp/snapshot1"}'
+req restore 'PUT /api/v1/vm.restore HTTP/1.1\r\nHost: localhost\r\nContent-Length: 61\r\n\r\n{"source_url":"file:///tmp/s","prefault":true,"resume":false}'
 echo "$out/api_request: $(ls "$out/api_request" | wc -l) requests"
+
+# Snapshot state files, written by vireo: the test guest churning on a virtio-blk disk, so the
+# transport's queues and MSI-X table hold real values.
+mkdir -p "$out/snapshot_state"
+[ -x target/release/vireo ] || cargo build --quiet --release -p vireo-launcher
+snapdir=$(mktemp -d)
+cargo run --quiet --release -p vireo-testguest --bin vireo-testguest "$snapdir/guest.elf"
+for cpus in 1 2; do
+    truncate -s 1M "$snapdir/disk.raw"
+    target/release/vireo run --kernel "$snapdir/guest.elf" --cmdline "churn 64 64" --cpus $cpus \
+        --memory 16M --serial off --disk "path=$snapdir/disk.raw" --api-socket "$snapdir/api" \
+        2>"$snapdir/log" &
+    pid=$!
+    for _ in $(seq 100); do [ -S "$snapdir/api" ] && break; sleep 0.05; done
+    sleep 0.2
+    target/release/vireo remote --api-socket "$snapdir/api" snapshot "$snapdir/snap" >/dev/null
+    target/release/vireo remote --api-socket "$snapdir/api" shutdown-vmm || true
+    wait $pid || true
+    cp "$snapdir/snap/state.bin" "$out/snapshot_state/churn-blk-${cpus}cpu"
+done
+rm -rf "$snapdir"
+echo "$out/snapshot_state: $(ls "$out/snapshot_state" | wc -l) state files"
 
 # The test guest: a real user-mode ELF kernel (one rustc call, no dependencies; a failure here
 # costs one seed, not the corpus). As built (660 KiB, mostly symbols) it is a regression input;

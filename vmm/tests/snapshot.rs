@@ -144,7 +144,10 @@ fn snapshot_of_a_running_vm_keeps_it_running_and_two_restores_agree() {
             if let Some(t) = ticks(&after.text()).first() {
                 break *t;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "no tick after restore");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no tick after restore"
+            );
             std::thread::sleep(Duration::from_millis(2));
         };
         after.wait_for(&format!("tick {}\n", first + 50), Duration::from_secs(30));

@@ -193,8 +193,13 @@ fn split(bytes: &[u8]) -> Result<(Header, &[u8]), FormatError> {
 /// one). Never panics on any input.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Header, T), FormatError> {
     let (header, body) = split(bytes)?;
-    let value = ciborium::from_reader(body).map_err(|e| FormatError::Body(e.to_string()))?;
-    Ok((header, value))
+    Ok((header, decode_body(body)?))
+}
+
+/// Decodes a body (the CBOR between the header and the checksum) on its own. Never panics
+/// on any input; nesting deeper than ciborium's recursion limit is an error.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FormatError> {
+    ciborium::from_reader(body).map_err(|e| FormatError::Body(e.to_string()))
 }
 
 #[cfg(test)]
