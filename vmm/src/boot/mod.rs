@@ -191,7 +191,8 @@ fn read_kernel(path: &Path, memory_size: u64) -> Result<Vec<u8>, BootError> {
     Ok(bytes)
 }
 
-/// Loads `payload` into `mem` (of `memory_size` bytes) and plans the boot.
+/// Loads `payload` into `mem` (of `memory_size` bytes, freshly allocated, so all zero: parts
+/// of the payload that are zero, such as an ELF segment's BSS, are not written) and plans the boot.
 pub fn load_payload(
     mem: &GuestMemory,
     memory_size: u64,

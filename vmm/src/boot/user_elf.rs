@@ -127,9 +127,9 @@ pub fn load(
         };
         mem.write_slice(&bytes[file_range], GuestAddress(start))
             .map_err(guest_write)?;
-        let zeroes = vec![0u8; (ph.p_memsz - ph.p_filesz) as usize];
-        mem.write_slice(&zeroes, GuestAddress(start + ph.p_filesz))
-            .map_err(guest_write)?;
+        // The rest of the segment (its BSS) is left alone: guest memory is freshly mapped
+        // anonymous memory, so it reads as zero without being written (writing it would
+        // back every BSS page with host memory before the guest touches it).
         loaded_any = true;
         if ph.is_executable() && (start..end).contains(&entry) {
             entry_in_code = true;
