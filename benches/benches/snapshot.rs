@@ -51,7 +51,11 @@ fn request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String)
 fn wait_for(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} did not appear", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -108,7 +112,13 @@ struct SnapshotFigures {
 
 /// Runs `churn PAGES` in a guest of `memory`, waits until it has touched its whole working set,
 /// and snapshots it RUNS times through the API (it keeps running between snapshots).
-fn snapshot_figures(vireo: &Path, dir: &Path, guest: &Path, memory: &str, pages: u64) -> SnapshotFigures {
+fn snapshot_figures(
+    vireo: &Path,
+    dir: &Path,
+    guest: &Path,
+    memory: &str,
+    pages: u64,
+) -> SnapshotFigures {
     let socket = dir.join(format!("snap-{memory}-{pages}.sock"));
     let cmdline = format!("churn {pages} {pages}");
     let mut child = spawn(
@@ -207,7 +217,15 @@ fn main() {
 
     let snap = spew_snapshot(&vireo, dir.path(), &guest);
     let snap_arg = snap.to_str().expect("utf-8").to_owned();
-    let cold_args = ["run", "--memory", "512M", "--cmdline", "idle", "--kernel", &guest_arg];
+    let cold_args = [
+        "run",
+        "--memory",
+        "512M",
+        "--cmdline",
+        "idle",
+        "--kernel",
+        &guest_arg,
+    ];
     let lazy_args = ["restore", "--source", &snap_arg];
     let eager_args = ["restore", "--prefault", "--source", &snap_arg];
     // Interleaved, so drift on a shared host affects all three alike.

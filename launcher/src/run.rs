@@ -89,6 +89,7 @@ pub fn restore_vm(args: RestoreArgs) -> Result<ExitCode> {
             .map(|(id, path)| (id, PathBuf::from(path)))
             .collect(),
         nets: args.nets,
+        api_socket: args.api_socket.clone(),
         serial_writer: None,
     };
     let vm = snapshot::restore(&args.source, opts)

@@ -74,6 +74,8 @@ impl std::fmt::Debug for ApiHooks {
 pub struct VmSlot {
     state: Mutex<SlotState>,
     changed: Condvar,
+    /// The socket this slot is served on (a restored VM's spec names it).
+    socket: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +94,7 @@ impl VmSlot {
                 shutdown: false,
             }),
             changed: Condvar::new(),
+            socket: None,
         }
     }
 
@@ -130,7 +133,11 @@ pub fn serve(path: &Path, vm: Arc<Vm>, hooks: ApiHooks) -> Result<ApiServer, Api
 /// Serves the control API on `path` with no VM yet: a `PUT /api/v1/vm.restore` restores and
 /// starts one (see [`VmSlot::wait_for_vm`]).
 pub fn serve_waiting(path: &Path, hooks: ApiHooks) -> Result<(ApiServer, Arc<VmSlot>), ApiError> {
-    serve_slot(path, Arc::new(VmSlot::default()), hooks)
+    let slot = VmSlot {
+        socket: Some(path.to_owned()),
+        ..VmSlot::default()
+    };
+    serve_slot(path, Arc::new(slot), hooks)
 }
 
 fn serve_slot(
@@ -171,6 +178,7 @@ fn handle_slot(slot: &VmSlot, hooks: &ApiHooks, request: ApiRequest) -> Response
 /// hands it to whoever waits on the slot. Held under the slot's lock, so two restores cannot
 /// race.
 fn restore_into(slot: &VmSlot, config: &RestoreConfig) -> Response {
+    let socket = slot.socket.clone();
     let mut g = slot.lock();
     if g.vm.is_some() || g.shutdown {
         return Response::error(&HttpError::new(
@@ -189,6 +197,7 @@ fn restore_into(slot: &VmSlot, config: &RestoreConfig) -> Response {
             MemoryRestore::Lazy
         },
         paused: !config.resume,
+        api_socket: socket,
         ..RestoreOptions::default()
     };
     let vm = match snapshot::restore(&dir, opts) {

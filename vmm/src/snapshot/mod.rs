@@ -258,6 +258,9 @@ pub struct RestoreOptions {
     pub disks: Vec<(String, PathBuf)>,
     /// `(nic id, tap name)`: NICs to attach to another tap (`net0`, …).
     pub nets: Vec<(String, String)>,
+    /// The control API socket the restoring process serves (the spec's `api_socket` names the
+    /// saved process's, which this one does not serve); `None`: none.
+    pub api_socket: Option<PathBuf>,
     /// Send COM1 output here instead of the console (for embedders and tests).
     pub serial_writer: Option<Box<dyn std::io::Write + Send>>,
 }
@@ -270,6 +273,7 @@ impl std::fmt::Debug for RestoreOptions {
             .field("serial", &self.serial)
             .field("disks", &self.disks)
             .field("nets", &self.nets)
+            .field("api_socket", &self.api_socket)
             .finish_non_exhaustive()
     }
 }
@@ -325,6 +329,7 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, SnapshotError> {
 
 /// Applies the host-side overrides of `opts` to the snapshot's spec.
 fn apply_overrides(config: &mut VmConfig, opts: &RestoreOptions) -> Result<(), SnapshotError> {
+    config.api_socket = opts.api_socket.clone();
     if let Some(serial) = &opts.serial {
         config.serial = serial.clone();
     }
