@@ -358,3 +358,103 @@ fn bad_snapshot_requests_leave_the_running_vm_unharmed() {
     let lines = proc.lines();
     assert_consecutive(&(lines.join("\n") + "\n"));
 }
+
+/// `churn i=<i> …` lines of `text` (complete lines only): (i, the whole line).
+fn churn_lines(text: &str) -> Vec<(u64, String)> {
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    complete
+        .lines()
+        .filter_map(|l| {
+            let i = l.strip_prefix("churn i=")?.split(' ').next()?.parse().ok()?;
+            Some((i, l.to_owned()))
+        })
+        .collect()
+}
+
+fn qemu_img_check(image: &Path) {
+    let out = Command::new("qemu-img")
+        .arg("check")
+        .arg(image)
+        .output()
+        .expect("qemu-img");
+    assert!(
+        out.status.success() && stdout(&out).contains("No errors were found"),
+        "qemu-img check {}: {}{}",
+        image.display(),
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_guest_killed_mid_disk_io_on_a_qcow2_overlay_resumes_its_io_in_a_new_process() {
+    let fx = Fixture::create();
+    let (base, overlay) = (fx.path("base.raw"), fx.path("overlay.qcow2"));
+    std::fs::File::create(&base)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("base");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(&overlay)
+        .output()
+        .expect("qemu-img create");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let disk = format!("path={},format=qcow2", overlay.display());
+    let (socket, serial, snap) = (fx.path("a.sock"), fx.path("a.serial"), fx.path("snap"));
+    let mut cmd = vireo();
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(&fx.guest)
+        .args(["--cmdline", "churn 256 256 512", "--memory", "64M", "--disk", &disk])
+        .arg("--serial")
+        .arg(format!("file={}", serial.display()))
+        .arg("--api-socket")
+        .arg(&socket);
+    let mut proc = Collected::spawn(cmd);
+    wait_for_path(&socket, Duration::from_secs(20));
+    wait_until("30 churn lines", Duration::from_secs(30), || {
+        churn_lines(&read(&serial)).len() > 30
+    });
+    // Paused with block requests in flight a moment ago; the snapshot flushes the overlay.
+    assert_eq!(curl(&socket, "PUT", "/api/v1/vm.pause", None).0, 204);
+    std::thread::sleep(Duration::from_millis(300));
+    let body = format!(r#"{{"destination_url": "file://{}"}}"#, snap.display());
+    let (code, answer) = curl(&socket, "PUT", "/api/v1/vm.snapshot", Some(&body));
+    assert_eq!(code, 200, "{answer}");
+    send_signal(&mut proc.running, libc::SIGKILL);
+    let _ = proc.finish(Duration::from_secs(20));
+    qemu_img_check(&overlay);
+    let before = read(&serial);
+    let last = churn_lines(&before).last().expect("lines").0;
+
+    let serial2 = fx.path("b.serial");
+    let socket2 = fx.path("b.sock");
+    let mut cmd = vireo();
+    cmd.arg("restore")
+        .arg("--source")
+        .arg(&snap)
+        .arg("--serial")
+        .arg(format!("file={}", serial2.display()))
+        .arg("--api-socket")
+        .arg(&socket2);
+    let proc = Collected::spawn(cmd);
+    wait_until("30 churn lines after restore", Duration::from_secs(30), || {
+        churn_lines(&read(&serial2)).len() > 30
+    });
+    assert_eq!(curl(&socket2, "PUT", "/api/v1/vm.shutdown", None).0, 204);
+    let (status, _, logs) = proc.finish(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(8), "{logs}");
+    qemu_img_check(&overlay);
+    let after = read(&serial2);
+    assert!(!after.contains("MISMATCH"), "the guest found its memory or disk wrong: {after}");
+    let lines = churn_lines(&format!("{before}{after}"));
+    for pair in lines.windows(2) {
+        assert_eq!(pair[1].0, pair[0].0 + 256, "lost or repeated: {:?}", pair);
+    }
+    let first_after = churn_lines(&after).first().expect("lines").0;
+    assert_eq!(first_after, last + 256, "the restored guest continues where it stopped");
+    for (i, line) in &lines {
+        assert!(line.contains(&format!(" blk={i}")), "disk I/O kept pace: {line}");
+    }
+}
