@@ -365,7 +365,12 @@ fn churn_lines(text: &str) -> Vec<(u64, String)> {
     complete
         .lines()
         .filter_map(|l| {
-            let i = l.strip_prefix("churn i=")?.split(' ').next()?.parse().ok()?;
+            let i = l
+                .strip_prefix("churn i=")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()?;
             Some((i, l.to_owned()))
         })
         .collect()
@@ -406,7 +411,14 @@ fn a_guest_killed_mid_disk_io_on_a_qcow2_overlay_resumes_its_io_in_a_new_process
     cmd.arg("run")
         .arg("--kernel")
         .arg(&fx.guest)
-        .args(["--cmdline", "churn 256 256 512", "--memory", "64M", "--disk", &disk])
+        .args([
+            "--cmdline",
+            "churn 256 256 512",
+            "--memory",
+            "64M",
+            "--disk",
+            &disk,
+        ])
         .arg("--serial")
         .arg(format!("file={}", serial.display()))
         .arg("--api-socket")
@@ -439,22 +451,34 @@ fn a_guest_killed_mid_disk_io_on_a_qcow2_overlay_resumes_its_io_in_a_new_process
         .arg("--api-socket")
         .arg(&socket2);
     let proc = Collected::spawn(cmd);
-    wait_until("30 churn lines after restore", Duration::from_secs(30), || {
-        churn_lines(&read(&serial2)).len() > 30
-    });
+    wait_until(
+        "30 churn lines after restore",
+        Duration::from_secs(30),
+        || churn_lines(&read(&serial2)).len() > 30,
+    );
     assert_eq!(curl(&socket2, "PUT", "/api/v1/vm.shutdown", None).0, 204);
     let (status, _, logs) = proc.finish(Duration::from_secs(20));
     assert_eq!(status.code(), Some(8), "{logs}");
     qemu_img_check(&overlay);
     let after = read(&serial2);
-    assert!(!after.contains("MISMATCH"), "the guest found its memory or disk wrong: {after}");
+    assert!(
+        !after.contains("MISMATCH"),
+        "the guest found its memory or disk wrong: {after}"
+    );
     let lines = churn_lines(&format!("{before}{after}"));
     for pair in lines.windows(2) {
         assert_eq!(pair[1].0, pair[0].0 + 256, "lost or repeated: {:?}", pair);
     }
     let first_after = churn_lines(&after).first().expect("lines").0;
-    assert_eq!(first_after, last + 256, "the restored guest continues where it stopped");
+    assert_eq!(
+        first_after,
+        last + 256,
+        "the restored guest continues where it stopped"
+    );
     for (i, line) in &lines {
-        assert!(line.contains(&format!(" blk={i}")), "disk I/O kept pace: {line}");
+        assert!(
+            line.contains(&format!(" blk={i}")),
+            "disk I/O kept pace: {line}"
+        );
     }
 }

@@ -166,13 +166,14 @@ pub fn write(
             let pages = bytes.div_ceil(page);
             // Coalesce runs of resident, non-zero pages into one write each.
             let mut run: Option<usize> = None;
-            for p in 0..=pages {
+            // One extra, never-data page ends the last run.
+            for (p, st) in status[..pages].iter().copied().chain([0]).enumerate() {
                 let at = (chunk_start + p * page) as u64;
                 while extent < backing.len() && backing[extent].1 <= at {
                     extent += 1;
                 }
                 let backed = backing.get(extent).is_some_and(|&(start, _)| start <= at);
-                let data = p < pages && (status[p] & 1 != 0 || backed) && {
+                let data = p < pages && (st & 1 != 0 || backed) && {
                     stats.visited_pages += 1;
                     // SAFETY: page `p` of this chunk is inside the mapping (see above); the guest
                     // is paused, so nothing writes it while it is read.
