@@ -21,29 +21,12 @@ use vireo_devices::acpi_pm::AcpiSleep;
 use vireo_devices::legacy::{Cmos, Serial8250, I8042};
 use vireo_devices::pci::{PciConfigIo, PciHostBridge, PciRoot};
 use vireo_devices::virtio::block::VirtioBlock;
-use vireo_devices::virtio::interrupt::{MsiMessage, MsiVectors};
 use vireo_devices::virtio::{GuestMemory, VirtioPciDevice};
 use vireo_devices::{ExitHandler, GuestExitRequest, IrqLine};
 use vireo_vmm::device_manager::persist::DeviceState;
 use vireo_vmm::snapshot::{format, VmSnapshot};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
-
-struct Vectors;
-
-impl MsiVectors for Vectors {
-    fn count(&self) -> usize {
-        2
-    }
-    fn set_route(&self, index: usize, _message: Option<MsiMessage>) -> std::io::Result<()> {
-        assert!(index < 2, "route for vector {index}");
-        Ok(())
-    }
-    fn fire(&self, index: usize) -> std::io::Result<()> {
-        assert!(index < 2, "fired vector {index}");
-        Ok(())
-    }
-}
 
 struct NoExit;
 
@@ -91,9 +74,12 @@ fn apply(state: &DeviceState) {
         DeviceState::Virtio(s) => {
             let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 64 * 1024)]).expect("memory");
             let blk = VirtioBlock::new(common::raw_disk("snapshot"), 0);
-            if let Ok(mut dev) =
-                VirtioPciDevice::new(Box::new(blk), mem, 0xc000_0000, Arc::new(Vectors))
-            {
+            if let Ok(mut dev) = VirtioPciDevice::new(
+                Box::new(blk),
+                mem,
+                0xc000_0000,
+                Arc::new(common::TwoVectors::default()),
+            ) {
                 let _ = dev.restore(s, true);
                 dev.reset();
             }

@@ -10,35 +10,16 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use vireo_devices::pci::PciDevice;
 use vireo_devices::virtio::block::VirtioBlock;
-use vireo_devices::virtio::interrupt::{MsiMessage, MsiVectors};
 use vireo_devices::virtio::{GuestMemory, VirtioPciDevice};
 use vireo_devices::BusDevice;
 use vm_memory::{Bytes, GuestAddress};
 
 const MEM_SIZE: usize = 64 * 1024;
-
-struct Vectors(AtomicU64);
-
-impl MsiVectors for Vectors {
-    fn count(&self) -> usize {
-        2
-    }
-    fn set_route(&self, index: usize, _message: Option<MsiMessage>) -> std::io::Result<()> {
-        assert!(index < 2, "route for vector {index}");
-        Ok(())
-    }
-    fn fire(&self, index: usize) -> std::io::Result<()> {
-        assert!(index < 2, "fired vector {index}");
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
 
 struct Ops<'a>(&'a [u8]);
 
@@ -66,7 +47,7 @@ fn bar_offset(region: u8, off: u16) -> u64 {
 
 fuzz_target!(|data: &[u8]| {
     let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
-    let vectors = Arc::new(Vectors(AtomicU64::new(0)));
+    let vectors = Arc::new(common::TwoVectors::default());
     let blk = VirtioBlock::new(common::raw_disk("pci"), 0);
     let Ok(mut dev) = VirtioPciDevice::new(Box::new(blk), mem.clone(), 0xc000_0000, vectors) else {
         return;

@@ -9,7 +9,6 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -59,27 +58,6 @@ impl Guest {
     fn curl(&self, method: &str, path: &str) -> (u16, String) {
         curl(&self.socket, method, path, &[])
     }
-}
-
-fn curl(socket: &Path, method: &str, path: &str, extra: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "--unix-socket"])
-        .arg(socket)
-        .args(["-X", method, "-w", "\n%{http_code}"])
-        .args(extra)
-        .arg(format!("http://localhost{path}"))
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("curl prints the status last");
-    let code = code
-        .parse()
-        .unwrap_or_else(|_| panic!("curl status {code:?}: {}", stderr(&out)));
-    (code, body.trim_end().to_owned())
-}
-
-fn json(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
 fn error_of(body: &str) -> String {

@@ -16,28 +16,17 @@ use serde_json::Value;
 /// `count N GAP`: about one line per 2 ms here.
 const COUNT: &str = "count 1000000 4000000";
 
+/// [`common::curl`] with an optional JSON body.
 fn curl(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "60", "--unix-socket"])
-        .arg(socket)
-        .args(["-X", method, "-w", "\n%{http_code}"]);
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    match body {
+        Some(b) => common::curl(
+            socket,
+            method,
+            path,
+            &["-H", "Content-Type: application/json", "-d", b],
+        ),
+        None => common::curl(socket, method, path, &[]),
     }
-    let out = cmd
-        .arg(format!("http://localhost{path}"))
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("curl prints the status last");
-    let code = code
-        .parse()
-        .unwrap_or_else(|_| panic!("curl status {code:?}: {}", stderr(&out)));
-    (code, body.trim_end().to_owned())
-}
-
-fn json(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
 /// The numbers of the `tick N` lines of `text`, which must all be tick lines (but for a last

@@ -120,3 +120,31 @@ pub fn raw_disk(tag: &str) -> Arc<dyn DiskBackend> {
     })
     .clone()
 }
+
+/// The MSI sink of a virtio-pci function with one queue: two vectors (configuration and queue
+/// 0). Routing or firing any other vector fails the target; fires are counted.
+#[derive(Default)]
+pub struct TwoVectors {
+    /// Vectors fired so far.
+    pub fired: std::sync::atomic::AtomicU64,
+}
+
+impl vireo_devices::virtio::interrupt::MsiVectors for TwoVectors {
+    fn count(&self) -> usize {
+        2
+    }
+    fn set_route(
+        &self,
+        index: usize,
+        _message: Option<vireo_devices::virtio::interrupt::MsiMessage>,
+    ) -> std::io::Result<()> {
+        assert!(index < 2, "route for vector {index}");
+        Ok(())
+    }
+    fn fire(&self, index: usize) -> std::io::Result<()> {
+        assert!(index < 2, "fired vector {index}");
+        self.fired
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}

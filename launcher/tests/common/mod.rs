@@ -242,3 +242,27 @@ impl Collected {
         }
     }
 }
+
+/// `curl --unix-socket SOCKET -X METHOD … http://localhost{path}` (a real HTTP client) with
+/// `extra` arguments: (status, body).
+pub fn curl(socket: &Path, method: &str, path: &str, extra: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--unix-socket"])
+        .arg(socket)
+        .args(["-X", method, "-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(format!("http://localhost{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("curl prints the status last");
+    let code = code
+        .parse()
+        .unwrap_or_else(|_| panic!("curl status {code:?}: {}", stderr(&out)));
+    (code, body.trim_end().to_owned())
+}
+
+/// Parses an answer's JSON body, failing the test with the body if it is not JSON.
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
