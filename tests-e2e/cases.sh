@@ -405,8 +405,11 @@ virtio_check() {
 
 # --- snapshot-restore (vireo only) ---------------------------------------------------------------
 # The typed lines print their results in forms their own echo (the tty echoes typed input) cannot
-# match: `ok$((1))` prints ok1, `$(date +%s)` prints digits.
+# match: `ok$((1))` prints ok1, `$(date +%s)` prints digits. One line per phase: typeahead would
+# be echoed into the output of the commands still running.
+# shellcheck disable=SC2016 # expanded by the guest's shell
 SNAP_PRE_LINE='mke2fs -F /dev/vda >/dev/null 2>&1; mkdir -p /mnt/d; mount -t ext4 /dev/vda /mnt/d && echo SNAP-DISK=ok$((1)); ip link set lo up; ip link set eth0 up; ip addr add 10.213.2.2/24 dev eth0; ping -c 1 -W 5 10.213.2.1 >/dev/null 2>&1 && echo SNAP-NET=ok$((1)); head -c 12 /dev/urandom | od -An -tx1 | tr -d " \n" >/mnt/d/token; sync; echo SNAP-FILE=$(cat /mnt/d/token); echo SNAP-CLOCK date=$(date +%s) up=$(cut -d" " -f1 /proc/uptime)'
+# shellcheck disable=SC2016 # expanded by the guest's shell
 SNAP_POST_LINE='echo RESTORED-$((6*7)); echo POST-CLOCK date=$(date +%s) up=$(cut -d" " -f1 /proc/uptime); sync; echo 3 >/proc/sys/vm/drop_caches; echo POST-FILE=$(cat /mnt/d/token); echo written-after-restore >/mnt/d/after && sync && echo POST-WRITE=ok$((1)); ping -c 3 -W 5 10.213.2.1; echo POST-DONE=$((2*3)); poweroff -f'
 
 # snapshot_restore VMM: boot (shell) -> typed setup -> snapshot -> kill -9 -> restore -> typed checks
@@ -423,7 +426,7 @@ snapshot_restore() {
     log2=$LOGDIR/$sv-$sc-restored.log
     : >"$log1"
     : >"$log2"
-    why= _t= _rc= boot_t= pre_date= pre_up= post_date= post_up= prx= ptx=
+    why='' _t='' _rc='' boot_t='' pre_date='' pre_up='' post_date='' post_up='' prx='' ptx=''
     bad() { why="$why$1,"; }
     sfact() { echo "E2E-SNAP-FACT $sv $1=$2"; }
     # v1 PATTERN LOG: first match of sed PATTERN (with one group) in LOG
@@ -479,8 +482,7 @@ snapshot_restore() {
         else
             bad "snapshot-failed(rc=$src)"
         fi
-        # the running VM must have been resumed by the snapshot: it still answers? (not typed to:
-        # its stdin belongs to l2-watch); it only has to be alive until the kill
+        # the snapshot must have left the VMM running (it pauses, saves, resumes)
         vpid=$(cat "$W/pid" 2>/dev/null)
         if [ -n "$vpid" ] && kill -0 "$vpid" 2>/dev/null; then
             kill -9 "$vpid"
@@ -489,6 +491,7 @@ snapshot_restore() {
             bad "vmm-gone-before-kill"
         fi
     fi
+    # no clock line (setup failed or timed out): do not wait for the boot's own timeout
     [ -z "$(cat "$W/pid" 2>/dev/null)" ] || kill -9 "$(cat "$W/pid")" 2>/dev/null
     wait "$bpid"
     sfact first_exit "$(v1 '^L2-EXIT rc=\([0-9]*\).*' "$log1")"
