@@ -54,9 +54,20 @@
 #   net-data           4 MiB host -> guest (HTTP) and 2 MiB guest -> host (TCP): sums match
 # Host tools for these: qemu-img, debugfs, e2fsck, ip (iproute2 or busybox) + tunctl (busybox)
 # or `ip tuntap`, nc and httpd (busybox), the tun module; root (for the tap).
+# Snapshot case (vireo only; for QEMU it reports `SKIP why=not-applicable`):
+#   snapshot-restore   vmlinuz, 1 vCPU, scenario shell, --api-socket, a 32 MiB sparse raw disk and
+#                      eth0 on tap vtap0. One typed line: mke2fs + mount vda, eth0 10.213.2.2/24 up
+#                      (1 ping), a random token written to the disk, the guest's clock printed
+#                      (date +%s, /proc/uptime). Then `vireo remote snapshot DIR`, kill -9 vireo,
+#                      `vireo restore --source DIR --api-socket S2` and one typed line (no boot
+#                      marker: l2-watch --type-now): `echo RESTORED-$((6*7))` prints RESTORED-42,
+#                      the clock again is >= the saved one (both), the token reads back from the
+#                      disk after drop_caches, a new file is written + synced, 3 of 3 pings to
+#                      10.213.2.1 answered, `poweroff -f`: exit 0. Facts: E2E-SNAP-FACT lines.
 BASIC_CASES="bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot sigterm-timeout"
 VIRTIO_CASES="blk-fs blk-trim blk-qcow2 blk-qcow2-discard blk-readonly net-ping net-data"
-ALL_CASES="$BASIC_CASES $VIRTIO_CASES"
+SNAPSHOT_CASES="snapshot-restore"
+ALL_CASES="$BASIC_CASES $VIRTIO_CASES $SNAPSHOT_CASES"
 
 if [ "${1:-}" = --exec-vmm ]; then
     # --exec-vmm VMM KERNEL CPUS CMDLINE [DEVICE...]: replace this shell with the VMM.
@@ -98,6 +109,8 @@ if [ "${1:-}" = --exec-vmm ]; then
                     -device "virtio-net-pci,netdev=n$i$mac,romfile=" ;;
         esac
     done
+    # The pid of the VMM (this shell execs it), for cases that kill it.
+    [ -z "${VMM_PIDFILE:-}" ] || echo $$ >"$VMM_PIDFILE"
     case $vmm in
         vireo)
             # shellcheck disable=SC2086 # VIREO_EXTRA_ARGS is a word list
@@ -390,6 +403,140 @@ virtio_check() {
     fi
 }
 
+# --- snapshot-restore (vireo only) ---------------------------------------------------------------
+# The typed lines print their results in forms their own echo (the tty echoes typed input) cannot
+# match: `ok$((1))` prints ok1, `$(date +%s)` prints digits. One line per phase: typeahead would
+# be echoed into the output of the commands still running.
+# shellcheck disable=SC2016 # expanded by the guest's shell
+SNAP_PRE_LINE='mke2fs -F /dev/vda >/dev/null 2>&1; mkdir -p /mnt/d; mount -t ext4 /dev/vda /mnt/d && echo SNAP-DISK=ok$((1)); ip link set lo up; ip link set eth0 up; ip addr add 10.213.2.2/24 dev eth0; ping -c 1 -W 5 10.213.2.1 >/dev/null 2>&1 && echo SNAP-NET=ok$((1)); head -c 12 /dev/urandom | od -An -tx1 | tr -d " \n" >/mnt/d/token; sync; echo SNAP-FILE=$(cat /mnt/d/token); echo SNAP-CLOCK date=$(date +%s) up=$(cut -d" " -f1 /proc/uptime)'
+# shellcheck disable=SC2016 # expanded by the guest's shell
+SNAP_POST_LINE='echo RESTORED-$((6*7)); echo POST-CLOCK date=$(date +%s) up=$(cut -d" " -f1 /proc/uptime); sync; echo 3 >/proc/sys/vm/drop_caches; echo POST-FILE=$(cat /mnt/d/token); echo written-after-restore >/mnt/d/after && sync && echo POST-WRITE=ok$((1)); ping -c 3 -W 5 10.213.2.1; echo POST-DONE=$((2*3)); poweroff -f'
+
+# snapshot_restore VMM: boot (shell) -> typed setup -> snapshot -> kill -9 -> restore -> typed checks
+snapshot_restore() {
+    sv=$1 sc=snapshot-restore
+    if [ "$sv" != vireo ]; then
+        echo "E2E-RESULT $sv/$sc SKIP why=not-applicable(vireo-only:snapshot/restore)"
+        return 0
+    fi
+    W=$LOGDIR/$sv-snap.d
+    rm -rf "$W"
+    mkdir -p "$W"
+    log1=$LOGDIR/$sv-$sc.log
+    log2=$LOGDIR/$sv-$sc-restored.log
+    : >"$log1"
+    : >"$log2"
+    why='' _t='' _rc='' boot_t='' pre_date='' pre_up='' post_date='' post_up='' prx='' ptx=''
+    bad() { why="$why$1,"; }
+    sfact() { echo "E2E-SNAP-FACT $sv $1=$2"; }
+    # v1 PATTERN LOG: first match of sed PATTERN (with one group) in LOG
+    v1() { sed -n "s/$1/\1/p" "$2" | head -1; }
+    truncate -s $((32 * MiB)) "$W/disk.raw"
+    devs="disk:path=$W/disk.raw"
+    if tap_setup; then
+        devs="$devs net:tap=$TAP,mac=$GUEST_MAC"
+    else
+        bad "host:$NET_ERR"
+    fi
+    # 1. boot at the shell and set it up (in the background: the host snapshots it meanwhile)
+    t0=$(date +%s)
+    (
+        export VMM_PIDFILE="$W/pid" VIREO_EXTRA_ARGS="--api-socket $W/api1.sock"
+        BOOT_DEVS=$devs BOOT_TIMEOUT=$((CASE_TIMEOUT * 3)) boot "$sv" "$sc" "$K_BZIMAGE" 1 shell \
+            --type "$SNAP_PRE_LINE"
+    ) &
+    bpid=$!
+    n=0
+    while ! grep -q 'SNAP-CLOCK date=[0-9]' "$log1" && [ $n -lt $((CASE_TIMEOUT * 3)) ] &&
+        kill -0 "$bpid" 2>/dev/null; do
+        sleep 1
+        n=$((n + 1))
+    done
+    boot_t=$(v1 '^L2-MARKER t=\([0-9.]*\).*' "$log1")
+    pre_date=$(v1 '.*SNAP-CLOCK date=\([0-9][0-9]*\) .*' "$log1")
+    pre_up=$(v1 '.*SNAP-CLOCK date=[0-9]* up=\([0-9.]*\).*' "$log1")
+    token=$(v1 '.*SNAP-FILE=\([0-9a-f][0-9a-f]*\).*' "$log1")
+    grep -q 'SNAP-DISK=ok1' "$log1" || bad "pre:disk-setup-failed"
+    grep -q 'SNAP-NET=ok1' "$log1" || bad "pre:ping-failed"
+    [ -n "$token" ] || bad "pre:no-token"
+    sfact boot_marker_t "${boot_t:-none}"
+    sfact setup_s $(($(date +%s) - t0))
+    sfact pre_clock "date=${pre_date:-none}_uptime=${pre_up:-none}"
+    sfact token "${token:-none}"
+    snap_ok=0
+    if [ -z "$pre_date" ]; then
+        bad "pre:no-clock-line(last:$(grep -v '^L2-' "$log1" | tail -1 | cut -c1-120 | one))"
+    else
+        # 2. snapshot, then kill the VMM hard
+        s0=$(cut -d' ' -f1 /proc/uptime)
+        "${VIREO:-vireo}" remote --api-socket "$W/api1.sock" snapshot "$W/snap" >"$W/snap.out" 2>&1
+        src=$?
+        s1=$(cut -d' ' -f1 /proc/uptime)
+        sfact snapshot_rc "$src"
+        sfact snapshot_s "$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.2f", b - a }')"
+        sfact snapshot_out "$(one <"$W/snap.out" | cut -c1-300)"
+        sfact snapshot_files "$(cd "$W/snap" 2>/dev/null && for f in *; do
+            printf '%s:%s/%sKiB ' "$f" "$(stat -c %s "$f")" "$(du -k "$f" | cut -f1)"; done | one)"
+        if [ "$src" = 0 ] && [ -s "$W/snap/state.bin" ] && [ -f "$W/snap/memory.bin" ]; then
+            snap_ok=1
+        else
+            bad "snapshot-failed(rc=$src)"
+        fi
+        # the snapshot must have left the VMM running (it pauses, saves, resumes)
+        vpid=$(cat "$W/pid" 2>/dev/null)
+        if [ -n "$vpid" ] && kill -0 "$vpid" 2>/dev/null; then
+            kill -9 "$vpid"
+            sfact killed "pid=$vpid"
+        else
+            bad "vmm-gone-before-kill"
+        fi
+    fi
+    # no clock line (setup failed or timed out): do not wait for the boot's own timeout
+    [ -z "$(cat "$W/pid" 2>/dev/null)" ] || kill -9 "$(cat "$W/pid")" 2>/dev/null
+    wait "$bpid"
+    sfact first_exit "$(v1 '^L2-EXIT rc=\([0-9]*\).*' "$log1")"
+    # 3. restore under l2-watch and type at once (the restored guest prints nothing by itself)
+    if [ "$snap_ok" = 1 ]; then
+        l2-watch --type-now --type-delay 2 --marker RESTORED-42 --timeout $((CASE_TIMEOUT * 2)) \
+            --log "$log2" --type "$SNAP_POST_LINE" -- \
+            "${VIREO:-vireo}" restore --source "$W/snap" --api-socket "$W/api2.sock"
+        _t=$(v1 '^L2-MARKER t=\([0-9.]*\).*' "$log2")
+        _rc=$(sed -n 's/^L2-EXIT rc=\([0-9]*\).*/\1/p' "$log2" | tail -1)
+        post_date=$(v1 '.*POST-CLOCK date=\([0-9][0-9]*\) .*' "$log2")
+        post_up=$(v1 '.*POST-CLOCK date=[0-9]* up=\([0-9.]*\).*' "$log2")
+        post_token=$(v1 '.*POST-FILE=\([0-9a-f][0-9a-f]*\).*' "$log2")
+        ptx=$(v1 '^\([0-9][0-9]*\) packets transmitted.*' "$log2")
+        prx=$(v1 '.* \([0-9][0-9]*\) packets received.*' "$log2")
+        sfact restore_marker_t "${_t:-none}"
+        sfact restore_exit "${_rc:-none}"
+        sfact post_clock "date=${post_date:-none}_uptime=${post_up:-none}"
+        sfact post_token "${post_token:-none}"
+        sfact ping "${prx:-none}/${ptx:-none}"
+        [ -n "$_t" ] || bad "no-answer-to-typed-command(last:$(grep -v '^L2-' "$log2" | tail -1 | cut -c1-120 | one))"
+        if [ -z "$post_date" ]; then
+            bad no-post-clock
+        else
+            [ "$post_date" -ge "$pre_date" ] || bad "date-went-back($pre_date->$post_date)"
+            awk -v a="$pre_up" -v b="$post_up" 'BEGIN { exit !(b + 0 >= a + 0) }' ||
+                bad "uptime-went-back($pre_up->$post_up)"
+        fi
+        [ -n "$token" ] && [ "$post_token" = "$token" ] || bad "file(${token:-none}!=${post_token:-none})"
+        grep -q 'POST-WRITE=ok1' "$log2" || bad write-after-restore-failed
+        [ "$ptx" = 3 ] && [ "$prx" = 3 ] || bad "ping=${prx:-none}/${ptx:-none}"
+        grep -q 'POST-DONE=6' "$log2" || bad no-done-line
+        case $_rc in 0) ;; 124|143) bad timeout ;; *) bad "rc=$_rc(want:0)" ;; esac
+    fi
+    tap_teardown
+    sfact total_s $(($(date +%s) - t0))
+    rm -rf "$W/snap" "$W/disk.raw"
+    if [ -z "$why" ]; then
+        echo "E2E-RESULT $sv/$sc PASS marker_t=$_t rc=$_rc boot_t=$boot_t" \
+            "clock=$pre_date->$post_date uptime=$pre_up->$post_up ping=$prx/$ptx"
+    else
+        echo "E2E-RESULT $sv/$sc FAIL marker_t=${_t:-none} rc=${_rc:-none} why=${why%,}"
+    fi
+}
+
 run_case() { # run_case VMM CASE
     v=$1 c=$2
     echo "E2E-CASE-BEGIN $v/$c"
@@ -416,6 +563,7 @@ run_case() { # run_case VMM CASE
                 check "$v" "$c" 0 'L2-SIGNAL sig=TERM'
             fi ;;
         blk-*|net-*)  virtio_boot "$v"; virtio_check "$v" "$c" ;;
+        snapshot-restore) snapshot_restore "$v" ;;
         *) echo "E2E-RESULT $v/$c FAIL why=unknown-case" ;;
     esac
     echo "E2E-CASE-END $v/$c"

@@ -233,7 +233,12 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuStateError> {
     // SAFETY: `kvm_xsave` is the legacy 4 KiB area this host's KVM produced with
     // KVM_GET_XSAVE (snapshots are refused on hosts whose XSAVE area is larger).
     unsafe { fd.set_xsave(&state.xsave) }.map_err(ioctl(index, "set XSAVE state"))?;
-    fd.set_xcrs(&state.xcrs).map_err(ioctl(index, "set XCRs"))?;
+    // A host without XSAVE (e.g. a nested L1 VM run with `-cpu max,-xsave`) saves no XCRs
+    // (KVM_GET_XCRS answers nr_xcrs = 0) and refuses KVM_SET_XCRS with EINVAL whatever it is
+    // given: there is nothing to restore then.
+    if state.xcrs.nr_xcrs > 0 {
+        fd.set_xcrs(&state.xcrs).map_err(ioctl(index, "set XCRs"))?;
+    }
     fd.set_debug_regs(&state.debug_regs)
         .map_err(ioctl(index, "set debug registers"))?;
     fd.set_lapic(&state.lapic)
