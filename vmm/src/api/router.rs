@@ -142,9 +142,19 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpErro
 
 /// `s` cut to 100 characters, for error messages that quote the client.
 fn printable(s: &str) -> String {
-    let mut out: String = s.chars().take(100).collect();
-    if out.len() < s.len() {
-        out.push('…');
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == 100 {
+            out.push('…');
+            break;
+        }
+        // A client's control characters (a CR or LF in a JSON key it sent) stay escaped, so
+        // every reason is one line.
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
     out
 }
@@ -200,6 +210,13 @@ mod tests {
         );
         let long = format!("/{}", "x".repeat(500));
         assert!(route("GET", &long, b"").expect_err("404").reason.len() < 150);
+    }
+
+    #[test]
+    fn control_characters_a_client_sent_are_escaped_in_reasons() {
+        let e = route("PUT", "/api/v1/vm.restore", b"{\"a\\rb\": 1}").expect_err("unknown field");
+        assert!(!e.reason.contains(['\r', '\n']), "{}", e.reason);
+        assert!(e.reason.contains("a\\rb"), "{}", e.reason);
     }
 
     #[test]
