@@ -3,46 +3,15 @@
 //! in a VM built from the snapshot alone, with memory mapped lazily or read eagerly, and two
 //! restores of one snapshot print the same thing.
 
-use std::io::Write;
+mod common;
+
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::Capture;
 
 use vireo_vmm::snapshot::{self, MemoryRestore, RestoreOptions};
 use vireo_vmm::{Vm, VmBuilder, VmConfig, VmState};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
-    }
-    fn wait_for(&self, needle: &str, limit: Duration) {
-        let start = Instant::now();
-        while !self.text().contains(needle) {
-            assert!(
-                start.elapsed() < limit,
-                "'{needle}' did not appear; output so far:\n{}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::ErrorKind::Other)?
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn guest_vm(dir: &Path, cmdline: &str, vcpus: u8) -> (Vm, Capture) {
     let kernel = dir.join("guest.elf");

@@ -172,7 +172,7 @@ pub fn write(
                     extent += 1;
                 }
                 let backed = backing.get(extent).is_some_and(|&(start, _)| start <= at);
-                let data = p < pages && (status[p] & 1 != 0 || backed) && {
+                let data = p < pages && (status.get(p).is_some_and(|s| s & 1 != 0) || backed) && {
                     stats.visited_pages += 1;
                     // SAFETY: page `p` of this chunk is inside the mapping (see above); the guest
                     // is paused, so nothing writes it while it is read.
