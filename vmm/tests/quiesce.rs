@@ -24,10 +24,10 @@ use common::churn::{
 };
 use common::netcommon;
 use common::tap::{
-    check_tx_counts, tap_rx_packets, wait_for_rx, PacketSocket, TxReader, GUEST_MAC, TAP,
+    add_nic, check_tx_counts, tap_rx_packets, wait_for_rx, PacketSocket, TxReader, TAP,
 };
-use common::{Capture, PATIENCE};
-use vireo_vmm::{ExitReason, NetConfig, Vm, VmBuilder, VmState};
+use common::{build_vm, Capture, PATIENCE};
+use vireo_vmm::{ExitReason, Vm, VmState};
 
 const ROUNDS: usize = 5;
 /// How long each pause is watched.
@@ -140,11 +140,7 @@ fn pause_freezes_a_churning_guest_and_its_disk_and_resume_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = dir.path().join("disk.raw");
     let config = churn_config(dir.path(), &disk);
-    let out = Capture::default();
-    let vm = VmBuilder::new(config)
-        .serial_writer(Box::new(out.clone()))
-        .build()
-        .expect("build VM");
+    let (vm, out) = build_vm(config);
     let started = Instant::now();
     vm.start().expect("start");
     let lines = pause_resume_rounds(&vm, &out, &disk, &mut NoTraffic);
@@ -207,11 +203,7 @@ fn the_guest_notices_a_page_changed_behind_its_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = dir.path().join("disk.raw");
     let config = churn_config(dir.path(), &disk);
-    let out = Capture::default();
-    let vm = VmBuilder::new(config)
-        .serial_writer(Box::new(out.clone()))
-        .build()
-        .expect("build VM");
+    let (vm, out) = build_vm(config);
     vm.start().expect("start");
     wait_for_i(&out, 2 * EVERY);
     vm.pause().expect("pause");
@@ -241,11 +233,7 @@ fn the_guest_notices_a_disk_changed_behind_its_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = dir.path().join("disk.raw");
     let config = churn_config(dir.path(), &disk);
-    let out = Capture::default();
-    let vm = VmBuilder::new(config)
-        .serial_writer(Box::new(out.clone()))
-        .build()
-        .expect("build VM");
+    let (vm, out) = build_vm(config);
     vm.start().expect("start");
     // Every sector in use has been written once.
     wait_for_i(&out, SECTORS + EVERY);
@@ -322,17 +310,10 @@ fn pause_freezes_a_churning_guest_with_a_disk_and_a_tap_and_resume_loses_nothing
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = dir.path().join("disk.raw");
         let mut config = churn_config(dir.path(), &disk);
-        config.nets.push(NetConfig {
-            tap: TAP.into(),
-            mac: Some(GUEST_MAC.parse().expect("MAC")),
-        });
-        let out = Capture::default();
+        add_nic(&mut config);
         // The VMM creates the tap (in this thread's namespace) and brings
         // it up.
-        let vm = VmBuilder::new(config)
-            .serial_writer(Box::new(out.clone()))
-            .build()
-            .expect("build VM");
+        let (vm, out) = build_vm(config);
         let sock = Arc::new(PacketSocket::open(TAP));
         let reader = TxReader::spawn(sock.clone());
         let started = Instant::now();

@@ -33,13 +33,13 @@ use common::churn::{
 };
 use common::netcommon;
 use common::tap::{
-    check_tx_counts, tap_rx_packets, wait_for_rx, PacketSocket, TxReader, GUEST_MAC, TAP,
+    add_nic, check_tx_counts, tap_rx_packets, wait_for_rx, PacketSocket, TxReader, TAP,
 };
-use common::Capture;
-use vireo_vmm::{DiskConfig, DiskFormat, NetConfig};
+use common::{build_vm, Capture};
+use vireo_vmm::{DiskConfig, DiskFormat};
 
 use vireo_vmm::snapshot::{self, MemoryRestore, RestoreOptions};
-use vireo_vmm::{Vm, VmBuilder, VmConfig, VmState};
+use vireo_vmm::{Vm, VmConfig, VmState};
 
 fn guest_vm(dir: &Path, cmdline: &str, vcpus: u8) -> (Vm, Capture) {
     let kernel = dir.join("guest.elf");
@@ -48,12 +48,7 @@ fn guest_vm(dir: &Path, cmdline: &str, vcpus: u8) -> (Vm, Capture) {
     config.memory_mib = 64;
     config.vcpus = vcpus;
     config.payload.cmdline = cmdline.into();
-    let capture = Capture::default();
-    let vm = VmBuilder::new(config)
-        .serial_writer(Box::new(capture.clone()))
-        .build()
-        .expect("build VM");
-    (vm, capture)
+    build_vm(config)
 }
 
 /// Every complete `tick N` line, in order.
@@ -174,11 +169,7 @@ fn a_snapshot_of_a_vm_that_has_not_started_or_has_stopped_is_refused() {
 
 /// Builds and starts a churning VM.
 fn start_churn(config: VmConfig) -> (Vm, Capture) {
-    let out = Capture::default();
-    let vm = VmBuilder::new(config)
-        .serial_writer(Box::new(out.clone()))
-        .build()
-        .expect("build VM");
+    let (vm, out) = build_vm(config);
     vm.start().expect("start");
     (vm, out)
 }
@@ -524,17 +515,10 @@ fn a_churning_guest_with_a_tap_continues_its_traffic_after_restore() {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = dir.path().join("disk.raw");
         let mut config = churn_config(dir.path(), &disk);
-        config.nets.push(NetConfig {
-            tap: TAP.into(),
-            mac: Some(GUEST_MAC.parse().expect("MAC")),
-        });
+        add_nic(&mut config);
         let started = Instant::now();
-        let out = Capture::default();
         // The VMM creates the tap (in this thread's namespace).
-        let vm = VmBuilder::new(config)
-            .serial_writer(Box::new(out.clone()))
-            .build()
-            .expect("build VM");
+        let (vm, out) = build_vm(config);
         let sock = Arc::new(PacketSocket::open(TAP));
         let reader = TxReader::spawn(sock.clone());
         vm.start().expect("start");

@@ -17,6 +17,16 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Builds a VM whose serial output goes to a new capture.
+pub fn build_vm(config: vireo_vmm::VmConfig) -> (vireo_vmm::Vm, Capture) {
+    let out = Capture::default();
+    let vm = vireo_vmm::VmBuilder::new(config)
+        .serial_writer(Box::new(out.clone()))
+        .build()
+        .expect("build VM");
+    (vm, out)
+}
+
 /// A generous bound for anything the guest should do soon.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 

@@ -17,6 +17,15 @@ pub const TX_EVERY: u64 = 16;
 /// The guest's MAC, as a spec string.
 pub const GUEST_MAC: &str = "52:54:00:12:34:56";
 
+/// Gives `config` a NIC with the guest's MAC on the tap TAP (which the VMM
+/// creates, in the calling thread's namespace, and brings up).
+pub fn add_nic(config: &mut vireo_vmm::VmConfig) {
+    config.nets.push(vireo_vmm::NetConfig {
+        tap: TAP.into(),
+        mac: Some(GUEST_MAC.parse().expect("MAC")),
+    });
+}
+
 pub fn guest_mac() -> [u8; 6] {
     [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]
 }
