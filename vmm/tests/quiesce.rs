@@ -11,138 +11,27 @@
 //! which it asserts. Two more tests change a page and the disk behind the
 //! paused guest's back, and expect the guest to report it and fail.
 
-/// Root check, network namespaces and `ip`, shared with the `net` crate's
-/// tap tests.
-#[path = "../../net/tests/common/mod.rs"]
-mod netcommon;
+mod common;
 
 use std::hash::{DefaultHasher, Hasher};
-use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use vireo_vmm::{DiskConfig, DiskFormat, ExitReason, NetConfig, Vm, VmBuilder, VmConfig, VmState};
+use common::churn::{
+    check_lines, churn_config, churn_lines, last_line, stop, wait_for_i, Line, EVERY, PAGES,
+    SECTORS,
+};
+use common::netcommon;
+use common::tap::{
+    add_nic, check_tx_counts, tap_rx_packets, wait_for_rx, PacketSocket, TxReader, TAP,
+};
+use common::{build_vm, Capture, PATIENCE};
+use vireo_vmm::{ExitReason, Vm, VmState};
 
-/// Working-set pages of the guest.
-const PAGES: u64 = 256;
-/// Iterations between the guest's lines.
-const EVERY: u64 = 256;
-/// Disk sectors the guest cycles through.
-const SECTORS: u64 = 512;
-const DISK_BYTES: u64 = 1 << 20;
 const ROUNDS: usize = 5;
 /// How long each pause is watched.
 const PAUSED_FOR: Duration = Duration::from_millis(300);
-/// A generous bound for anything the guest should do soon.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::ErrorKind::Other)?
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// One periodic `churn i=… sum=…` line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Line {
-    i: u64,
-    sum: String,
-    blk: Option<u64>,
-    tx: Option<u64>,
-    rx: Option<u64>,
-}
-
-/// Every complete periodic line so far; panics on a line reporting a
-/// failure (the guest's own checks) or anything unexpected.
-fn churn_lines(text: &str) -> Vec<Line> {
-    let mut out = Vec::new();
-    for l in text
-        .split_inclusive('\n')
-        .filter_map(|l| l.strip_suffix('\n'))
-    {
-        assert!(
-            !l.contains("MISMATCH") && !l.contains("RX-GAP") && !l.contains("FAIL"),
-            "the guest reports a failure: {l}\nall output:\n{text}"
-        );
-        if l.starts_with("churn start ") {
-            continue;
-        }
-        let Some(rest) = l.strip_prefix("churn i=") else {
-            panic!("unexpected guest line {l:?}\nall output:\n{text}");
-        };
-        let mut words = rest.split(' ');
-        let i = words.next().and_then(|w| w.parse().ok());
-        let mut line = Line {
-            i: i.unwrap_or_else(|| panic!("bad line {l:?}")),
-            sum: String::new(),
-            blk: None,
-            tx: None,
-            rx: None,
-        };
-        for w in words {
-            let (k, v) = w
-                .split_once('=')
-                .unwrap_or_else(|| panic!("bad line {l:?}"));
-            let n = || {
-                v.parse::<u64>()
-                    .unwrap_or_else(|_| panic!("bad line {l:?}"))
-            };
-            match k {
-                "sum" => {
-                    assert_eq!(v.len(), 16, "bad line {l:?}");
-                    line.sum = v.to_owned();
-                }
-                "blk" => line.blk = Some(n()),
-                "tx" => line.tx = Some(n()),
-                "rx" => line.rx = Some(n()),
-                _ => panic!("bad line {l:?}"),
-            }
-        }
-        out.push(line);
-    }
-    out
-}
-
-/// The last complete periodic line.
-fn last_line(out: &Capture) -> Option<Line> {
-    churn_lines(&out.text()).pop()
-}
-
-/// Waits until a periodic line with `i >= at_least` has appeared.
-fn wait_for_i(out: &Capture, at_least: u64) -> Line {
-    let start = Instant::now();
-    loop {
-        if let Some(l) = last_line(out).filter(|l| l.i >= at_least) {
-            return l;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "no line with i >= {at_least} within {PATIENCE:?}; output:\n{}",
-            out.text()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Guest pages the devices dirtied since the last call (vCPU writes are not
 /// tracked in this bitmap, only device writes).
 fn take_device_dirty(vm: &Vm) -> usize {
@@ -165,24 +54,6 @@ fn disk_state(path: &Path) -> (u64, SystemTime) {
         .and_then(|m| m.modified())
         .expect("disk mtime");
     (h.finish(), mtime)
-}
-
-fn churn_config(dir: &Path, disk: &Path) -> VmConfig {
-    let kernel = dir.join("guest.elf");
-    vireo_testguest::write_to(&kernel).expect("write guest");
-    std::fs::File::create(disk)
-        .and_then(|f| f.set_len(DISK_BYTES))
-        .expect("disk image");
-    let mut config = VmConfig::new(&kernel);
-    config.memory_mib = 64;
-    config.vcpus = 1;
-    config.disks.push(DiskConfig {
-        path: disk.to_path_buf(),
-        format: Some(DiskFormat::Raw),
-        readonly: false,
-    });
-    config.payload.cmdline = format!("churn {PAGES} {EVERY} {SECTORS}");
-    config
 }
 
 /// What a test with a NIC adds to the checks around each pause.
@@ -260,69 +131,8 @@ fn check_sequence(lines: &[Line]) {
         "{} lines",
         lines.len()
     );
-    for (n, l) in lines.iter().enumerate() {
-        let want = (n as u64 + 1) * EVERY;
-        assert_eq!(
-            l.i, want,
-            "line {n} is for i={} instead of {want}: an iteration lost or repeated",
-            l.i
-        );
-        assert_eq!(l.blk, Some(l.i), "one disk write per iteration: {l:?}");
-    }
-    for l in lines {
-        assert_eq!(
-            l.sum,
-            format!("{:016x}", expected_sum(l.i)),
-            "the guest's checksum at i={} is not the one its scenario defines",
-            l.i
-        );
-    }
-}
-
-// The guest's working-set checksum, recomputed on the host
-// (`testguest/guest/churn.rs`): every line's `sum` is a pure function of
-// `i` and PAGES.
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// Hash of the 512 words iteration `iter` wrote into page `page`.
-fn page_hash(iter: u64, page: u64) -> u64 {
-    let mut x = splitmix(iter ^ splitmix(page ^ splitmix(0x7061_6765))) | 1;
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for _ in 0..512 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        h = (h ^ x).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(17);
-    }
-    h
-}
-
-/// The working set's checksum after `done` iterations.
-fn expected_sum(done: u64) -> u64 {
-    (0..PAGES)
-        .map(|p| {
-            // The last iteration j < done with j % PAGES == p, or the
-            // initial content's marker.
-            let back = ((done + PAGES - 1) % PAGES + PAGES - p) % PAGES;
-            let writer = (done - 1).checked_sub(back).unwrap_or(u64::MAX);
-            splitmix(page_hash(writer, p) ^ p.wrapping_mul(0xd6e8_feb8_6659_fd93))
-        })
-        .fold(0, u64::wrapping_add)
-}
-
-fn stop(vm: &Vm, out: &Capture) {
-    assert_eq!(
-        vm.shutdown(),
-        ExitReason::Stopped,
-        "the guest exited on its own; output:\n{}",
-        out.text()
-    );
+    assert_eq!(lines[0].i, EVERY, "the first line: {:?}", lines[0]);
+    check_lines(lines, EVERY, true);
 }
 
 #[test]
@@ -330,11 +140,7 @@ fn pause_freezes_a_churning_guest_and_its_disk_and_resume_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = dir.path().join("disk.raw");
     let config = churn_config(dir.path(), &disk);
-    let out = Capture::default();
-    let vm = VmBuilder::new(config)
-        .serial_writer(Box::new(out.clone()))
-        .build()
-        .expect("build VM");
+    let (vm, out) = build_vm(config);
     let started = Instant::now();
     vm.start().expect("start");
     let lines = pause_resume_rounds(&vm, &out, &disk, &mut NoTraffic);
@@ -397,11 +203,7 @@ fn the_guest_notices_a_page_changed_behind_its_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = dir.path().join("disk.raw");
     let config = churn_config(dir.path(), &disk);
-    let out = Capture::default();
-    let vm = VmBuilder::new(config)
-        .serial_writer(Box::new(out.clone()))
-        .build()
-        .expect("build VM");
+    let (vm, out) = build_vm(config);
     vm.start().expect("start");
     wait_for_i(&out, 2 * EVERY);
     vm.pause().expect("pause");
@@ -431,11 +233,7 @@ fn the_guest_notices_a_disk_changed_behind_its_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = dir.path().join("disk.raw");
     let config = churn_config(dir.path(), &disk);
-    let out = Capture::default();
-    let vm = VmBuilder::new(config)
-        .serial_writer(Box::new(out.clone()))
-        .build()
-        .expect("build VM");
+    let (vm, out) = build_vm(config);
     vm.start().expect("start");
     // Every sector in use has been written once.
     wait_for_i(&out, SECTORS + EVERY);
@@ -461,160 +259,9 @@ fn the_guest_notices_a_disk_changed_behind_its_back() {
 
 // ---------------------------------------------------------- with a tap
 
-const TAP: &str = "vqtap0";
-const ETHERTYPE: u16 = 0x88b5;
-/// Iterations per frame the guest sends.
-const TX_EVERY: u64 = 16;
 /// Frames the host sends the guest while it runs, and while it is paused.
 const RX_RUNNING: u64 = 20;
 const RX_PAUSED: u64 = 10;
-
-fn guest_mac() -> [u8; 6] {
-    [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]
-}
-
-/// An `AF_PACKET` socket on the tap's host side for ethertype 0x88b5: reads
-/// what the guest transmits, and sends frames to the guest.
-struct PacketSocket {
-    fd: OwnedFd,
-    ifindex: i32,
-}
-
-impl PacketSocket {
-    fn open(ifname: &str) -> Self {
-        let proto = i32::from(ETHERTYPE.to_be());
-        // SAFETY: plain socket(2); the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
-        assert!(
-            fd >= 0,
-            "socket(AF_PACKET): {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: `fd` is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let name = std::ffi::CString::new(ifname).expect("name");
-        // SAFETY: `name` is a valid C string for the call.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert!(ifindex != 0, "if_nametoindex({ifname})");
-        let s = Self {
-            fd,
-            ifindex: ifindex as i32,
-        };
-        let addr = s.addr([0; 6]);
-        // SAFETY: `addr` is a valid sockaddr_ll of the given size.
-        let rc = unsafe {
-            libc::bind(
-                s.fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        // A large receive buffer (root may exceed rmem_max), so the reader
-        // thread never loses a frame to a full socket.
-        s.setsockopt(libc::SO_RCVBUFFORCE, &(64i32 << 20));
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        s.setsockopt(libc::SO_RCVTIMEO, &tv);
-        s
-    }
-
-    fn setsockopt<T>(&self, opt: i32, value: &T) {
-        // SAFETY: `value` is valid for `size_of::<T>()` bytes for the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (value as *const T).cast(),
-                std::mem::size_of::<T>() as u32,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "setsockopt {opt}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-
-    fn addr(&self, dst: [u8; 6]) -> libc::sockaddr_ll {
-        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
-        let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        a.sll_family = libc::AF_PACKET as u16;
-        a.sll_protocol = ETHERTYPE.to_be();
-        a.sll_ifindex = self.ifindex;
-        a.sll_halen = 6;
-        a.sll_addr[..6].copy_from_slice(&dst);
-        a
-    }
-
-    /// The next frame (up to the timeout), with whether it is incoming.
-    fn recv(&self, buf: &mut [u8]) -> Option<(usize, bool)> {
-        // SAFETY: as above.
-        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-        // SAFETY: `buf` and `from` are valid for their lengths for the call.
-        let n = unsafe {
-            libc::recvfrom(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-                (&mut from as *mut libc::sockaddr_ll).cast(),
-                &mut len,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            assert!(
-                matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ),
-                "recvfrom: {e}"
-            );
-            return None;
-        }
-        Some((n as usize, from.sll_pkttype != libc::PACKET_OUTGOING))
-    }
-
-    /// Sends one frame carrying `churn-rx` and `seq` to the guest.
-    fn send_seq(&self, seq: u64) {
-        let mut f = [0u8; 60];
-        f[0..6].copy_from_slice(&guest_mac());
-        f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-        f[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
-        f[14..22].copy_from_slice(b"churn-rx");
-        f[22..30].copy_from_slice(&seq.to_be_bytes());
-        let addr = self.addr(guest_mac());
-        // SAFETY: `f` and `addr` are valid for their lengths for the call.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                f.as_ptr().cast(),
-                f.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(n, 60, "sendto: {}", std::io::Error::last_os_error());
-    }
-}
-
-/// Packets the tap's host side received (what the VMM wrote into the tap).
-fn tap_rx_packets() -> u64 {
-    let json = netcommon::ip(&["-j", "-s", "link", "show", TAP]);
-    let v: serde_json::Value = serde_json::from_str(&json).expect("ip -j output");
-    v[0]["stats64"]["rx"]["packets"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no rx packet count in {json}"))
-}
 
 /// Sends frames to the guest and watches the tap while paused.
 struct TapTraffic {
@@ -663,40 +310,12 @@ fn pause_freezes_a_churning_guest_with_a_disk_and_a_tap_and_resume_loses_nothing
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = dir.path().join("disk.raw");
         let mut config = churn_config(dir.path(), &disk);
-        config.nets.push(NetConfig {
-            tap: TAP.into(),
-            mac: Some("52:54:00:12:34:56".parse().expect("MAC")),
-        });
-        let out = Capture::default();
+        add_nic(&mut config);
         // The VMM creates the tap (in this thread's namespace) and brings
         // it up.
-        let vm = VmBuilder::new(config)
-            .serial_writer(Box::new(out.clone()))
-            .build()
-            .expect("build VM");
+        let (vm, out) = build_vm(config);
         let sock = Arc::new(PacketSocket::open(TAP));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let done = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let (sock, seen, done) = (sock.clone(), seen.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 2048];
-                while !done.load(Ordering::Relaxed) {
-                    let Some((n, incoming)) = sock.recv(&mut buf) else {
-                        continue;
-                    };
-                    if !incoming || n < 38 || &buf[14..22] != b"churn-tx" {
-                        continue;
-                    }
-                    let seq = u64::from_be_bytes(buf[22..30].try_into().expect("8 bytes"));
-                    let i = u64::from_be_bytes(buf[30..38].try_into().expect("8 bytes"));
-                    assert_eq!(i, seq * TX_EVERY, "frame {seq} is for iteration {i}");
-                    assert_eq!(&buf[0..6], &[0xff; 6], "broadcast");
-                    assert_eq!(&buf[6..12], &guest_mac(), "from the guest's MAC");
-                    seen.lock().expect("lock").push(seq);
-                }
-            })
-        };
+        let reader = TxReader::spawn(sock.clone());
         let started = Instant::now();
         vm.start().expect("start");
         let mut traffic = TapTraffic {
@@ -709,20 +328,7 @@ fn pause_freezes_a_churning_guest_with_a_disk_and_a_tap_and_resume_loses_nothing
         // Every frame sent to the guest arrives, in order (the guest reports
         // a gap itself).
         let sent = traffic.next_seq;
-        let start = Instant::now();
-        loop {
-            let last = last_line(&out).expect("lines");
-            if last.rx == Some(sent) {
-                break;
-            }
-            assert!(
-                start.elapsed() < PATIENCE && last.rx < Some(sent),
-                "the guest received {:?} of {sent} frames; output:\n{}",
-                last.rx,
-                out.text()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_rx(&out, sent, last_line);
         stop(&vm, &out);
         // Every frame the guest's NIC put on the tap (all but those still in
         // the guest's 16-entry transmit ring at its last line) reaches the
@@ -733,28 +339,10 @@ fn pause_freezes_a_churning_guest_with_a_disk_and_a_tap_and_resume_loses_nothing
             on_tap + 16 >= tx,
             "{on_tap} frames on the tap, the guest sent {tx}"
         );
-        let start = Instant::now();
-        while (seen.lock().expect("lock").len() as u64) < on_tap {
-            assert!(
-                start.elapsed() < PATIENCE,
-                "the reader got {} of the {on_tap} frames on the tap",
-                seen.lock().expect("lock").len()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        done.store(true, Ordering::Relaxed);
-        reader.join().expect("reader thread");
+        let seen = reader.finish(on_tap);
 
         let lines = churn_lines(&out.text());
-        for l in &lines {
-            assert_eq!(l.tx, Some(l.i.div_ceil(TX_EVERY)), "{l:?}");
-        }
-        let seen = seen.lock().expect("lock");
-        assert_eq!(
-            seen.len() as u64,
-            on_tap,
-            "no frame but the guest's on the tap"
-        );
+        check_tx_counts(&lines);
         for (n, &seq) in seen.iter().enumerate() {
             assert_eq!(
                 seq, n as u64,
