@@ -84,6 +84,8 @@ req bad-body 'PUT /api/v1/vm.pause HTTP/1.1\r\nContent-Length: 5\r\n\r\npause'
 req chunked 'PUT /api/v1/vm.pause HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'
 req garbage 'GARBAGE\r\n\r\n'
 req snapshot 'PUT /api/v1/vm.snapshot HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 43\r\n\r\n{"destination_url":"file:///tmp/snapshot1"}'
+# A JSON key with an escaped CR: its error reason must stay one line (a fuzz finding).
+req escaped-cr 'PUT /api/v1/vm.restore HTTP/1.1\r\nContent-Length: 12\r\n\r\n{"a\\rb": 1}'
 req restore 'PUT /api/v1/vm.restore HTTP/1.1\r\nHost: localhost\r\nContent-Length: 61\r\n\r\n{"source_url":"file:///tmp/s","prefault":true,"resume":false}'
 echo "$out/api_request: $(ls "$out/api_request" | wc -l) requests"
 
