@@ -88,15 +88,12 @@ impl VmBuilder {
     /// Creates the VM: checks KVM and the config, allocates and loads guest
     /// memory, creates devices and vCPUs. Nothing runs until [`Vm::start`].
     pub fn build(self) -> Result<Vm, VmError> {
-        tracing::debug!("build: start");
         let kvm = KvmContext::open()?;
         let config = self.config;
         config.validate_on(&probe_host_limits(kvm.max_vcpus()))?;
-        tracing::debug!("build: kvm open");
         let memory_size = config.memory_bytes();
         let memory = memory::create_guest_memory(memory_size)?;
         let vm_fd = create_platform(&kvm, &memory)?;
-        tracing::debug!("build: platform");
 
         let mut plan = boot::load_payload(&memory, memory_size, &config.payload, config.vcpus)?;
         if let Some(state) = self.boot_cpu {
@@ -108,7 +105,6 @@ impl VmBuilder {
             acpi: plan.is_linux(),
         };
         let parts = create_devices(vm_fd, memory, config, self.serial_writer, flags)?;
-        tracing::debug!("build: devices");
         let supported = kvm.supported_cpuid()?;
         let count = parts.config.vcpus;
         let vcpus = (0..count)
