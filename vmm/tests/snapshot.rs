@@ -211,6 +211,16 @@ fn pause_and_snapshot(vm: &Vm, out: &Capture, dir: &Path, disk: &Path) -> Saved 
     }
 }
 
+/// A churning VM with a raw disk in `dir`, snapshotted as [`pause_and_snapshot`] does, then
+/// stopped and dropped.
+fn saved_churn(dir: &Path) -> Saved {
+    let disk = dir.join("disk.raw");
+    let (vm, out) = start_churn(churn_config(dir, &disk));
+    let saved = pause_and_snapshot(&vm, &out, dir, &disk);
+    stop(&vm, &out);
+    saved
+}
+
 /// A new VM restored from `saved` onto `disk` (a fresh copy of the saved image, named
 /// `name` beside it), its output appended to the saved output.
 fn restore_churn(
@@ -350,11 +360,7 @@ fn two_restores_of_one_churn_snapshot_continue_identically() {
     // Lines past the snapshot that both restored guests must print identically.
     const N: u64 = 30;
     let dir = tempfile::tempdir().expect("tempdir");
-    let disk = dir.path().join("disk.raw");
-    let (vm, out) = start_churn(churn_config(dir.path(), &disk));
-    let saved = pause_and_snapshot(&vm, &out, dir.path(), &disk);
-    stop(&vm, &out);
-    drop(vm);
+    let saved = saved_churn(dir.path());
     let until = saved.last.i + N * EVERY;
     let mut runs = Vec::new();
     for (k, how) in [MemoryRestore::Lazy, MemoryRestore::Eager]
@@ -447,11 +453,7 @@ fn a_snapshot_of_a_running_churning_guest_restores_to_a_consistent_guest() {
 #[test]
 fn a_restore_onto_a_disk_of_another_size_fails_naming_it_and_runs_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let disk = dir.path().join("disk.raw");
-    let (vm, out) = start_churn(churn_config(dir.path(), &disk));
-    let saved = pause_and_snapshot(&vm, &out, dir.path(), &disk);
-    stop(&vm, &out);
-    drop(vm);
+    let saved = saved_churn(dir.path());
     for bytes in [2 * DISK_BYTES, DISK_BYTES / 2] {
         let other = dir.path().join("other.raw");
         std::fs::copy(&saved.disk, &other).expect("copy");
