@@ -31,6 +31,9 @@ pub mod pci;
 pub mod persist;
 pub mod virtio;
 
+#[cfg(test)]
+mod test_util;
+
 pub use bus::BusDevice;
 pub use exit::{ExitHandler, GuestExitRequest};
 pub use irq::IrqLine;

@@ -42,7 +42,7 @@ use crate::mem::{self, rd64, wr64, Bump};
 use crate::virtio::{fail, fail_with, find_nth, Kind, VResult};
 use crate::virtio_blk::{Blk, SECTOR_SIZE, VIRTIO_BLK_S_OK};
 use crate::virtio_net::{Net, BUF_SIZE};
-use crate::{exit, parse_u64, put_dec, putc, puts, Args};
+use crate::{exit, parse_u64, put_dec, put_hex16, putc, puts, Args};
 
 const PAGE: usize = 4096;
 const WORDS: usize = PAGE / 8;
@@ -122,17 +122,6 @@ fn last_writer(done: u64, slot: u64, n: u64) -> u64 {
     let last = done - 1;
     let back = (last % n + n - slot) % n;
     last.checked_sub(back).unwrap_or(INITIAL)
-}
-
-fn put_hex16(v: u64) {
-    for shift in (0..16).rev() {
-        let nib = ((v >> (shift * 4)) & 0xf) as u8;
-        putc(if nib < 10 {
-            b'0' + nib
-        } else {
-            b'a' + nib - 10
-        });
-    }
 }
 
 /// Reports page `page` holding the wrong content at iteration `i` and

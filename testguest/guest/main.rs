@@ -228,6 +228,11 @@ fn put_dec(mut v: u64) {
 
 fn put_hex(v: u64) {
     puts("0x");
+    put_hex16(v);
+}
+
+/// Prints `v` as 16 lowercase hex digits, without a prefix.
+fn put_hex16(v: u64) {
     for shift in (0..16).rev() {
         let nib = ((v >> (shift * 4)) & 0xf) as u8;
         putc(if nib < 10 {

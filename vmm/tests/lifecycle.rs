@@ -5,75 +5,18 @@
 //! still completes every request, and host-side shutdown stops vCPUs
 //! wherever they are.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use vireo_vmm::{ExitReason, Vm, VmBuilder, VmConfig, VmState};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
-    }
-    fn wait_for(&self, needle: &str, limit: Duration) {
-        let start = Instant::now();
-        while !self.text().contains(needle) {
-            assert!(
-                start.elapsed() < limit,
-                "'{needle}' did not appear; output so far:\n{}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::ErrorKind::Other)?
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn guest_vm(cmdline: &str, vcpus: u8) -> (tempfile::TempDir, Vm, Capture) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kernel = dir.path().join("guest.elf");
-    vireo_testguest::write_to(&kernel).expect("write guest");
-    let mut config = VmConfig::new(&kernel);
-    config.memory_mib = 64;
-    config.vcpus = vcpus;
-    config.payload.cmdline = cmdline.into();
-    let capture = Capture::default();
-    let vm = VmBuilder::new(config)
-        .serial_writer(Box::new(capture.clone()))
-        .build()
-        .expect("build VM");
-    (dir, vm, capture)
-}
-
-/// Every complete `tick N` line, in order (a pause or shutdown may cut the
-/// last line short).
-fn ticks(text: &str) -> Vec<u64> {
-    text.split_inclusive('\n')
-        .filter_map(|l| l.strip_suffix('\n'))
-        .filter_map(|l| l.strip_prefix("tick "))
-        .filter_map(|n| n.parse().ok())
-        .collect()
-}
+use common::{build_vm, guest_vm, take_device_dirty, ticks};
+use vireo_vmm::{ExitReason, Vm, VmConfig, VmState};
 
 #[test]
 fn pause_and_resume_keep_the_guest_counting_without_loss_or_duplication() {
+    let dir = tempfile::tempdir().expect("tempdir");
     // ~0.3 ms between ticks on a 3 GHz TSC.
-    let (_dir, vm, out) = guest_vm("count 1000000 1000000", 1);
+    let (vm, out) = guest_vm(dir.path(), "count 1000000 1000000", 1);
     assert_eq!(vm.state(), VmState::Created);
     vm.start().expect("start");
     assert_eq!(vm.state(), VmState::Running);
@@ -109,7 +52,8 @@ fn pause_and_resume_keep_the_guest_counting_without_loss_or_duplication() {
 
 #[test]
 fn shutdown_while_paused_and_with_a_parked_application_processor() {
-    let (_dir, vm, out) = guest_vm("idle", 2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (vm, out) = guest_vm(dir.path(), "idle", 2);
     vm.start().expect("start");
     out.wait_for("idle: ready\n", Duration::from_secs(30));
     vm.pause()
@@ -120,7 +64,8 @@ fn shutdown_while_paused_and_with_a_parked_application_processor() {
 
 #[test]
 fn guest_exit_reason_is_reported_through_wait() {
-    let (_dir, vm, out) = guest_vm("hello", 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (vm, out) = guest_vm(dir.path(), "hello", 1);
     vm.start().expect("start");
     assert_eq!(vm.wait(), ExitReason::DebugExit { status: 0 });
     assert!(out.text().contains("hello: PASS"));
@@ -136,19 +81,6 @@ fn blk_requests(vm: &Vm) -> u64 {
         .find(|(k, _)| *k == "requests")
         .map(|(_, v)| *v)
         .expect("virtio-blk requests counter")
-}
-
-/// Guest pages the devices dirtied since the last call (vCPU writes are not
-/// tracked in this bitmap, only device writes).
-fn take_device_dirty(vm: &Vm) -> usize {
-    use vm_memory::GuestMemoryBackend;
-    vm.memory()
-        .iter()
-        .map(|r| {
-            let bits = (**r).bitmap().take().expect("dirty bitmap");
-            bits.iter().map(|w| w.count_ones() as usize).sum::<usize>()
-        })
-        .sum()
 }
 
 #[test]
@@ -172,11 +104,7 @@ fn pause_quiesces_the_block_device_and_resume_loses_nothing() {
     // VM is paused.
     const REQUESTS: u64 = 20_000;
     config.payload.cmdline = format!("blk-bench 0 randwrite 4096 16 {REQUESTS} 32");
-    let out = Capture::default();
-    let vm = VmBuilder::new(config)
-        .serial_writer(Box::new(out.clone()))
-        .build()
-        .expect("build VM");
+    let (vm, out) = build_vm(config);
     vm.start().expect("start");
     out.wait_for("bench-start", Duration::from_secs(30));
 

@@ -26,24 +26,12 @@ use common::netcommon;
 use common::tap::{
     add_nic, check_tx_counts, tap_rx_packets, wait_for_rx, PacketSocket, TxReader, TAP,
 };
-use common::{build_vm, Capture, PATIENCE};
+use common::{build_vm, take_device_dirty, Capture, PATIENCE};
 use vireo_vmm::{ExitReason, Vm, VmState};
 
 const ROUNDS: usize = 5;
 /// How long each pause is watched.
 const PAUSED_FOR: Duration = Duration::from_millis(300);
-/// Guest pages the devices dirtied since the last call (vCPU writes are not
-/// tracked in this bitmap, only device writes).
-fn take_device_dirty(vm: &Vm) -> usize {
-    use vm_memory::GuestMemoryBackend;
-    vm.memory()
-        .iter()
-        .map(|r| {
-            let bits = (**r).bitmap().take().expect("dirty bitmap");
-            bits.iter().map(|w| w.count_ones() as usize).sum::<usize>()
-        })
-        .sum()
-}
 
 /// The disk image's content hash and modification time.
 fn disk_state(path: &Path) -> (u64, SystemTime) {

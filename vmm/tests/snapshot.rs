@@ -35,39 +35,35 @@ use common::netcommon;
 use common::tap::{
     add_nic, check_tx_counts, tap_rx_packets, wait_for_rx, PacketSocket, TxReader, TAP,
 };
-use common::{build_vm, Capture};
+use common::{build_vm, guest_vm, ticks, Capture};
 use vireo_vmm::{DiskConfig, DiskFormat};
 
 use vireo_vmm::snapshot::{self, MemoryRestore, RestoreOptions};
 use vireo_vmm::{Vm, VmConfig, VmState};
 
-fn guest_vm(dir: &Path, cmdline: &str, vcpus: u8) -> (Vm, Capture) {
-    let kernel = dir.join("guest.elf");
-    vireo_testguest::write_to(&kernel).expect("write guest");
-    let mut config = VmConfig::new(&kernel);
-    config.memory_mib = 64;
-    config.vcpus = vcpus;
-    config.payload.cmdline = cmdline.into();
-    build_vm(config)
-}
-
-/// Every complete `tick N` line, in order.
-fn ticks(text: &str) -> Vec<u64> {
-    text.split_inclusive('\n')
-        .filter_map(|l| l.strip_suffix('\n'))
-        .filter_map(|l| l.strip_prefix("tick "))
-        .filter_map(|n| n.parse().ok())
-        .collect()
+/// Restores the snapshot in `dir` with `opts`, its serial output going to `out`.
+fn restore_to(
+    dir: &Path,
+    out: &Capture,
+    opts: RestoreOptions,
+) -> Result<Vm, snapshot::SnapshotError> {
+    snapshot::restore(
+        dir,
+        RestoreOptions {
+            serial_writer: Some(Box::new(out.clone())),
+            ..opts
+        },
+    )
 }
 
 fn restore(dir: &Path, how: MemoryRestore, paused: bool) -> (Vm, Capture) {
     let capture = Capture::default();
-    let vm = snapshot::restore(
+    let vm = restore_to(
         dir,
+        &capture,
         RestoreOptions {
             memory: how,
             paused,
-            serial_writer: Some(Box::new(capture.clone())),
             ..RestoreOptions::default()
         },
     )
@@ -75,13 +71,20 @@ fn restore(dir: &Path, how: MemoryRestore, paused: bool) -> (Vm, Capture) {
     (vm, capture)
 }
 
+/// A started VM in `dir` with the test guest counting fast on `vcpus` vCPUs, once it
+/// has printed `tick {n}`.
+fn counting_vm(dir: &Path, vcpus: u8, n: u64) -> (Vm, Capture) {
+    let (vm, out) = guest_vm(dir, "count 1000000 1000000", vcpus);
+    vm.start().expect("start");
+    out.wait_for(&format!("tick {n}\n"), Duration::from_secs(30));
+    (vm, out)
+}
+
 #[test]
 fn a_restored_guest_continues_its_count_exactly_where_it_was_saved() {
     let dir = tempfile::tempdir().expect("tempdir");
     let snap = dir.path().join("snap");
-    let (vm, out) = guest_vm(dir.path(), "count 1000000 1000000", 1);
-    vm.start().expect("start");
-    out.wait_for("tick 40\n", Duration::from_secs(30));
+    let (vm, out) = counting_vm(dir.path(), 1, 40);
     vm.pause().expect("pause");
     let report = vm.snapshot(&snap).expect("snapshot");
     assert_eq!(vm.state(), VmState::Paused, "a paused VM stays paused");
@@ -113,9 +116,7 @@ fn a_restored_guest_continues_its_count_exactly_where_it_was_saved() {
 fn snapshot_of_a_running_vm_keeps_it_running_and_two_restores_agree() {
     let dir = tempfile::tempdir().expect("tempdir");
     let snap = dir.path().join("snap");
-    let (vm, out) = guest_vm(dir.path(), "count 1000000 1000000", 2);
-    vm.start().expect("start");
-    out.wait_for("tick 20\n", Duration::from_secs(30));
+    let (vm, out) = counting_vm(dir.path(), 2, 20);
     vm.snapshot(&snap).expect("snapshot while running");
     assert_eq!(vm.state(), VmState::Running, "a running VM runs on");
     let n = ticks(&out.text()).len();
@@ -210,6 +211,16 @@ fn pause_and_snapshot(vm: &Vm, out: &Capture, dir: &Path, disk: &Path) -> Saved 
     }
 }
 
+/// A churning VM with a raw disk in `dir`, snapshotted as [`pause_and_snapshot`] does, then
+/// stopped and dropped.
+fn saved_churn(dir: &Path) -> Saved {
+    let disk = dir.join("disk.raw");
+    let (vm, out) = start_churn(churn_config(dir, &disk));
+    let saved = pause_and_snapshot(&vm, &out, dir, &disk);
+    stop(&vm, &out);
+    saved
+}
+
 /// A new VM restored from `saved` onto `disk` (a fresh copy of the saved image, named
 /// `name` beside it), its output appended to the saved output.
 fn restore_churn(
@@ -222,12 +233,12 @@ fn restore_churn(
     std::fs::copy(&saved.disk, &disk).expect("copy the saved disk image");
     disk_format_ok(&disk);
     let out = Capture::with_text(&saved.text);
-    let vm = snapshot::restore(
+    let vm = restore_to(
         &saved.snap,
+        &out,
         RestoreOptions {
             memory: how,
             disks: vec![("disk0".into(), disk.clone())],
-            serial_writer: Some(Box::new(out.clone())),
             ..RestoreOptions::default()
         },
     )
@@ -349,11 +360,7 @@ fn two_restores_of_one_churn_snapshot_continue_identically() {
     // Lines past the snapshot that both restored guests must print identically.
     const N: u64 = 30;
     let dir = tempfile::tempdir().expect("tempdir");
-    let disk = dir.path().join("disk.raw");
-    let (vm, out) = start_churn(churn_config(dir.path(), &disk));
-    let saved = pause_and_snapshot(&vm, &out, dir.path(), &disk);
-    stop(&vm, &out);
-    drop(vm);
+    let saved = saved_churn(dir.path());
     let until = saved.last.i + N * EVERY;
     let mut runs = Vec::new();
     for (k, how) in [MemoryRestore::Lazy, MemoryRestore::Eager]
@@ -401,14 +408,7 @@ fn a_snapshot_of_a_running_churning_guest_restores_to_a_consistent_guest() {
     check_lines(&before, EVERY_NO_DISK, false);
 
     let after = Capture::default();
-    let restored = snapshot::restore(
-        &snap,
-        RestoreOptions {
-            serial_writer: Some(Box::new(after.clone())),
-            ..RestoreOptions::default()
-        },
-    )
-    .expect("restore");
+    let restored = restore_to(&snap, &after, RestoreOptions::default()).expect("restore");
     restored.start().expect("start restored");
     let start = Instant::now();
     // The first output may end a line the snapshot cut: skip to the first whole line.
@@ -453,11 +453,7 @@ fn a_snapshot_of_a_running_churning_guest_restores_to_a_consistent_guest() {
 #[test]
 fn a_restore_onto_a_disk_of_another_size_fails_naming_it_and_runs_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let disk = dir.path().join("disk.raw");
-    let (vm, out) = start_churn(churn_config(dir.path(), &disk));
-    let saved = pause_and_snapshot(&vm, &out, dir.path(), &disk);
-    stop(&vm, &out);
-    drop(vm);
+    let saved = saved_churn(dir.path());
     for bytes in [2 * DISK_BYTES, DISK_BYTES / 2] {
         let other = dir.path().join("other.raw");
         std::fs::copy(&saved.disk, &other).expect("copy");
@@ -468,11 +464,11 @@ fn a_restore_onto_a_disk_of_another_size_fails_naming_it_and_runs_nothing() {
             .expect("resize");
         let image = std::fs::read(&other).expect("read");
         let after = Capture::default();
-        let e = snapshot::restore(
+        let e = restore_to(
             &saved.snap,
+            &after,
             RestoreOptions {
                 disks: vec![("disk0".into(), other.clone())],
-                serial_writer: Some(Box::new(after.clone())),
                 ..RestoreOptions::default()
             },
         )

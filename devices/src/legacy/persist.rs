@@ -43,37 +43,34 @@ pub struct SerialState {
     pub in_buffer: Vec<u8>,
 }
 
+/// Both conversions copy the same registers: `Self` built from the
+/// registers of `$s` and the pending input `$in_buffer`.
+macro_rules! serial_state_from {
+    ($s:ident, $in_buffer:expr) => {
+        Self {
+            baud_divisor_low: $s.baud_divisor_low,
+            baud_divisor_high: $s.baud_divisor_high,
+            interrupt_enable: $s.interrupt_enable,
+            interrupt_identification: $s.interrupt_identification,
+            line_control: $s.line_control,
+            line_status: $s.line_status,
+            modem_control: $s.modem_control,
+            modem_status: $s.modem_status,
+            scratch: $s.scratch,
+            in_buffer: $in_buffer,
+        }
+    };
+}
+
 impl From<vm_superio::serial::SerialState> for SerialState {
     fn from(s: vm_superio::serial::SerialState) -> Self {
-        Self {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer,
-        }
+        serial_state_from!(s, s.in_buffer)
     }
 }
 
 impl From<&SerialState> for vm_superio::serial::SerialState {
     fn from(s: &SerialState) -> Self {
-        Self {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer.clone(),
-        }
+        serial_state_from!(s, s.in_buffer.clone())
     }
 }
 
@@ -177,43 +174,9 @@ impl Cmos {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BusDevice, ExitHandler, GuestExitRequest, IrqLine};
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
-    fn json_round_trip<T>(v: &T) -> T
-    where
-        T: Serialize + for<'de> Deserialize<'de>,
-    {
-        let s = serde_json::to_string(v).expect("serialize");
-        serde_json::from_str(&s).expect("deserialize")
-    }
-
-    #[derive(Clone, Default)]
-    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-    impl Write for SharedBuf {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::ErrorKind::Other)?
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn uart() -> (Serial8250, SharedBuf, EventFd) {
-        let evt = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-        let out = SharedBuf::default();
-        let s = Serial8250::new(
-            IrqLine::new(evt.try_clone().expect("clone")),
-            Box::new(out.clone()),
-        );
-        (s, out, evt)
-    }
+    use crate::test_util::{json_round_trip, uart};
+    use crate::{BusDevice, ExitHandler, GuestExitRequest};
+    use std::sync::Arc;
 
     #[test]
     fn serial_state_round_trips_with_pending_input() {
@@ -239,7 +202,7 @@ mod tests {
         assert_eq!(byte[0], 0x5a);
         // Output still goes to the restored UART's own writer.
         b.write(0, b"z");
-        assert_eq!(&*out.0.lock().expect("lock"), b"z");
+        assert_eq!(out.bytes(), b"z");
     }
 
     #[test]
@@ -255,7 +218,7 @@ mod tests {
             })
         ));
         s.write(0, b"k");
-        assert_eq!(&*out.0.lock().expect("lock"), b"k", "still usable");
+        assert_eq!(out.bytes(), b"k", "still usable");
     }
 
     struct NoExit;

@@ -90,33 +90,7 @@ impl BusDevice for Serial8250 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-    use vmm_sys_util::eventfd::EventFd;
-
-    #[derive(Clone, Default)]
-    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-    impl Write for SharedBuf {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::ErrorKind::Other)?
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn uart() -> (Serial8250, SharedBuf, EventFd) {
-        let evt = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).expect("eventfd");
-        let out = SharedBuf::default();
-        let s = Serial8250::new(
-            IrqLine::new(evt.try_clone().expect("clone")),
-            Box::new(out.clone()),
-        );
-        (s, out, evt)
-    }
+    use crate::test_util::uart;
 
     #[test]
     fn transmits_written_bytes() {
@@ -124,7 +98,7 @@ mod tests {
         for b in b"hi" {
             s.write(0, &[*b]);
         }
-        assert_eq!(&*out.0.lock().expect("lock"), b"hi");
+        assert_eq!(out.bytes(), b"hi");
     }
 
     #[test]

@@ -121,15 +121,9 @@ impl PciHostBridge {
 mod tests {
     use super::*;
     use crate::pci::{PciDevice, PciRoot};
+    use crate::test_util::json_round_trip as json;
     use crate::BusDevice;
     use std::sync::{Arc, Mutex};
-
-    fn json<T>(v: &T) -> T
-    where
-        T: Serialize + for<'de> Deserialize<'de>,
-    {
-        serde_json::from_str(&serde_json::to_string(v).expect("serialize")).expect("deserialize")
-    }
 
     #[test]
     fn config_space_bytes_round_trip_and_masks_stay() {

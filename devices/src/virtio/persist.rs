@@ -510,13 +510,7 @@ impl VirtioPciDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn json<T>(v: &T) -> T
-    where
-        T: Serialize + for<'de> Deserialize<'de>,
-    {
-        serde_json::from_str(&serde_json::to_string(v).expect("serialize")).expect("deserialize")
-    }
+    use crate::test_util::json_round_trip as json;
 
     #[test]
     fn transport_state_round_trips() {

@@ -17,7 +17,7 @@ use vireo_devices::virtio::{features, status};
 
 use crate::driver::{
     assert_bytes, linked, thread_names, unique_index, Desc, Driver, Seg, Used, F_NEXT, F_WRITE,
-    MEM_SIZE,
+    MEM_SIZE, PAUSED_WATCH,
 };
 
 /// Disk size used by most tests: 8 MiB.
@@ -1110,9 +1110,6 @@ fn blk_smaller_queue_and_no_optional_ring_features() {
     );
 }
 
-/// How long a paused device is watched for activity.
-const PAUSED_WATCH: std::time::Duration = std::time::Duration::from_millis(200);
-
 #[test]
 fn blk_paused_device_touches_neither_memory_nor_disk_until_resumed() {
     let mut b = Blk::new(Image::Raw);
@@ -1129,20 +1126,7 @@ fn blk_paused_device_touches_neither_memory_nor_disk_until_resumed() {
     let head = b.drv.submit(0, &segs);
     // Clear the marks of the driver's own writes (request, avail ring).
     b.drv.take_dirty();
-    let deadline = std::time::Instant::now() + PAUSED_WATCH;
-    while std::time::Instant::now() < deadline {
-        assert_eq!(
-            b.drv.used_idx(0),
-            used_before,
-            "used ring moved while paused"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert_eq!(
-        b.drv.take_dirty(),
-        Vec::<u64>::new(),
-        "pages dirtied while paused"
-    );
+    b.drv.assert_still_while_paused(0, used_before);
     assert_bytes(
         &b.file_bytes(100 * 512, data.len()),
         &file_before,
@@ -1235,38 +1219,16 @@ fn blk_reset_and_drop_while_paused_return_promptly() {
 
 use vireo_devices::persist::PersistError;
 use vireo_devices::virtio::persist::VirtioPciState;
-use vireo_devices::virtio::VirtioPciDevice;
-
-use crate::driver::{MsiRecorder, BAR_ADDR};
 
 /// Saves the paused device, sends the state through JSON, builds a new virtio-blk and transport
 /// on the same guest memory and disk, restores the state onto it (`paused` as given) and puts it
 /// in place of the old one, which is dropped. Returns the saved state.
 fn snapshot_and_restore(b: &mut Blk, paused: bool) -> VirtioPciState {
-    b.drv.dev.pause();
-    let saved = b.drv.dev.save();
-    let json = serde_json::to_string(&saved).expect("serialize");
-    let state: VirtioPciState = serde_json::from_str(&json).expect("deserialize");
-    assert_eq!(state, saved, "JSON round trip");
-
+    let state = b.drv.save_through_json();
     let index = unique_index();
     let dev = VirtioBlock::new(b.disk.clone(), index);
     let counters = dev.counters();
-    let msi = MsiRecorder::new(2);
-    let mut restored =
-        VirtioPciDevice::new(Box::new(dev), b.drv.mem.clone(), BAR_ADDR, msi.clone())
-            .expect("transport");
-    restored.restore(&state, paused).expect("restore");
-    assert_eq!(
-        restored.save(),
-        state,
-        "the restored device saves the same state"
-    );
-    for v in 0..2 {
-        assert_eq!(msi.route(v), b.drv.msi.route(v), "MSI route of vector {v}");
-    }
-    drop(std::mem::replace(&mut b.drv.dev, restored));
-    b.drv.msi = msi;
+    b.drv.restore_onto(Box::new(dev), 2, &state, paused);
     b.counters = counters;
     b.index = index;
     state
@@ -1345,20 +1307,7 @@ fn blk_restored_paused_processes_nothing_until_resumed() {
     let late_segs = b.out_req(201, &late);
     let late_head = b.drv.submit(0, &late_segs);
     b.drv.take_dirty();
-    let deadline = std::time::Instant::now() + PAUSED_WATCH;
-    while std::time::Instant::now() < deadline {
-        assert_eq!(
-            b.drv.used_idx(0),
-            used_before,
-            "used ring moved while paused"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert_eq!(
-        b.drv.take_dirty(),
-        Vec::<u64>::new(),
-        "pages dirtied while paused"
-    );
+    b.drv.assert_still_while_paused(0, used_before);
     assert_eq!(b.counters.requests.load(Ordering::Relaxed), 0);
     assert_eq!(b.drv.seg_bytes(early_segs[2]), [UNTOUCHED]);
 

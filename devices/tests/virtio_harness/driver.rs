@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use vireo_devices::pci::PciDevice;
 use vireo_devices::virtio::interrupt::{MsiMessage, MsiVectors};
+use vireo_devices::virtio::persist::VirtioPciState;
 use vireo_devices::virtio::{status, GuestMemory, VirtioDevice, VirtioPciDevice};
 use vireo_devices::BusDevice;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -35,6 +36,8 @@ pub const RING_STRIDE: u64 = 0x1_0000;
 pub const HEAP_BASE: u64 = 0x10_0000;
 /// How long any wait may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a paused device is watched for activity.
+pub const PAUSED_WATCH: Duration = Duration::from_millis(200);
 
 /// Descriptor flags (virtio 1.2 §2.7.5).
 pub const F_NEXT: u16 = 1;
@@ -311,6 +314,44 @@ impl Driver {
             d.program_vector(v, 0xfee0_0000, 0x40 + u32::from(v), false);
         }
         d
+    }
+
+    // ---- snapshot ----------------------------------------------------------------------------
+
+    /// Pauses the device, saves it and sends the state through JSON; returns what came back.
+    pub fn save_through_json(&mut self) -> VirtioPciState {
+        self.dev.pause();
+        let saved = self.dev.save();
+        let json = serde_json::to_string(&saved).expect("serialize");
+        let state: VirtioPciState = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(state, saved, "JSON round trip");
+        state
+    }
+
+    /// Builds a transport for `device` on this driver's guest memory, restores `state` onto it
+    /// (`paused` as given), checks that it saves `state` again and kept the MSI routes of its
+    /// `vectors` vectors, and puts it in place of the driver's device, which is dropped.
+    pub fn restore_onto(
+        &mut self,
+        device: Box<dyn VirtioDevice>,
+        vectors: u16,
+        state: &VirtioPciState,
+        paused: bool,
+    ) {
+        let msi = MsiRecorder::new(usize::from(vectors));
+        let mut restored = VirtioPciDevice::new(device, self.mem.clone(), BAR_ADDR, msi.clone())
+            .expect("transport");
+        restored.restore(state, paused).expect("restore");
+        assert_eq!(
+            restored.save(),
+            *state,
+            "the restored device saves the same state"
+        );
+        for v in 0..vectors {
+            assert_eq!(msi.route(v), self.msi.route(v), "MSI route of vector {v}");
+        }
+        self.dev = restored;
+        self.msi = msi;
     }
 
     // ---- PCI configuration space -------------------------------------------------------------
@@ -664,6 +705,25 @@ impl Driver {
             base += r.len() / 4096;
         }
         pages
+    }
+
+    /// For [`PAUSED_WATCH`], queue `q`'s used index stays at `used`; then no guest page was
+    /// dirtied since the last [`Driver::take_dirty`].
+    pub fn assert_still_while_paused(&mut self, q: u16, used: u16) {
+        let deadline = Instant::now() + PAUSED_WATCH;
+        while Instant::now() < deadline {
+            assert_eq!(
+                self.used_idx(q),
+                used,
+                "used ring of queue {q} moved while paused"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            self.take_dirty(),
+            Vec::<u64>::new(),
+            "pages dirtied while paused"
+        );
     }
 
     /// The bytes of `seg`.

@@ -428,20 +428,7 @@ fn net_paused_device_leaves_frames_in_the_tap_until_resumed() {
             n.drv.take_dirty();
 
             inject_udp("paused", FRAMES);
-            let deadline = Instant::now() + Duration::from_millis(200);
-            while Instant::now() < deadline {
-                assert_eq!(
-                    n.drv.used_idx(RX_QUEUE),
-                    used_before,
-                    "RX used ring moved while paused"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            assert_eq!(
-                n.drv.take_dirty(),
-                Vec::<u64>::new(),
-                "pages dirtied while paused"
-            );
+            n.drv.assert_still_while_paused(RX_QUEUE, used_before);
             assert_eq!(
                 n.count(|c| &c.rx_frames),
                 rx_before,
@@ -508,11 +495,7 @@ fn net_stop_while_paused_returns_promptly() {
 /// and transport on the same guest memory, restores onto it (`paused` as given) and puts it in
 /// place. Returns the saved state.
 fn snapshot_and_restore(n: &mut Net, paused: bool) -> VirtioPciState {
-    n.drv.dev.pause();
-    let saved = n.drv.dev.save();
-    let json = serde_json::to_string(&saved).expect("serialize");
-    let state: VirtioPciState = serde_json::from_str(&json).expect("deserialize");
-    assert_eq!(state, saved, "JSON round trip");
+    let state = n.drv.save_through_json();
 
     // The tap is not persistent: it goes away with the old device's descriptor. A stand-in
     // device holds the driver's place meanwhile.
@@ -538,21 +521,7 @@ fn snapshot_and_restore(n: &mut Net, paused: bool) -> VirtioPciState {
 
     let dev = VirtioNet::new(tap_with_address(TAP), guest_mac(), unique_index());
     let counters = dev.counters();
-    let msi = MsiRecorder::new(3);
-    let mut restored =
-        VirtioPciDevice::new(Box::new(dev), n.drv.mem.clone(), BAR_ADDR, msi.clone())
-            .expect("transport");
-    restored.restore(&state, paused).expect("restore");
-    assert_eq!(
-        restored.save(),
-        state,
-        "the restored device saves the same state"
-    );
-    for v in 0..3 {
-        assert_eq!(msi.route(v), n.drv.msi.route(v), "MSI route of vector {v}");
-    }
-    n.drv.dev = restored;
-    n.drv.msi = msi;
+    n.drv.restore_onto(Box::new(dev), 3, &state, paused);
     n.counters = counters;
     state
 }

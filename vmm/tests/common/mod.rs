@@ -14,6 +14,7 @@ pub mod tap;
 pub mod netcommon;
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,41 @@ pub fn build_vm(config: vireo_vmm::VmConfig) -> (vireo_vmm::Vm, Capture) {
         .build()
         .expect("build VM");
     (vm, out)
+}
+
+/// Writes the test guest into `dir` and builds a 64 MiB VM with `vcpus`
+/// vCPUs that runs it with `cmdline`.
+pub fn guest_vm(dir: &Path, cmdline: &str, vcpus: u8) -> (vireo_vmm::Vm, Capture) {
+    let kernel = dir.join("guest.elf");
+    vireo_testguest::write_to(&kernel).expect("write guest");
+    let mut config = vireo_vmm::VmConfig::new(&kernel);
+    config.memory_mib = 64;
+    config.vcpus = vcpus;
+    config.payload.cmdline = cmdline.into();
+    build_vm(config)
+}
+
+/// Every complete `tick N` line, in order (a pause, snapshot or shutdown
+/// may cut the last line short).
+pub fn ticks(text: &str) -> Vec<u64> {
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+        .filter_map(|l| l.strip_prefix("tick "))
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// Guest pages the devices dirtied since the last call (vCPU writes are not
+/// tracked in this bitmap, only device writes).
+pub fn take_device_dirty(vm: &vireo_vmm::Vm) -> usize {
+    use vm_memory::GuestMemoryBackend;
+    vm.memory()
+        .iter()
+        .map(|r| {
+            let bits = (**r).bitmap().take().expect("dirty bitmap");
+            bits.iter().map(|w| w.count_ones() as usize).sum::<usize>()
+        })
+        .sum()
 }
 
 /// A generous bound for anything the guest should do soon.
