@@ -14,7 +14,6 @@
 pub mod linux;
 pub mod user_elf;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -170,7 +169,16 @@ pub fn probe(bytes: &[u8]) -> Option<KernelFormat> {
     None
 }
 
+/// The first bytes of a kernel read to identify it (a bzImage's setup header and an ELF's
+/// headers lie well inside).
+const PROBE_BYTES: u64 = 64 * 1024;
+
+/// Reads what identifying and loading the kernel at `path` needs: its first [`PROBE_BYTES`],
+/// and for an ELF everything up to the end of its last loadable segment's or note's data — not
+/// the section and symbol tables after it, which are most of a debug build's file. (The Linux
+/// loaders read their image themselves.)
 fn read_kernel(path: &Path, memory_size: u64) -> Result<Vec<u8>, BootError> {
+    use std::os::unix::fs::FileExt;
     let read_err = |source| BootError::KernelRead {
         path: path.to_owned(),
         source,
@@ -184,11 +192,24 @@ fn read_kernel(path: &Path, memory_size: u64) -> Result<Vec<u8>, BootError> {
             memory: memory_size,
         });
     }
-    let mut bytes = Vec::with_capacity(size as usize);
-    file.take(memory_size)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    Ok(bytes)
+    let read_prefix = |len: u64| -> Result<Vec<u8>, BootError> {
+        let mut bytes = vec![0u8; usize::try_from(len.min(size)).unwrap_or(0)];
+        file.read_exact_at(&mut bytes, 0).map_err(read_err)?;
+        Ok(bytes)
+    };
+    let head = read_prefix(PROBE_BYTES)?;
+    if !head.starts_with(b"\x7fELF") {
+        return Ok(head);
+    }
+    let needed = match user_elf::data_end(&head) {
+        Some(end) => end,
+        // Program headers beyond the first bytes: read it all.
+        None => size,
+    };
+    if needed <= head.len() as u64 {
+        return Ok(head);
+    }
+    read_prefix(needed)
 }
 
 /// Loads `payload` into `mem` (of `memory_size` bytes, freshly allocated, so all zero: parts
@@ -217,5 +238,57 @@ pub fn load_payload(
         None => Err(BootError::NotAKernel {
             path: path.to_owned(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{create_guest_memory, MIB};
+
+    #[test]
+    fn a_user_mode_elf_is_read_up_to_its_segments_and_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("guest.elf");
+        std::fs::write(&path, vireo_testguest::ELF).expect("write");
+        let bytes = read_kernel(&path, 64 * MIB).expect("read");
+        assert!(
+            bytes.len() < vireo_testguest::ELF.len() / 2,
+            "{} of {} bytes read",
+            bytes.len(),
+            vireo_testguest::ELF.len()
+        );
+        assert_eq!(bytes[..], vireo_testguest::ELF[..bytes.len()]);
+        let mem = create_guest_memory(64 * MIB).expect("memory");
+        let payload = PayloadConfig {
+            kernel: path,
+            initramfs: None,
+            cmdline: "hello".into(),
+        };
+        let plan = load_payload(&mem, 64 * MIB, &payload, 1).expect("load");
+        assert_eq!(plan.format, KernelFormat::UserModeElf);
+    }
+
+    #[test]
+    fn a_file_too_short_for_its_segments_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("guest.elf");
+        let full = read_kernel_of(vireo_testguest::ELF, &dir);
+        std::fs::write(&path, &full[..full.len() - 1]).expect("write");
+        let payload = PayloadConfig {
+            kernel: path,
+            initramfs: None,
+            cmdline: String::new(),
+        };
+        let mem = create_guest_memory(64 * MIB).expect("memory");
+        let e = load_payload(&mem, 64 * MIB, &payload, 1).expect_err("short");
+        assert!(e.to_string().contains("outside the file"), "{e}");
+    }
+
+    /// What `read_kernel` reads of `image`.
+    fn read_kernel_of(image: &[u8], dir: &tempfile::TempDir) -> Vec<u8> {
+        let path = dir.path().join("whole.elf");
+        std::fs::write(&path, image).expect("write");
+        read_kernel(&path, 64 * MIB).expect("read")
     }
 }

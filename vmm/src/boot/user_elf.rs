@@ -73,6 +73,24 @@ fn parse_program(bytes: &[u8]) -> goblin::error::Result<Elf<'_>> {
     Ok(elf)
 }
 
+/// Where the data an ELF loader reads ends in the file: the end of its program header table
+/// and of every loadable or note segment's file data. `None` if `head` does not hold the ELF
+/// and program headers.
+pub fn data_end(head: &[u8]) -> Option<u64> {
+    use goblin::elf::program_header::PT_NOTE;
+    let elf = parse_program(head).ok()?;
+    let phdrs_end = elf
+        .header
+        .e_phoff
+        .checked_add(u64::from(elf.header.e_phnum) * u64::from(elf.header.e_phentsize))?;
+    elf.program_headers
+        .iter()
+        .filter(|ph| ph.p_type == PT_LOAD || ph.p_type == PT_NOTE)
+        .map(|ph| ph.p_offset.saturating_add(ph.p_filesz))
+        .chain([phdrs_end])
+        .max()
+}
+
 fn note_version(elf: &Elf<'_>, bytes: &[u8]) -> Option<u32> {
     // goblin iterates PT_NOTE segments; stop at the first malformed note.
     let notes = elf.iter_note_headers(bytes)?;
