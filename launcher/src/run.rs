@@ -106,9 +106,29 @@ pub fn restore_vm(args: RestoreArgs) -> Result<ExitCode> {
 pub fn await_restore(socket: &Path, shutdown_timeout: u64) -> Result<ExitCode> {
     let forced = Arc::new(AtomicBool::new(false));
     let (server, slot) = api::serve_waiting(socket, forced_hook(&forced))?;
+    // Until a VM exists, SIGTERM, SIGINT and SIGHUP end the wait as vmm.shutdown does (and
+    // the socket is removed); from then on `supervise` handles them for the VM.
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
+    let handle = signals.handle();
+    let watcher = {
+        let slot = slot.clone();
+        std::thread::Builder::new()
+            .name("vireo-signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    info!(signal, "no VM to stop; ending the wait for vm.restore");
+                    slot.request_shutdown();
+                }
+            })
+            .context("cannot start the signal thread")?
+    };
     info!(socket = %socket.display(), "waiting for PUT /api/v1/vm.restore");
-    let Some(vm) = slot.wait_for_vm() else {
-        info!("vmm.shutdown before any VM was restored");
+    let vm = slot.wait_for_vm();
+    handle.close();
+    let _ = watcher.join();
+    let Some(vm) = vm else {
+        info!("stopped before any VM was restored");
         server.close(API_GRACE);
         return Ok(ExitCode::SUCCESS);
     };

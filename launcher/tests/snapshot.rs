@@ -471,3 +471,23 @@ fn a_guest_killed_mid_disk_io_on_a_qcow2_overlay_resumes_its_io_in_a_new_process
         );
     }
 }
+
+#[test]
+fn a_payload_less_vireo_ends_cleanly_on_sigterm_or_vmm_shutdown_before_any_restore() {
+    let fx = Fixture::create();
+    for how in ["sigterm", "vmm.shutdown"] {
+        let socket = fx.path(&format!("{how}.sock"));
+        let mut cmd = vireo();
+        cmd.arg("run").arg("--api-socket").arg(&socket);
+        let mut proc = Collected::spawn(cmd);
+        wait_for_path(&socket, Duration::from_secs(20));
+        if how == "sigterm" {
+            send_signal(&mut proc.running, libc::SIGTERM);
+        } else {
+            assert_eq!(curl(&socket, "PUT", "/api/v1/vmm.shutdown", None).0, 204);
+        }
+        let (status, _, logs) = proc.finish(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(0), "{how}: {logs}");
+        assert!(!socket.exists(), "{how}: the socket outlived vireo");
+    }
+}

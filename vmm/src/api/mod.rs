@@ -107,6 +107,13 @@ impl VmSlot {
         self.lock().vm.clone()
     }
 
+    /// Asks whoever waits in [`VmSlot::wait_for_vm`] to give up (as `vmm.shutdown` does before
+    /// any VM exists); a VM already here is not affected.
+    pub fn request_shutdown(&self) {
+        self.lock().shutdown = true;
+        self.changed.notify_all();
+    }
+
     /// Blocks until a `vm.restore` puts a (started) VM here, or `vmm.shutdown` asks the
     /// process to end first (`None`).
     pub fn wait_for_vm(&self) -> Option<Arc<Vm>> {
@@ -162,8 +169,7 @@ fn handle_slot(slot: &VmSlot, hooks: &ApiHooks, request: ApiRequest) -> Response
         None => match request {
             ApiRequest::VmmPing => ping(),
             ApiRequest::VmmShutdown => {
-                slot.lock().shutdown = true;
-                slot.changed.notify_all();
+                slot.request_shutdown();
                 Response::no_content()
             }
             _ => Response::error(&HttpError::new(
