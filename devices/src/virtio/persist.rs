@@ -555,6 +555,7 @@ mod tests {
             device: VirtioDeviceState::Block(BlockState {
                 capacity_sectors: 2048,
                 read_only: false,
+                format: Some(vireo_block::Format::Qcow2),
             }),
         };
         assert_eq!(json(&state), state);

@@ -607,6 +607,7 @@ fn net_restore_refuses_another_mac() {
         blk.device = VirtioDeviceState::Block(vireo_devices::virtio::persist::BlockState {
             capacity_sectors: 8,
             read_only: false,
+            format: None,
         });
         blk.device_type = 2;
         assert!(matches!(

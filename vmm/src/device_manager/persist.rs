@@ -229,10 +229,25 @@ pub fn resume(dm: &DeviceManager) {
     }
 }
 
-/// `config` with each NIC's MAC filled in from the saved state (a NIC without a MAC in the
-/// spec got a random one at boot; a restore must give the guest the same one).
+/// `config` with what the VM decided at boot filled in from the saved state: each NIC's MAC
+/// (a NIC without one in the spec got a random one; a restore must give the guest the same)
+/// and each disk's image format (probed when the spec named none; a restore opens the image
+/// as that format, so another format behind the path is refused, not reinterpreted).
 pub fn effective_config(config: &VmConfig, records: &[DeviceRecord]) -> VmConfig {
     let mut config = config.clone();
+    for (i, disk) in config.disks.iter_mut().enumerate() {
+        let id = format!("disk{i}");
+        let format = records.iter().find_map(|r| match &r.state {
+            DeviceState::Virtio(VirtioPciState {
+                device: VirtioDeviceState::Block(b),
+                ..
+            }) if r.id == id => b.format,
+            _ => None,
+        });
+        if format.is_some() {
+            disk.format = format;
+        }
+    }
     for (i, nic) in config.nets.iter_mut().enumerate() {
         let id = format!("net{i}");
         let mac = records.iter().find_map(|r| match &r.state {

@@ -1,9 +1,9 @@
 //! Saved state of a virtio-blk device model.
 //!
 //! The device keeps no state of its own besides what its disk determines:
-//! the saved capacity and read-only flag are checked against the disk opened
-//! here, so a snapshot is never resumed on a disk that changed size or
-//! writability under the guest. The queue and its position are the
+//! the saved capacity, read-only flag and image format are checked against the
+//! disk opened here, so a snapshot is never resumed on a disk that changed
+//! size, writability or format under the guest. The queue and its position are the
 //! transport's ([`crate::virtio::persist`]).
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,9 @@ pub struct BlockState {
     pub capacity_sectors: u64,
     /// Whether the disk was read-only.
     pub read_only: bool,
+    /// The image format (absent in state written before it was saved: not checked then).
+    #[serde(default)]
+    pub format: Option<vireo_block::Format>,
 }
 
 impl VirtioBlock {
@@ -28,6 +31,7 @@ impl VirtioBlock {
         BlockState {
             capacity_sectors: self.disk.size() / request::SECTOR_SIZE,
             read_only: self.disk.read_only(),
+            format: Some(self.disk.format()),
         }
     }
 
@@ -51,6 +55,11 @@ impl VirtioBlock {
                 ro(state.read_only),
                 ro(here.read_only),
             ));
+        }
+        if let (Some(saved), Some(here)) = (state.format, here.format) {
+            if saved != here {
+                return Err(PersistError::mismatch(DEVICE, "disk format", saved, here));
+            }
         }
         Ok(())
     }
@@ -106,5 +115,24 @@ mod tests {
                 ..
             })
         ));
+        let qcow2 = BlockState {
+            format: Some(Format::Qcow2),
+            ..state.clone()
+        };
+        let err = a.restore(&qcow2).expect_err("format changed");
+        assert_eq!(
+            err.to_string(),
+            "virtio-blk: saved disk format is qcow2 but this device has raw"
+        );
+        let older = BlockState {
+            format: None,
+            ..state.clone()
+        };
+        a.restore(&older)
+            .expect("state without a format is not checked for it");
+        let without: BlockState =
+            serde_json::from_str(r#"{"capacity_sectors": 2048, "read_only": false}"#)
+                .expect("state written before the format was saved");
+        assert_eq!(without.format, None);
     }
 }
