@@ -34,6 +34,7 @@ use vireo_spec::api::{
 };
 
 use crate::console::ConsoleError;
+use crate::device_manager::SpecDevice;
 use crate::lifecycle::VmState;
 use crate::snapshot::{self, MemoryRestore, RestoreOptions, SnapshotError};
 use crate::vm::{Vm, VmError};
@@ -318,8 +319,8 @@ pub fn api_state(state: VmState) -> ApiVmState {
 /// from slot 1 (as `device_manager::attach` places them).
 pub fn devices(vm: &Vm) -> Vec<DeviceInfo> {
     let config = vm.config();
-    let disks = (0..config.disks.len()).map(|i| (format!("disk{i}"), "virtio-blk"));
-    let nets = (0..config.nets.len()).map(|i| (format!("net{i}"), "virtio-net"));
+    let disks = (0..config.disks.len()).map(|i| (SpecDevice::Disk.id(i), "virtio-blk"));
+    let nets = (0..config.nets.len()).map(|i| (SpecDevice::Net.id(i), "virtio-net"));
     disks
         .chain(nets)
         .zip(1u32..)

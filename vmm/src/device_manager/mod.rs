@@ -37,6 +37,36 @@ use crate::arch::x86_64::layout::{PCI_ECAM_SIZE, PCI_ECAM_START};
 use vireo_devices::pci::config_io::{PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE};
 use vireo_devices::pci::{PciConfigIo, PciEcam, PciHostBridge, PciRoot};
 
+/// The kinds of device a launch spec lists, which have stable ids `disk<N>` and `net<N>`
+/// (N counting that kind in the spec's order): the ids of `vm.info`, of saved device state
+/// and of `vireo restore --disk disk0=…` overrides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecDevice {
+    /// A virtio-blk disk of `disks`.
+    Disk,
+    /// A virtio-net NIC of `nets`.
+    Net,
+}
+
+impl SpecDevice {
+    fn prefix(self) -> &'static str {
+        match self {
+            SpecDevice::Disk => "disk",
+            SpecDevice::Net => "net",
+        }
+    }
+
+    /// The id of the `index`th device of this kind.
+    pub fn id(self, index: usize) -> String {
+        format!("{}{index}", self.prefix())
+    }
+
+    /// The index an id of this kind names (`None` for another kind or a malformed id).
+    pub fn index_of(self, id: &str) -> Option<usize> {
+        id.strip_prefix(self.prefix())?.parse().ok()
+    }
+}
+
 /// Why devices could not be set up.
 #[derive(Debug, Error)]
 pub enum DeviceError {
@@ -247,5 +277,20 @@ impl DeviceManager {
         );
         self.virtio.push(dev);
         Ok(slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpecDevice;
+
+    #[test]
+    fn spec_device_ids_round_trip_and_keep_kinds_apart() {
+        assert_eq!(SpecDevice::Disk.id(0), "disk0");
+        assert_eq!(SpecDevice::Net.id(12), "net12");
+        assert_eq!(SpecDevice::Disk.index_of("disk3"), Some(3));
+        assert_eq!(SpecDevice::Disk.index_of("net3"), None);
+        assert_eq!(SpecDevice::Net.index_of("net"), None);
+        assert_eq!(SpecDevice::Net.index_of("net-1"), None);
     }
 }

@@ -22,7 +22,7 @@ use vireo_devices::persist::PersistError;
 use vireo_devices::virtio::persist::{VirtioDeviceState, VirtioPciState};
 use vireo_devices::virtio::VirtioPciDevice;
 
-use super::DeviceManager;
+use super::{DeviceManager, SpecDevice};
 use crate::config::VmConfig;
 
 /// One device's state, by kind.
@@ -104,10 +104,10 @@ fn virtio_ids(dm: &DeviceManager) -> Vec<(String, &Arc<Mutex<VirtioPciDevice>>)>
         .map(|d| {
             let id = if lock(d).name() == "virtio-blk" {
                 disks += 1;
-                format!("disk{}", disks - 1)
+                SpecDevice::Disk.id(disks - 1)
             } else {
                 nets += 1;
-                format!("net{}", nets - 1)
+                SpecDevice::Net.id(nets - 1)
             };
             (id, d)
         })
@@ -236,7 +236,7 @@ pub fn resume(dm: &DeviceManager) {
 pub fn effective_config(config: &VmConfig, records: &[DeviceRecord]) -> VmConfig {
     let mut config = config.clone();
     for (i, disk) in config.disks.iter_mut().enumerate() {
-        let id = format!("disk{i}");
+        let id = SpecDevice::Disk.id(i);
         let format = records.iter().find_map(|r| match &r.state {
             DeviceState::Virtio(VirtioPciState {
                 device: VirtioDeviceState::Block(b),
@@ -249,7 +249,7 @@ pub fn effective_config(config: &VmConfig, records: &[DeviceRecord]) -> VmConfig
         }
     }
     for (i, nic) in config.nets.iter_mut().enumerate() {
-        let id = format!("net{i}");
+        let id = SpecDevice::Net.id(i);
         let mac = records.iter().find_map(|r| match &r.state {
             DeviceState::Virtio(VirtioPciState {
                 device: VirtioDeviceState::Net(n),

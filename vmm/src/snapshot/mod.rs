@@ -33,6 +33,7 @@ use tracing::info;
 use crate::builder::{self, PlatformFlags};
 use crate::config::{probe_host_limits, SerialConfig, VmConfig};
 use crate::device_manager::persist::{self as device_persist, DeviceRecord};
+use crate::device_manager::SpecDevice;
 use crate::kvm::KvmContext;
 use crate::lifecycle::VmState;
 use crate::vm::{Vm, VmError};
@@ -333,26 +334,25 @@ fn apply_overrides(config: &mut VmConfig, opts: &RestoreOptions) -> Result<(), S
     if let Some(serial) = &opts.serial {
         config.serial = serial.clone();
     }
+    let unknown = |kind: SpecDevice, id: &str| SnapshotError::UnknownOverride {
+        kind: match kind {
+            SpecDevice::Disk => "disk",
+            SpecDevice::Net => "net",
+        },
+        id: id.to_owned(),
+    };
     for (id, path) in &opts.disks {
-        let disk = id
-            .strip_prefix("disk")
-            .and_then(|n| n.parse::<usize>().ok())
+        let disk = SpecDevice::Disk
+            .index_of(id)
             .and_then(|n| config.disks.get_mut(n))
-            .ok_or_else(|| SnapshotError::UnknownOverride {
-                kind: "disk",
-                id: id.clone(),
-            })?;
+            .ok_or_else(|| unknown(SpecDevice::Disk, id))?;
         disk.path = path.clone();
     }
     for (id, tap) in &opts.nets {
-        let nic = id
-            .strip_prefix("net")
-            .and_then(|n| n.parse::<usize>().ok())
+        let nic = SpecDevice::Net
+            .index_of(id)
             .and_then(|n| config.nets.get_mut(n))
-            .ok_or_else(|| SnapshotError::UnknownOverride {
-                kind: "net",
-                id: id.clone(),
-            })?;
+            .ok_or_else(|| unknown(SpecDevice::Net, id))?;
         nic.tap = tap.clone();
     }
     Ok(())
