@@ -147,6 +147,8 @@ pub fn render(
         disks,
         nets,
         api_socket: Some(API_SOCKET.into()),
+        memory_backing: Default::default(),
+        dirty_log: Default::default(),
     };
     config
         .validate()

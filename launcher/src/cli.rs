@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use vireo_spec::{DirtyLogMode, MemoryBacking};
 use vireo_vmm::{DiskConfig, NetConfig, PayloadConfig, SerialConfig, VmConfig};
 
 use crate::exit_code;
@@ -35,18 +36,39 @@ pub enum Command {
     /// Restore a VM from a snapshot directory (`vireo remote snapshot`) and run it until it
     /// stops.
     Restore(RestoreArgs),
+    /// Receive a VM by live migration (`vireo remote … send-migration URL` on the source)
+    /// and run it until it stops.
+    Receive(ReceiveArgs),
 }
 
-/// Flags of `vireo restore`.
+/// Flags of `vireo receive`.
 #[derive(Debug, Args)]
-pub struct RestoreArgs {
-    /// The snapshot directory.
+pub struct ReceiveArgs {
+    /// Where to wait for the source: unix:/path, tcp:host:port or tls:host:port.
+    #[arg(long, value_name = "URL")]
+    pub listen: String,
+    /// For tls: URLs, a directory with ca.pem, cert.pem and key.pem (this node's identity and
+    /// the CA both nodes' certificates are signed by).
     #[arg(long, value_name = "DIR")]
-    pub source: PathBuf,
-    /// Serve the control API on this unix socket (the snapshot's own socket is not reused).
+    pub tls_dir: Option<PathBuf>,
+    /// Refuse a VM whose memory is not this size (e.g. 512M, 2G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_mib)]
+    pub expect_memory: Option<u64>,
+    /// Refuse a VM without this many vCPUs.
+    #[arg(long, value_name = "N")]
+    pub expect_cpus: Option<u8>,
+    /// Host-side overrides and start state, as for `vireo restore`.
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// Host-side flags shared by `vireo restore` and `vireo receive`: what differs on this host.
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// Serve the control API on this unix socket (the source's socket is not reused).
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
-    /// Serial console instead of the snapshot's: stdio, file=PATH, unix=PATH, or off.
+    /// Serial console instead of the VM's: stdio, file=PATH, unix=PATH, or off.
     #[arg(long, value_name = "MODE", value_parser = parse_serial)]
     pub serial: Option<SerialConfig>,
     /// A disk image at another path on this host: `ID=PATH` with ID `disk0`, `disk1`, …
@@ -56,16 +78,27 @@ pub struct RestoreArgs {
     /// Another tap for a NIC: `ID=TAP` with ID `net0`, … (repeatable). The guest keeps its MAC.
     #[arg(long = "net", value_name = "ID=TAP", value_parser = parse_override)]
     pub nets: Vec<(String, String)>,
-    /// Read all of guest memory before starting instead of mapping the snapshot's memory file
-    /// and reading each page on first touch.
-    #[arg(long)]
-    pub prefault: bool,
-    /// Leave the VM paused after restoring (resume it with `vireo remote … resume`).
+    /// Leave the VM paused (resume it with `vireo remote … resume`).
     #[arg(long)]
     pub paused: bool,
     /// As for `vireo run`.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub shutdown_timeout: u64,
+}
+
+/// Flags of `vireo restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The snapshot directory.
+    #[arg(long, value_name = "DIR")]
+    pub source: PathBuf,
+    /// Read all of guest memory before starting instead of mapping the snapshot's memory file
+    /// and reading each page on first touch.
+    #[arg(long)]
+    pub prefault: bool,
+    /// Host-side overrides and start state.
+    #[command(flatten)]
+    pub host: HostArgs,
 }
 
 /// Parses `ID=VALUE` of `vireo restore --disk` / `--net`.
@@ -123,6 +156,48 @@ pub enum RemoteAction {
         #[arg(long)]
         resume: bool,
     },
+    /// PUT /api/v1/vm.send-migration: migrate the VM live to URL (unix:/path, tcp:host:port,
+    /// tls:host:port); answers when done with the final progress (the source vireo then
+    /// exits with status 10).
+    SendMigration {
+        /// Where the target listens.
+        url: String,
+        /// The pause the guest may see, in ms.
+        #[arg(long, value_name = "MS", default_value_t = 300)]
+        downtime_ms: u64,
+        /// Give up (or force, see --timeout-strategy) after this many seconds; 0: never.
+        #[arg(long, value_name = "SECS", default_value_t = 3600)]
+        timeout: u64,
+        /// At the timeout: cancel (the VM runs on here) or force (switch over now).
+        #[arg(long, value_name = "WHAT", default_value = "cancel", value_parser = parse_spec_word::<vireo_spec::api::TimeoutStrategy>)]
+        timeout_strategy: vireo_spec::api::TimeoutStrategy,
+        /// Cap on bytes per second sent (0: none).
+        #[arg(long, value_name = "BYTES", default_value_t = 0)]
+        max_bandwidth: u64,
+        /// Do not throttle the vCPUs when passes stop shrinking.
+        #[arg(long)]
+        no_auto_converge: bool,
+        /// Hand guest memory over by file descriptor (target on this host, unix: URL, VM
+        /// started with --memory-backing memfd).
+        #[arg(long)]
+        local: bool,
+        /// For tls: URLs, a directory with ca.pem, cert.pem and key.pem.
+        #[arg(long, value_name = "DIR")]
+        tls_dir: Option<PathBuf>,
+    },
+    /// GET /api/v1/vm.migration: the current or last migration's progress.
+    Migration,
+    /// PUT /api/v1/vm.cancel-migration: stop the running migration (the VM runs on here).
+    CancelMigration,
+    /// PUT /api/v1/vm.receive-migration: make a vireo started with `--api-socket` alone wait
+    /// at URL for a VM; answers once the VM runs here.
+    ReceiveMigration {
+        /// Where to listen.
+        url: String,
+        /// For tls: URLs, a directory with ca.pem, cert.pem and key.pem.
+        #[arg(long, value_name = "DIR")]
+        tls_dir: Option<PathBuf>,
+    },
 }
 
 impl RemoteAction {
@@ -139,6 +214,10 @@ impl RemoteAction {
             RemoteAction::ShutdownVmm => ("PUT", "/api/v1/vmm.shutdown"),
             RemoteAction::Snapshot { .. } => ("PUT", "/api/v1/vm.snapshot"),
             RemoteAction::Restore { .. } => ("PUT", "/api/v1/vm.restore"),
+            RemoteAction::SendMigration { .. } => ("PUT", "/api/v1/vm.send-migration"),
+            RemoteAction::Migration => ("GET", "/api/v1/vm.migration"),
+            RemoteAction::CancelMigration => ("PUT", "/api/v1/vm.cancel-migration"),
+            RemoteAction::ReceiveMigration { .. } => ("PUT", "/api/v1/vm.receive-migration"),
         }
     }
 
@@ -167,6 +246,31 @@ impl RemoteAction {
                 prefault: *prefault,
                 resume: *resume,
             })?,
+            RemoteAction::SendMigration {
+                url,
+                downtime_ms,
+                timeout,
+                timeout_strategy,
+                max_bandwidth,
+                no_auto_converge,
+                local,
+                tls_dir,
+            } => serde_json::to_string(&vireo_spec::api::SendMigrationConfig {
+                destination_url: url.clone(),
+                downtime_ms: *downtime_ms,
+                timeout_s: *timeout,
+                timeout_strategy: *timeout_strategy,
+                max_bandwidth: *max_bandwidth,
+                auto_converge: !*no_auto_converge,
+                local: *local,
+                tls_dir: tls_dir.as_ref().map(std::path::absolute).transpose()?,
+            })?,
+            RemoteAction::ReceiveMigration { url, tls_dir } => {
+                serde_json::to_string(&vireo_spec::api::ReceiveMigrationConfig {
+                    receiver_url: url.clone(),
+                    tls_dir: tls_dir.as_ref().map(std::path::absolute).transpose()?,
+                })?
+            }
             _ => String::new(),
         })
     }
@@ -220,6 +324,19 @@ pub struct RunArgs {
     /// unix socket; see `vireo remote`.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// What backs guest RAM: `anonymous`, or `memfd` (a live migration to a `vireo` on this
+    /// host can then hand memory over instead of copying it: `send-migration --local`).
+    #[arg(long, value_name = "KIND", default_value = "anonymous", value_parser = parse_spec_word::<MemoryBacking>)]
+    pub memory_backing: MemoryBacking,
+    /// Dirty-page tracking for live migration: `auto` (the KVM dirty ring where the host
+    /// offers it), `ring` or `bitmap`.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_spec_word::<DirtyLogMode>)]
+    pub dirty_log: DirtyLogMode,
+}
+
+/// Parses one word of the launch spec's JSON spelling (`memfd`, `ring`, …).
+fn parse_spec_word<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| e.to_string())
 }
 
 /// Flags of `vireo launch`.
@@ -276,6 +393,8 @@ impl RunArgs {
                 disks: self.disks,
                 nets: self.nets,
                 api_socket: self.api_socket,
+                memory_backing: self.memory_backing,
+                dirty_log: self.dirty_log,
             }),
             timeout,
         ))

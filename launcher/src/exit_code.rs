@@ -13,6 +13,7 @@
 //! | 7    | another unexpected vCPU exit (failed VM entry, guest crash event) |
 //! | 8    | forced stop: the VMM stopped a guest that had not powered off (shutdown timeout after SIGTERM, SIGINT, SIGHUP, the API's `vm.shutdown` or `vmm.shutdown`) |
 //! | 9    | started as a live-migration target (`VIREO_MIGRATION_ROLE=target`), which this version refuses |
+//! | 10   | the VM moved to another `vireo` by live migration and runs there |
 
 use vireo_spec::ExitStatus;
 use vireo_vmm::ExitReason;
@@ -28,6 +29,7 @@ pub fn for_exit(reason: &ExitReason, forced: bool) -> ExitStatus {
         }
         ExitReason::DebugExit { .. } => ExitStatus::GuestFailure,
         ExitReason::Reset => ExitStatus::Reset,
+        ExitReason::Migrated => ExitStatus::Migrated,
         ExitReason::TripleFault { .. } => ExitStatus::TripleFault,
         ExitReason::EmulationFailure { .. } | ExitReason::InternalError { .. } => {
             ExitStatus::InternalError

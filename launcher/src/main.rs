@@ -6,6 +6,7 @@
 //!   controller to act on a VirtualMachine (through `vireo-controller`);
 //! - `vireo restore --source DIR` restores a snapshot and runs it; `vireo run --api-socket
 //!   PATH` without `--kernel` waits for a `vm.restore` through the API;
+//! - `vireo receive --listen URL` receives a VM by live migration and runs it;
 //! - `vireo remote --api-socket PATH ACTION` talks to a running vireo's control API.
 //!
 //! Logs go to stderr through `tracing` (filter with `VIREO_LOG`, default
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
             cli::RunPlan::AwaitRestore(socket) => run::await_restore(&socket, timeout),
         }),
         Command::Restore(args) => run::restore_vm(args),
+        Command::Receive(args) => run::receive_vm(args),
         Command::Launch(args) => match run::migration_role() {
             Err(e) => Err(e),
             Ok(Some(run::MigrationRole::Target)) => {

@@ -23,10 +23,11 @@ use signal_hook::iterator::Signals;
 use tracing::{info, warn};
 use vireo_spec::ExitStatus;
 use vireo_vmm::api::{self, ApiHooks};
+use vireo_vmm::migration;
 use vireo_vmm::snapshot::{self, MemoryRestore, RestoreOptions};
 use vireo_vmm::{Vm, VmBuilder, VmConfig, VmState};
 
-use crate::cli::RestoreArgs;
+use crate::cli::{HostArgs, ReceiveArgs, RestoreArgs};
 use crate::exit_code;
 
 /// Reads and validates a JSON launch spec with the launch spec's one parser
@@ -73,32 +74,100 @@ pub fn run_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitCode> {
     run_built(vm, api_socket.as_deref(), shutdown_timeout)
 }
 
+/// The restore options of the host-side flags (`memory` as given).
+fn host_options(host: &HostArgs, memory: MemoryRestore) -> RestoreOptions {
+    RestoreOptions {
+        memory,
+        paused: host.paused,
+        serial: host.serial.clone(),
+        disks: host
+            .disks
+            .iter()
+            .map(|(id, path)| (id.clone(), PathBuf::from(path)))
+            .collect(),
+        nets: host.nets.clone(),
+        api_socket: host.api_socket.clone(),
+        serial_writer: None,
+    }
+}
+
 /// Restores the VM of `vireo restore`, starts it (paused with `--paused`) and waits for it.
 pub fn restore_vm(args: RestoreArgs) -> Result<ExitCode> {
-    let opts = RestoreOptions {
-        memory: if args.prefault {
-            MemoryRestore::Eager
-        } else {
-            MemoryRestore::Lazy
-        },
-        paused: args.paused,
-        serial: args.serial,
-        disks: args
-            .disks
-            .into_iter()
-            .map(|(id, path)| (id, PathBuf::from(path)))
-            .collect(),
-        nets: args.nets,
-        api_socket: args.api_socket.clone(),
-        serial_writer: None,
+    let memory = if args.prefault {
+        MemoryRestore::Eager
+    } else {
+        MemoryRestore::Lazy
     };
+    let opts = host_options(&args.host, memory);
     let vm = snapshot::restore(&args.source, opts)
         .with_context(|| format!("cannot restore {}", args.source.display()))?;
     run_built(
         Arc::new(vm),
-        args.api_socket.as_deref(),
-        args.shutdown_timeout,
+        args.host.api_socket.as_deref(),
+        args.host.shutdown_timeout,
     )
+}
+
+/// `vireo receive`: listens, receives one VM by live migration (already started when it
+/// arrives), then supervises it like any other. SIGTERM, SIGINT or SIGHUP before the source
+/// connects end the wait (exit 0, socket removed).
+pub fn receive_vm(args: ReceiveArgs) -> Result<ExitCode> {
+    let url: migration::MigrationUrl = args.listen.parse()?;
+    let listener = migration::transport::listen(&url, args.tls_dir.as_deref())?;
+    if let Some(port) = listener.port() {
+        info!(port, "waiting for the migration source");
+    }
+    info!(url = %url, "waiting for the migration source");
+    let canceller = listener.canceller();
+    let signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
+    let handle = signals.handle();
+    let waiting = Arc::new(AtomicBool::new(true));
+    let signalled = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (waiting, signalled) = (waiting.clone(), signalled.clone());
+        let mut signals = signals;
+        std::thread::Builder::new()
+            .name("vireo-signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    if waiting.load(Ordering::SeqCst) {
+                        info!(
+                            signal,
+                            "no VM yet; ending the wait for the migration source"
+                        );
+                        signalled.store(true, Ordering::SeqCst);
+                        canceller.cancel();
+                    }
+                }
+            })
+            .context("cannot start the signal thread")?
+    };
+    let conn = listener.accept();
+    waiting.store(false, Ordering::SeqCst);
+    handle.close();
+    let _ = watcher.join();
+    let conn = match conn {
+        Ok(c) => c,
+        Err(_) if signalled.load(Ordering::SeqCst) => {
+            info!("stopped before any source connected");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e).context("cannot accept the migration"),
+    };
+    drop(listener);
+    let opts = migration::ReceiveOptions {
+        host: host_options(&args.host, MemoryRestore::Lazy),
+        expect_memory_mib: args.expect_memory,
+        expect_vcpus: args.expect_cpus,
+    };
+    let vm = Arc::new(migration::receive(conn, opts).context("cannot receive the VM")?);
+    let forced = Arc::new(AtomicBool::new(false));
+    let api = match &args.host.api_socket {
+        Some(path) => Some(api::serve(path, vm.clone(), forced_hook(&forced))?),
+        None => None,
+    };
+    supervise(vm, api, forced, args.host.shutdown_timeout)
 }
 
 /// `vireo run --api-socket PATH` without a payload: serves the API, waits for `vm.restore`

@@ -150,3 +150,145 @@ pub fn file_url_path(url: &str) -> Result<std::path::PathBuf, String> {
     }
     Ok(std::path::PathBuf::from(path))
 }
+
+/// What `vm.send-migration` does when its `timeout_s` passes before the migration completed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeoutStrategy {
+    /// Give up: the source VM keeps running (unpaused, dirty logging off) and the target exits.
+    #[default]
+    Cancel,
+    /// Stop pre-copy and move the VM now, with whatever downtime the pages still dirty cost.
+    Force,
+}
+
+/// The body of `PUT /api/v1/vm.send-migration` (Cloud Hypervisor's `VmSendMigrationData`,
+/// with QEMU's pre-copy knobs). Only `destination_url` is required.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMigrationConfig {
+    /// Where the target listens: `unix:/path`, `tcp:host:port` or `tls:host:port` (TCP with
+    /// TLS; both sides present certificates signed by one CA, see `tls_dir`).
+    pub destination_url: String,
+    /// The pause the guest may see, in milliseconds: pre-copy goes on until the pages still
+    /// dirty can be sent in this time at the measured bandwidth (default 300, as QEMU and
+    /// Cloud Hypervisor).
+    #[serde(default = "default_downtime_ms")]
+    pub downtime_ms: u64,
+    /// Give up (or force, see `timeout_strategy`) after this many seconds; 0: never.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
+    /// What happens at the timeout.
+    #[serde(default)]
+    pub timeout_strategy: TimeoutStrategy,
+    /// Cap on the bytes per second sent; 0: no cap.
+    #[serde(default)]
+    pub max_bandwidth: u64,
+    /// Throttle the vCPUs in steps (20 %, then +10 % up to 99 %, as QEMU) when passes stop
+    /// shrinking (default on).
+    #[serde(default = "default_true")]
+    pub auto_converge: bool,
+    /// Local handover: the target runs on this host (`unix:` only) and takes over guest memory
+    /// by file descriptor instead of by copy, so no page moves. Needs a VM whose memory is
+    /// shareable (`memory_backing: memfd`).
+    #[serde(default)]
+    pub local: bool,
+    /// For `tls:` URLs: a directory with `ca.pem`, `cert.pem` and `key.pem`.
+    #[serde(default)]
+    pub tls_dir: Option<std::path::PathBuf>,
+}
+
+fn default_downtime_ms() -> u64 {
+    300
+}
+
+fn default_timeout_s() -> u64 {
+    3600
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl SendMigrationConfig {
+    /// A migration to `url` with every default.
+    pub fn to(url: &str) -> Self {
+        Self {
+            destination_url: url.to_owned(),
+            downtime_ms: default_downtime_ms(),
+            timeout_s: default_timeout_s(),
+            timeout_strategy: TimeoutStrategy::Cancel,
+            max_bandwidth: 0,
+            auto_converge: true,
+            local: false,
+            tls_dir: None,
+        }
+    }
+}
+
+/// The body of `PUT /api/v1/vm.receive-migration`, accepted by a `vireo run --api-socket`
+/// started without a payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveMigrationConfig {
+    /// Where to listen for the source: `unix:/path`, `tcp:host:port` or `tls:host:port`.
+    pub receiver_url: String,
+    /// For `tls:` URLs: a directory with `ca.pem`, `cert.pem` and `key.pem`.
+    #[serde(default)]
+    pub tls_dir: Option<std::path::PathBuf>,
+}
+
+/// Where a live migration is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationPhase {
+    /// No migration has been asked for.
+    #[default]
+    None,
+    /// Connecting, negotiating and sending the configuration.
+    Setup,
+    /// Sending memory while the guest runs.
+    Precopy,
+    /// The guest is paused: last pages, then the device and vCPU state.
+    Downtime,
+    /// The target runs the guest; this VM has stopped.
+    Completed,
+    /// Cancelled through `vm.cancel-migration` (or a timeout with strategy cancel); the guest
+    /// runs on here.
+    Cancelled,
+    /// The migration failed; the guest runs on here.
+    Failed,
+}
+
+/// The answer to `GET /api/v1/vm.migration`: the progress of the current (or last) migration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationInfo {
+    /// Where it is.
+    pub phase: MigrationPhase,
+    /// The dirty-page tracking in use: `ring` (the KVM dirty ring) or `bitmap`.
+    pub dirty_log: String,
+    /// Pre-copy passes begun (pass 0 sends every page the guest has touched).
+    pub pass: u32,
+    /// Bytes written to the target so far (pages and state, with framing).
+    pub bytes_sent: u64,
+    /// Guest pages sent so far (a page sent in two passes counts twice).
+    pub pages_sent: u64,
+    /// Dirty bytes still to send, as of the last pass.
+    pub bytes_left: u64,
+    /// The guest's dirty rate in the last pass, bytes per second.
+    pub dirty_rate: u64,
+    /// Throughput of the last pass, bytes per second.
+    pub throughput: u64,
+    /// The downtime the pages still dirty would cost at that throughput, milliseconds.
+    pub expected_downtime_ms: u64,
+    /// How hard auto-converge throttles the vCPUs, percent (0: not at all).
+    pub throttle_percent: u8,
+    /// Times a vCPU stopped because its dirty ring was full (ring mode).
+    pub ring_full_exits: u64,
+    /// Once completed: from the source's pause to the target's answer that it runs, ms.
+    pub downtime_ms: Option<f64>,
+    /// Once ended: the whole migration, milliseconds.
+    pub total_ms: Option<f64>,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
+}

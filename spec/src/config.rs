@@ -51,6 +51,45 @@ pub struct VmConfig {
     /// none when absent.
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
+    /// What backs guest RAM: anonymous memory, or a memfd that a live migration to a `vireo` on
+    /// the same host can hand over instead of copying (absent: anonymous).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub memory_backing: MemoryBacking,
+    /// How KVM tracks the pages the guest writes while a live migration runs (absent: `auto`).
+    /// Fixed when the VM is built: the dirty ring must be set up before the vCPUs exist.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub dirty_log: DirtyLogMode,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// What backs guest RAM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryBacking {
+    /// Private anonymous memory (`MAP_NORESERVE`): pages never touched cost nothing.
+    #[default]
+    Anonymous,
+    /// A memfd mapped shared: costs the same, and a live migration to a `vireo` on this host
+    /// hands the memfd over (`local`), so no page is copied.
+    Memfd,
+}
+
+/// Dirty-page tracking for live migration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DirtyLogMode {
+    /// The KVM dirty ring where the host offers it, the bitmap otherwise.
+    #[default]
+    Auto,
+    /// The KVM dirty ring (per-vCPU rings of written pages); refused where the host lacks it.
+    Ring,
+    /// `KVM_GET_DIRTY_LOG` bitmaps, one per memory slot, read each pass.
+    Bitmap,
 }
 
 /// A disk in the launch spec.
@@ -172,6 +211,8 @@ impl VmConfig {
             disks: Vec::new(),
             nets: Vec::new(),
             api_socket: None,
+            memory_backing: MemoryBacking::Anonymous,
+            dirty_log: DirtyLogMode::Auto,
         }
     }
 

@@ -28,11 +28,13 @@ pub enum ExitStatus {
     ForcedStop,
     /// 9: started as a live-migration target, which this version cannot receive; no guest ran.
     MigrationTargetUnsupported,
+    /// 10: the VM moved to another `vireo` by live migration and runs there.
+    Migrated,
 }
 
 impl ExitStatus {
     /// Every status, in code order.
-    pub const ALL: [ExitStatus; 10] = [
+    pub const ALL: [ExitStatus; 11] = [
         ExitStatus::PowerOff,
         ExitStatus::VmmError,
         ExitStatus::Usage,
@@ -43,6 +45,7 @@ impl ExitStatus {
         ExitStatus::UnexpectedExit,
         ExitStatus::ForcedStop,
         ExitStatus::MigrationTargetUnsupported,
+        ExitStatus::Migrated,
     ];
 
     /// The process exit code.
@@ -58,6 +61,7 @@ impl ExitStatus {
             ExitStatus::UnexpectedExit => 7,
             ExitStatus::ForcedStop => 8,
             ExitStatus::MigrationTargetUnsupported => 9,
+            ExitStatus::Migrated => 10,
         }
     }
 
@@ -79,6 +83,7 @@ impl ExitStatus {
             ExitStatus::UnexpectedExit => "UnexpectedExit",
             ExitStatus::ForcedStop => "ForcedStop",
             ExitStatus::MigrationTargetUnsupported => "MigrationTargetUnsupported",
+            ExitStatus::Migrated => "Migrated",
         }
     }
 
@@ -99,6 +104,7 @@ impl ExitStatus {
             ExitStatus::MigrationTargetUnsupported => {
                 "started as a live-migration target, which this version cannot receive"
             }
+            ExitStatus::Migrated => "the VM moved to another vireo by live migration and runs there",
         }
     }
 }

@@ -20,7 +20,10 @@ mod mac;
 mod tap;
 mod validate;
 
-pub use config::{DiskConfig, NetConfig, PayloadConfig, SerialConfig, VmConfig, SPEC_VERSION};
+pub use config::{
+    DirtyLogMode, DiskConfig, MemoryBacking, NetConfig, PayloadConfig, SerialConfig, VmConfig,
+    SPEC_VERSION,
+};
 pub use disk::{DiskFormat, UnknownFormat};
 pub use exit::ExitStatus;
 pub use mac::{MacAddr, MacError};

@@ -1,4 +1,4 @@
-//! `churn PAGES [EVERY [BLK-SECTORS [LIMIT]]]`: a guest whose memory, disk
+//! `churn PAGES [EVERY [BLK-SECTORS [LIMIT [RATE]]]]`: a guest whose memory, disk
 //! and network state keep changing in a way it can verify itself, for
 //! pause/resume and snapshot/restore tests.
 //!
@@ -31,6 +31,9 @@
 //!   `churn RX-GAP i=<i> want=<n> got=<m>` (not fatal). The line gets
 //!   ` tx=<sent> rx=<received>`; `rx` is the one field that depends on the
 //!   host rather than on `i`.
+//!
+//! - Rate (RATE > 0): page rewrites are paced to RATE MiB/s by the TSC (a live-migration
+//!   test's dirty rate); 0 or absent: as fast as the vCPU runs.
 //!
 //! First line: `churn start pages=<P> every=<K> blk-sectors=<S> net=<0|1>
 //! base=0x<hex16>` (S = 0 without a disk; `base` is the guest-physical
@@ -263,6 +266,7 @@ pub fn scenario(args: &mut Args<'_>, mem_size: u64) -> VResult<()> {
     };
     let blk_sectors = parse_u64(args.next(), 0);
     let limit = parse_u64(args.next(), 0);
+    let rate_mib = parse_u64(args.next(), 0);
     if pages == 0 {
         return Err(fail("churn: PAGES must be at least 1"));
     }
@@ -333,8 +337,20 @@ pub fn scenario(args: &mut Args<'_>, mem_size: u64) -> VResult<()> {
         expected = expected.wrapping_add(weight(p, page_hash(page_words(INITIAL, p))));
     }
 
+    // TSC cycles per page rewrite at RATE MiB/s (256 pages per MiB).
+    let cycles_per_page = if rate_mib == 0 {
+        0
+    } else {
+        crate::tsc_hz() / (rate_mib * 256)
+    };
+    let paced_from = crate::rdtsc();
     let mut i = 0u64;
     loop {
+        if cycles_per_page != 0 {
+            while crate::rdtsc().wrapping_sub(paced_from) < i * cycles_per_page {
+                core::hint::spin_loop();
+            }
+        }
         let p = i % pages;
         let old = last_writer(i, p, pages);
         let old_hash = page_hash(page_words(old, p));

@@ -28,7 +28,8 @@
 //!   (`net arp-reply …`, `net icmp-reply seq=…`, `net ok tx=… rx=…`).
 //! - `net-bench GUEST-IP HOST-IP FRAMES FRAME-BYTES`: UDP frames to the
 //!   host's discard port (`bench-start`, `bench-done frames=… bytes=…`).
-//! - `churn PAGES [EVERY [BLK-SECTORS [LIMIT]]]` (0 = default for each):
+//! - `churn PAGES [EVERY [BLK-SECTORS [LIMIT [RATE]]]]` (0 = default for each; RATE in
+//!   MiB/s paces the page rewrites):
 //!   keeps rewriting PAGES pages of RAM (page `i % PAGES` at iteration
 //!   `i`, contents a function of `(i, page)`, checked before each rewrite),
 //!   and with a virtio-blk disk writes sector `i % BLK-SECTORS` (default

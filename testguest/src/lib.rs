@@ -13,8 +13,8 @@
 //! `virtio-list`, `blk-rw`, `blk-edge`, `blk-bench`, `net-ping`, `net-bench`
 //! (arguments and output lines are listed in `guest/main.rs`).
 //!
-//! `churn PAGES [EVERY [BLK-SECTORS [LIMIT]]]` is for pause/resume and
-//! snapshot/restore tests: it keeps rewriting a working set of PAGES pages
+//! `churn PAGES [EVERY [BLK-SECTORS [LIMIT [RATE]]]]` is for pause/resume,
+//! snapshot/restore and live-migration tests (RATE paces it to RATE MiB/s): it keeps rewriting a working set of PAGES pages
 //! (and, when present, sectors of the first virtio-blk disk and frames on
 //! the first virtio-net NIC), verifies all of it itself, and every EVERY
 //! iterations prints `churn i=<i> sum=<hex16>[ blk=<writes>][ tx=<sent>

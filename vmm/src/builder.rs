@@ -19,10 +19,11 @@ use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 use tracing::info;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::x86_64::{cpuid, layout, vcpu_platform, InitialCpuState};
 use crate::boot;
-use crate::config::{probe_host_limits, VmConfig};
+use crate::config::{probe_host_limits, DirtyLogMode, VmConfig};
 use crate::console::Console;
 use crate::device_manager::attach::attach_devices;
 use crate::device_manager::{Bus, DeviceManager};
@@ -30,6 +31,7 @@ use crate::kvm::KvmContext;
 use crate::lifecycle::Lifecycle;
 use crate::memory::{self, GuestMemory};
 use crate::vm::{Vm, VmError};
+use crate::vstate::dirty_ring::{self, DirtyRings};
 use crate::vstate::vcpu::{self, Buses, SharedVcpu};
 
 /// Platform facts the payload decided at cold boot, which a restore cannot re-derive (it
@@ -92,8 +94,8 @@ impl VmBuilder {
         let config = self.config;
         config.validate_on(&probe_host_limits(kvm.max_vcpus()))?;
         let memory_size = config.memory_bytes();
-        let memory = memory::create_guest_memory(memory_size)?;
-        let vm_fd = create_platform(&kvm, &memory)?;
+        let memory = memory::create_backed(memory_size, config.memory_backing)?;
+        let platform = create_platform(&kvm, &memory, config.dirty_log)?;
 
         let mut plan = boot::load_payload(&memory, memory_size, &config.payload, config.vcpus)?;
         if let Some(state) = self.boot_cpu {
@@ -104,7 +106,7 @@ impl VmBuilder {
             debug_exit: plan.debug_exit,
             acpi: plan.is_linux(),
         };
-        let parts = create_devices(vm_fd, memory, config, self.serial_writer, flags)?;
+        let parts = create_devices(platform, memory, config, self.serial_writer, flags)?;
         let supported = kvm.supported_cpuid()?;
         let count = parts.config.vcpus;
         let vcpus = (0..count)
@@ -131,18 +133,27 @@ impl VmBuilder {
                 Ok(fd)
             })
             .collect::<Result<Vec<_>, VmError>>()?;
-        Ok(parts.into_vm(kvm, vcpus))
+        parts.into_vm(kvm, vcpus)
     }
 }
 
-/// Creates the KVM VM around `memory`: memory slots first, then the TSS, the identity map,
-/// the in-kernel irqchip and the PIT.
+/// A KVM VM with its memory slots, irqchip and PIT, and whether its vCPUs get dirty rings.
+pub(crate) struct Platform {
+    pub(crate) vm_fd: Arc<VmFd>,
+    /// Entries per vCPU dirty ring; `None`: dirty tracking uses the bitmap.
+    pub(crate) ring_entries: Option<u32>,
+}
+
+/// Creates the KVM VM around `memory`: the dirty ring (as `dirty_log` asks; before any vCPU),
+/// memory slots, then the TSS, the identity map, the in-kernel irqchip and the PIT.
 pub(crate) fn create_platform(
     kvm: &KvmContext,
     memory: &GuestMemory,
-) -> Result<Arc<VmFd>, VmError> {
+    dirty_log: DirtyLogMode,
+) -> Result<Platform, VmError> {
     let platform = |what| move |source| VmError::Platform { what, source };
     let vm_fd = Arc::new(kvm.kvm().create_vm().map_err(platform("create a KVM VM"))?);
+    let ring_entries = dirty_ring::enable(kvm.kvm(), &vm_fd, dirty_log)?;
     memory::register_with_kvm(&vm_fd, memory)?;
     vm_fd
         .set_tss_address(layout::KVM_TSS_ADDR as usize)
@@ -160,7 +171,10 @@ pub(crate) fn create_platform(
     vm_fd
         .create_pit2(pit)
         .map_err(platform("create the in-kernel PIT"))?;
-    Ok(vm_fd)
+    Ok(Platform {
+        vm_fd,
+        ring_entries,
+    })
 }
 
 /// Creates vCPU `index` of `vm_fd` (its CPUID and state are the caller's to set).
@@ -179,6 +193,7 @@ pub(crate) struct Parts {
     pub(crate) config: VmConfig,
     pub(crate) flags: PlatformFlags,
     pub(crate) vm_fd: Arc<VmFd>,
+    pub(crate) ring_entries: Option<u32>,
     pub(crate) memory: GuestMemory,
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) console: Console,
@@ -189,12 +204,16 @@ pub(crate) struct Parts {
 /// `vm_fd`. The same spec and flags give the same devices in the same slots, with the same
 /// BARs and interrupt lines — what a restore relies on.
 pub(crate) fn create_devices(
-    vm_fd: Arc<VmFd>,
+    platform: Platform,
     memory: GuestMemory,
-    config: VmConfig,
+    mut config: VmConfig,
     serial_writer: Option<Box<dyn Write + Send>>,
     flags: PlatformFlags,
 ) -> Result<Parts, VmError> {
+    let Platform {
+        vm_fd,
+        ring_entries,
+    } = platform;
     let lifecycle = Arc::new(Lifecycle::new(vcpu::kick));
     let mut console = match serial_writer {
         Some(w) => Console::from_writer(w),
@@ -207,11 +226,18 @@ pub(crate) fn create_devices(
         flags.debug_exit,
         flags.acpi,
     )?;
-    attach_devices(&mut devices, &vm_fd, &memory, &config.disks, &config.nets)?;
+    attach_devices(
+        &mut devices,
+        &vm_fd,
+        &memory,
+        &mut config.disks,
+        &mut config.nets,
+    )?;
     Ok(Parts {
         config,
         flags,
         vm_fd,
+        ring_entries,
         memory,
         lifecycle,
         console,
@@ -220,18 +246,34 @@ pub(crate) fn create_devices(
 }
 
 impl Parts {
-    /// The finished [`Vm`] (state Created) with `vcpus`, whose state is set.
-    pub(crate) fn into_vm(mut self, kvm: KvmContext, vcpus: Vec<VcpuFd>) -> Vm {
+    /// The finished [`Vm`] (state Created) with `vcpus`, whose state is set; maps their
+    /// dirty rings if the VM has them.
+    pub(crate) fn into_vm(mut self, kvm: KvmContext, vcpus: Vec<VcpuFd>) -> Result<Vm, VmError> {
+        let rings = match self.ring_entries {
+            Some(entries) => {
+                let fds: Vec<&VcpuFd> = vcpus.iter().collect();
+                let sizes: Vec<u64> = self.memory.iter().map(|r| r.len()).collect();
+                Some(Arc::new(DirtyRings::map(
+                    self.vm_fd.clone(),
+                    &fds,
+                    entries,
+                    &sizes,
+                )?))
+            }
+            None => None,
+        };
         let buses = Arc::new(Buses {
             pio: std::mem::replace(&mut self.devices.pio, Bus::new()),
             mmio: std::mem::replace(&mut self.devices.mmio, Bus::new()),
+            rings: rings.clone(),
         });
         let vcpus: Vec<SharedVcpu> = vcpus
             .into_iter()
             .map(|fd| Arc::new(Mutex::new(fd)))
             .collect();
-        Vm::assemble(crate::vm::VmParts {
+        Ok(Vm::assemble(crate::vm::VmParts {
             config: self.config,
+            rings,
             flags: self.flags,
             lifecycle: self.lifecycle,
             vcpus,
@@ -241,6 +283,6 @@ impl Parts {
             vm_fd: self.vm_fd,
             memory: self.memory,
             kvm,
-        })
+        }))
     }
 }

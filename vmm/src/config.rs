@@ -3,8 +3,8 @@
 //! dependency) and the one thing only the VMM can know, this host's limits.
 
 pub use vireo_spec::{
-    ConfigError, DiskConfig, DiskFormat, HostLimits, NetConfig, PayloadConfig, SerialConfig,
-    VmConfig, MAX_PCI_DEVICES, MIN_MEMORY_MIB, SPEC_VERSION,
+    ConfigError, DirtyLogMode, DiskConfig, DiskFormat, HostLimits, MemoryBacking, NetConfig,
+    PayloadConfig, SerialConfig, VmConfig, MAX_PCI_DEVICES, MIN_MEMORY_MIB, SPEC_VERSION,
 };
 
 use crate::memory::MIB;

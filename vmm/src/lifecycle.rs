@@ -17,6 +17,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use thiserror::Error;
 use vireo_devices::{ExitHandler, GuestExitRequest};
@@ -120,6 +121,9 @@ pub enum ExitReason {
     /// The VMM stopped the VM (API request or signal).
     #[error("stopped by the VMM")]
     Stopped,
+    /// The VM moved to another `vireo` by live migration and runs there.
+    #[error("migrated to another vireo")]
+    Migrated,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -159,6 +163,8 @@ struct Inner {
 /// Shared between the controlling thread, vCPU threads and devices.
 pub(crate) struct Lifecycle {
     command: AtomicU8,
+    /// Auto-converge: the share of time, in percent, each vCPU sleeps (0: none).
+    throttle: AtomicU8,
     inner: Mutex<Inner>,
     changed: Condvar,
     kick: fn(libc::pthread_t),
@@ -177,6 +183,7 @@ impl Lifecycle {
     pub(crate) fn new(kick: fn(libc::pthread_t)) -> Self {
         Self {
             command: AtomicU8::new(Command::Run as u8),
+            throttle: AtomicU8::new(0),
             inner: Mutex::new(Inner {
                 state: VmState::Created,
                 exit: None,
@@ -200,6 +207,8 @@ impl Lifecycle {
 
     fn set_command(&self, c: Command) {
         self.command.store(c as u8, Ordering::SeqCst);
+        // Wakes throttled vCPUs, which sleep on `changed` (callers hold the lock or notify).
+        self.changed.notify_all();
     }
 
     /// The command vCPU threads must follow.
@@ -251,6 +260,48 @@ impl Lifecycle {
             g = self.wait(g);
         }
         g.paused_vcpus -= 1;
+    }
+
+    /// Sets how hard the vCPUs are throttled, in percent of their time (0 to 99; 0: not at
+    /// all). Takes effect at each vCPU's next exit; [`Lifecycle::kick_all`] forces one.
+    pub(crate) fn set_throttle(&self, percent: u8) {
+        self.throttle.store(percent.min(99), Ordering::SeqCst);
+    }
+
+    /// The throttle in percent.
+    pub(crate) fn throttle(&self) -> u8 {
+        self.throttle.load(Ordering::SeqCst)
+    }
+
+    /// Kicks every vCPU out of `KVM_RUN` once (it then checks its command and the throttle).
+    pub(crate) fn kick_all(&self) {
+        let g = self.lock();
+        for t in &g.threads {
+            (self.kick)(*t);
+        }
+    }
+
+    /// Called by a vCPU thread after a kick: sleeps for the throttle's share of `slice` (QEMU's
+    /// `pct / (1 − pct)` of a run slice), returning early when the command changes.
+    pub(crate) fn throttle_sleep(&self, slice: Duration) {
+        let pct = u32::from(self.throttle());
+        if pct == 0 {
+            return;
+        }
+        let sleep = slice * pct / (100 - pct);
+        let deadline = std::time::Instant::now() + sleep;
+        let mut g = self.lock();
+        while self.command() == Command::Run && self.throttle() > 0 {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            g = self
+                .changed
+                .wait_timeout(g, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
     }
 
     /// Called by a vCPU thread as it leaves its run loop.

@@ -4,14 +4,23 @@
 //!  0 ─────────── RAM ─────────── 3 GiB ── PCI MMIO hole ── 4 GiB ── RAM (rest) ──►
 //!                                  (devices, ECAM, IOAPIC, LAPIC)
 //! ```
-//! RAM is anonymous `MAP_NORESERVE` memory, so pages the guest never touches
-//! cost the host nothing. Every region carries a [`vireo_block::DirtyBitmap`] so writes
-//! made by devices through `vm-memory` are tracked for live migration.
+//! RAM is anonymous `MAP_NORESERVE` memory, or a memfd mapped shared (the spec's
+//! `memory_backing: memfd`, which a local live migration hands to the next process), so pages
+//! the guest never touches cost the host nothing either way. Every region carries a
+//! [`vireo_block::DirtyBitmap`] so writes made by devices through `vm-memory` are tracked for
+//! live migration.
 
-use kvm_bindings::kvm_userspace_memory_region;
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
 use thiserror::Error;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::mmap::{MmapRegionBuilder, NewBitmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
+
+use crate::config::MemoryBacking;
 
 /// Guest memory with dirty-page tracking of device writes (the devices'
 /// type, so they share the VM's memory without conversion).
@@ -33,6 +42,9 @@ pub enum MemoryError {
     /// Allocating the mapping failed.
     #[error("cannot allocate guest memory: {0}")]
     Allocate(#[source] vm_memory::mmap::FromRangesError),
+    /// The memfd backing guest RAM could not be created or mapped.
+    #[error("cannot create shared guest memory: {0}")]
+    Memfd(#[source] std::io::Error),
     /// KVM refused a memory slot.
     #[error("cannot register guest memory slot {slot} with KVM: {source}")]
     Register {
@@ -63,7 +75,7 @@ pub fn ram_end(size: u64) -> u64 {
         .unwrap_or(0)
 }
 
-/// Allocates `size` bytes of guest RAM laid out around the MMIO hole.
+/// Allocates `size` bytes of guest RAM laid out around the MMIO hole, anonymous.
 pub fn create_guest_memory(size: u64) -> Result<GuestMemory, MemoryError> {
     let ranges = ram_ranges(size)
         .into_iter()
@@ -73,26 +85,108 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemory, MemoryError> {
     GuestMemory::from_ranges(&ranges).map_err(MemoryError::Allocate)
 }
 
-/// Registers every region of `memory` as a KVM memory slot (slots 0, 1, …).
-pub fn register_with_kvm(vm: &VmFd, memory: &GuestMemory) -> Result<(), MemoryError> {
-    for (slot, region) in (0u32..).zip(memory.iter()) {
-        let host = region
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|_| MemoryError::TooLarge(region.len()))?;
-        let slot_desc = kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-        };
+/// Allocates `size` bytes of guest RAM backed as `backing` asks.
+pub fn create_backed(size: u64, backing: MemoryBacking) -> Result<GuestMemory, MemoryError> {
+    match backing {
+        MemoryBacking::Anonymous => create_guest_memory(size),
+        MemoryBacking::Memfd => {
+            let c = c"vireo-guest-ram";
+            // SAFETY: memfd_create reads the NUL-terminated name and returns a new fd or -1.
+            let fd = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+            }
+            // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+            let file = unsafe { File::from_raw_fd(fd) };
+            file.set_len(size).map_err(MemoryError::Memfd)?;
+            map_shared(file, size)
+        }
+    }
+}
+
+/// Maps guest RAM of `size` bytes from `file` (a memfd holding the regions back to back, as
+/// [`create_backed`] makes and a local migration hands over), shared.
+pub fn map_shared(file: File, size: u64) -> Result<GuestMemory, MemoryError> {
+    let have = file.metadata().map_err(MemoryError::Memfd)?.len();
+    if have < size {
+        return Err(MemoryError::Memfd(std::io::Error::other(format!(
+            "the memory file holds {have} bytes, the VM needs {size}"
+        ))));
+    }
+    let file = Arc::new(file);
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for (addr, len) in ram_ranges(size) {
+        let n = usize::try_from(len).map_err(|_| MemoryError::TooLarge(size))?;
+        let mapping = MmapRegionBuilder::new_with_bitmap(n, vireo_block::DirtyBitmap::with_len(n))
+            .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| MemoryError::Memfd(std::io::Error::other(e.to_string())))?;
+        let region = GuestRegionMmap::new(mapping, addr)
+            .ok_or_else(|| MemoryError::Memfd(std::io::Error::other("region wraps")))?;
+        regions.push(region);
+        offset += len;
+    }
+    GuestMemory::from_regions(regions)
+        .map_err(|e| MemoryError::Memfd(std::io::Error::other(e.to_string())))
+}
+
+/// The memfd behind guest RAM made by [`create_backed`] with [`MemoryBacking::Memfd`] (or
+/// mapped by [`map_shared`]); `None` for anonymous memory or memory mapped from a snapshot.
+pub fn shared_file(memory: &GuestMemory) -> Option<Arc<File>> {
+    let region = memory.iter().next()?;
+    let fo = region.file_offset()?;
+    let shared = region.flags() & libc::MAP_SHARED != 0;
+    (shared && fo.start() == 0).then(|| fo.arc().clone())
+}
+
+/// KVM's description of every region of `memory` as slots 0, 1, …, with `flags`.
+fn slots(
+    memory: &GuestMemory,
+    flags: u32,
+) -> Result<Vec<kvm_userspace_memory_region>, MemoryError> {
+    (0u32..)
+        .zip(memory.iter())
+        .map(|(slot, region)| {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|_| MemoryError::TooLarge(region.len()))?;
+            Ok(kvm_userspace_memory_region {
+                slot,
+                flags,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            })
+        })
+        .collect()
+}
+
+fn set_slots(vm: &VmFd, memory: &GuestMemory, flags: u32) -> Result<(), MemoryError> {
+    for desc in slots(memory, flags)? {
         // SAFETY: the region is a live mapping of exactly `memory_size` bytes
         // owned by `memory`, which the VM keeps alive for as long as the VM fd
         // exists (both live in `Vm`, and the fd is dropped first).
-        unsafe { vm.set_user_memory_region(slot_desc) }
-            .map_err(|source| MemoryError::Register { slot, source })?;
+        unsafe { vm.set_user_memory_region(desc) }.map_err(|source| MemoryError::Register {
+            slot: desc.slot,
+            source,
+        })?;
     }
     Ok(())
+}
+
+/// Registers every region of `memory` as a KVM memory slot (slots 0, 1, …).
+pub fn register_with_kvm(vm: &VmFd, memory: &GuestMemory) -> Result<(), MemoryError> {
+    set_slots(vm, memory, 0)
+}
+
+/// Turns KVM's dirty logging on or off for every slot of `memory` (registered by
+/// [`register_with_kvm`]). With logging on, KVM records every page the guest writes (in the
+/// slot's bitmap or the vCPUs' dirty rings).
+pub fn set_dirty_logging(vm: &VmFd, memory: &GuestMemory, on: bool) -> Result<(), MemoryError> {
+    set_slots(vm, memory, if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 })
 }
 
 /// Bytes of guest RAM resident in host memory right now: the pages of every region that

@@ -23,6 +23,7 @@ use crate::device_manager::{DeviceError, DeviceManager};
 use crate::kvm::{KvmContext, KvmError};
 use crate::lifecycle::{ExitReason, Lifecycle, TransitionError, VmState};
 use crate::memory::{GuestMemory, MemoryError};
+use crate::vstate::dirty_ring::{DirtyRingError, DirtyRings};
 use crate::vstate::vcpu::{self, Buses, SharedVcpu};
 
 pub use crate::builder::VmBuilder;
@@ -78,11 +79,15 @@ pub enum VmError {
     /// A lifecycle request in the wrong state.
     #[error(transparent)]
     Transition(#[from] TransitionError),
+    /// The dirty ring could not be set up.
+    #[error(transparent)]
+    DirtyRing(#[from] DirtyRingError),
 }
 
 /// The parts a builder assembles into a [`Vm`].
 pub(crate) struct VmParts {
     pub(crate) config: VmConfig,
+    pub(crate) rings: Option<Arc<DirtyRings>>,
     pub(crate) flags: PlatformFlags,
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) vcpus: Vec<SharedVcpu>,
@@ -102,6 +107,8 @@ pub struct Vm {
     lifecycle: Arc<Lifecycle>,
     /// Every vCPU; a vCPU's thread holds its lock except while parked.
     vcpus: Vec<SharedVcpu>,
+    /// The vCPUs' dirty rings (the spec's `dirty_log` and the host decide); `None`: bitmap.
+    rings: Option<Arc<DirtyRings>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     buses: Arc<Buses>,
     /// The devices (the buses themselves live in `buses`).
@@ -111,6 +118,8 @@ pub struct Vm {
     transition: Mutex<()>,
     /// [`Vm::start`] starts the vCPUs parked (a restore with `paused`).
     start_paused: std::sync::atomic::AtomicBool,
+    /// The current or last outgoing live migration.
+    migration: Mutex<Option<Arc<crate::migration::Outgoing>>>,
     console: Mutex<Console>,
     console_output: crate::console::ConsoleHandle,
     // Dropped before `memory`: KVM stops using the slots before they unmap.
@@ -136,11 +145,13 @@ impl Vm {
             flags: p.flags,
             lifecycle: p.lifecycle,
             vcpus: p.vcpus,
+            rings: p.rings,
             threads: Mutex::new(Vec::new()),
             buses: p.buses,
             devices: p.devices,
             transition: Mutex::new(()),
             start_paused: std::sync::atomic::AtomicBool::new(false),
+            migration: Mutex::new(None),
             console: Mutex::new(p.console),
             console_output,
             vm_fd: p.vm_fd,
@@ -157,6 +168,21 @@ impl Vm {
     /// The vCPUs (lock one only while the VM is paused or not started).
     pub(crate) fn vcpu_fds(&self) -> &[SharedVcpu] {
         &self.vcpus
+    }
+
+    /// The dirty rings, if the VM tracks dirty pages with them.
+    pub(crate) fn dirty_rings(&self) -> Option<&Arc<DirtyRings>> {
+        self.rings.as_ref()
+    }
+
+    /// The lifecycle (for migration's throttle and final stop).
+    pub(crate) fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
+    }
+
+    /// The current or last outgoing migration.
+    pub(crate) fn migration_slot(&self) -> &Mutex<Option<Arc<crate::migration::Outgoing>>> {
+        &self.migration
     }
 
     /// The devices.

@@ -11,6 +11,11 @@
 //! - this module: [`serve`] / [`serve_waiting`] and the handlers on the [`VmSlot`]. Bodies are
 //!   the types of [`vireo_spec::api`].
 //!
+//! Live migration: `vm.send-migration` answers when the migration has ended (as Cloud
+//! Hypervisor's does) with its final `MigrationInfo`; meanwhile `vm.migration` reports its
+//! progress and `vm.cancel-migration` stops it, from other connections. A `vireo` without a
+//! VM takes `vm.receive-migration`, which answers once the received VM runs.
+//!
 //! A `vireo` started without a payload serves the API with an empty [`VmSlot`] and waits for
 //! `PUT /api/v1/vm.restore` (as Cloud Hypervisor's `--api-socket` alone does); until then
 //! only `vmm.ping`, `vm.restore` and `vmm.shutdown` do anything, the rest answer 409.
@@ -29,13 +34,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use thiserror::Error;
 use tracing::info;
 use vireo_spec::api::{
-    file_url_path, ApiVmState, DeviceInfo, MemoryInfo, RestoreConfig, SnapshotInfo, VmCounters,
-    VmInfo, VmSnapshotConfig, VmmPingResponse,
+    file_url_path, ApiVmState, DeviceInfo, MemoryInfo, ReceiveMigrationConfig, RestoreConfig,
+    SnapshotInfo, VmCounters, VmInfo, VmSnapshotConfig, VmmPingResponse,
 };
 
 use crate::console::ConsoleError;
 use crate::device_manager::SpecDevice;
 use crate::lifecycle::VmState;
+use crate::migration::{self, transport, MigrationError};
 use crate::snapshot::{self, MemoryRestore, RestoreOptions, SnapshotError};
 use crate::vm::{Vm, VmError};
 pub use http::{HttpError, Response, Status};
@@ -84,6 +90,8 @@ struct SlotState {
     vm: Option<Arc<Vm>>,
     /// `vmm.shutdown` arrived before any VM.
     shutdown: bool,
+    /// A `vm.receive-migration` is waiting for or receiving a VM; cancelling cuts it.
+    receiving: Option<transport::Canceller>,
 }
 
 impl VmSlot {
@@ -93,6 +101,7 @@ impl VmSlot {
             state: Mutex::new(SlotState {
                 vm: Some(vm),
                 shutdown: false,
+                receiving: None,
             }),
             changed: Condvar::new(),
             socket: None,
@@ -111,7 +120,11 @@ impl VmSlot {
     /// Asks whoever waits in [`VmSlot::wait_for_vm`] to give up (as `vmm.shutdown` does before
     /// any VM exists); a VM already here is not affected.
     pub fn request_shutdown(&self) {
-        self.lock().shutdown = true;
+        let mut g = self.lock();
+        g.shutdown = true;
+        if let Some(c) = &g.receiving {
+            c.cancel();
+        }
         self.changed.notify_all();
     }
 
@@ -165,6 +178,9 @@ fn handle_slot(slot: &VmSlot, hooks: &ApiHooks, request: ApiRequest) -> Response
     if let ApiRequest::VmRestore(config) = &request {
         return restore_into(slot, config);
     }
+    if let ApiRequest::VmReceiveMigration(config) = &request {
+        return receive_into(slot, config);
+    }
     match slot.vm() {
         Some(vm) => handle(&vm, hooks, request),
         None => match request {
@@ -187,7 +203,7 @@ fn handle_slot(slot: &VmSlot, hooks: &ApiHooks, request: ApiRequest) -> Response
 fn restore_into(slot: &VmSlot, config: &RestoreConfig) -> Response {
     let socket = slot.socket.clone();
     let mut g = slot.lock();
-    if g.vm.is_some() || g.shutdown {
+    if g.vm.is_some() || g.shutdown || g.receiving.is_some() {
         return Response::error(&HttpError::new(
             Status::Conflict,
             "this vireo already has a VM; vm.restore needs one started without a payload",
@@ -218,6 +234,79 @@ fn restore_into(slot: &VmSlot, config: &RestoreConfig) -> Response {
     g.vm = Some(vm);
     slot.changed.notify_all();
     Response::no_content()
+}
+
+/// `vm.receive-migration`: listens at the URL, receives one VM and starts it, then hands it to
+/// whoever waits on the slot. Answers once the VM runs here (or the migration failed). The
+/// slot is not locked meanwhile, so `vmm.shutdown` can cut the wait.
+fn receive_into(slot: &VmSlot, config: &ReceiveMigrationConfig) -> Response {
+    let conflict = || {
+        Response::error(&HttpError::new(
+            Status::Conflict,
+            "this vireo already has a VM (or is receiving one); vm.receive-migration needs one started without a payload",
+        ))
+    };
+    let listener = {
+        let mut g = slot.lock();
+        if g.vm.is_some() || g.shutdown || g.receiving.is_some() {
+            return conflict();
+        }
+        let url: migration::MigrationUrl = match config.receiver_url.parse() {
+            Ok(u) => u,
+            Err(e) => return Response::error(&HttpError::new(Status::BadRequest, e.to_string())),
+        };
+        let listener = match transport::listen(&url, config.tls_dir.as_deref()) {
+            Ok(l) => l,
+            Err(e) => return migration_error(&MigrationError::from(e)),
+        };
+        g.receiving = Some(listener.canceller());
+        listener
+    };
+    let result = listener
+        .accept()
+        .map_err(MigrationError::from)
+        .and_then(|conn| {
+            // The accepted connection is cut by a shutdown too.
+            let mut g = slot.lock();
+            if g.shutdown {
+                return Err(MigrationError::Cancelled);
+            }
+            g.receiving = Some(conn.canceller());
+            drop(g);
+            let opts = migration::ReceiveOptions {
+                host: RestoreOptions {
+                    api_socket: slot.socket.clone(),
+                    ..RestoreOptions::default()
+                },
+                ..migration::ReceiveOptions::default()
+            };
+            migration::receive(conn, opts)
+        });
+    drop(listener);
+    let mut g = slot.lock();
+    g.receiving = None;
+    match result {
+        Ok(vm) => {
+            info!("control API: VM received by live migration");
+            g.vm = Some(Arc::new(vm));
+            slot.changed.notify_all();
+            Response::no_content()
+        }
+        Err(e) => migration_error(&e),
+    }
+}
+
+fn migration_error(e: &MigrationError) -> Response {
+    let status = match e {
+        MigrationError::State(_) | MigrationError::Busy | MigrationError::NotRunning => {
+            Status::Conflict
+        }
+        MigrationError::Invalid(_)
+        | MigrationError::Transport(transport::TransportError::BadUrl(_))
+        | MigrationError::Transport(transport::TransportError::NoTlsDir) => Status::BadRequest,
+        _ => Status::InternalServerError,
+    };
+    Response::error(&HttpError::new(status, e.to_string()))
 }
 
 fn snapshot_error(e: &SnapshotError) -> Response {
@@ -268,10 +357,21 @@ pub fn handle(vm: &Vm, hooks: &ApiHooks, request: ApiRequest) -> Response {
         ApiRequest::VmResume => done(vm.resume()),
         ApiRequest::VmPowerButton => done(vm.press_power_button()),
         ApiRequest::VmSnapshot(config) => snapshot_to(vm, &config),
-        ApiRequest::VmRestore(_) => Response::error(&HttpError::new(
-            Status::Conflict,
-            "this vireo already has a VM; vm.restore needs one started without a payload",
-        )),
+        ApiRequest::VmRestore(_) | ApiRequest::VmReceiveMigration(_) => {
+            Response::error(&HttpError::new(
+                Status::Conflict,
+                "this vireo already has a VM; vm.restore and vm.receive-migration need one started without a payload",
+            ))
+        }
+        ApiRequest::VmSendMigration(config) => match vm.migrate(&config) {
+            Ok(_) => Response::json(&vm.migration_info()),
+            Err(e) => migration_error(&e),
+        },
+        ApiRequest::VmMigration => Response::json(&vm.migration_info()),
+        ApiRequest::VmCancelMigration => match vm.cancel_migration() {
+            Ok(()) => Response::no_content(),
+            Err(e) => migration_error(&e),
+        },
         ApiRequest::VmShutdown | ApiRequest::VmmShutdown => {
             let state = vm.state();
             if state == VmState::Stopped {

@@ -2,7 +2,9 @@
 //! variant, or the 404 / 405 / 400 to answer. Adding an endpoint is one variant, one row in
 //! [`ROUTES`] and one arm in the handler.
 
-use vireo_spec::api::{RestoreConfig, VmSnapshotConfig};
+use vireo_spec::api::{
+    ReceiveMigrationConfig, RestoreConfig, SendMigrationConfig, VmSnapshotConfig,
+};
 
 use super::http::{HttpError, Status};
 
@@ -29,6 +31,14 @@ pub enum ApiRequest {
     VmSnapshot(VmSnapshotConfig),
     /// `PUT /api/v1/vm.restore`: restore a VM from a snapshot (a `vireo` without a VM only).
     VmRestore(RestoreConfig),
+    /// `PUT /api/v1/vm.send-migration`: start a live migration of this VM.
+    VmSendMigration(SendMigrationConfig),
+    /// `GET /api/v1/vm.migration`: the current or last migration's progress.
+    VmMigration,
+    /// `PUT /api/v1/vm.cancel-migration`: cancel the running migration.
+    VmCancelMigration,
+    /// `PUT /api/v1/vm.receive-migration`: receive a VM (a `vireo` without a VM only).
+    VmReceiveMigration(ReceiveMigrationConfig),
 }
 
 /// The endpoint of a request: which row of [`ROUTES`] and how its body is read.
@@ -36,10 +46,9 @@ pub enum ApiRequest {
 pub enum Endpoint {
     /// An endpoint without arguments: the request itself.
     Plain(fn() -> ApiRequest),
-    /// `vm.snapshot`, whose body is a [`VmSnapshotConfig`].
-    Snapshot,
-    /// `vm.restore`, whose body is a [`RestoreConfig`].
-    Restore,
+    /// An endpoint whose JSON body is its own type (unknown fields refused), read by the
+    /// function.
+    Body(fn(&[u8]) -> Result<ApiRequest, HttpError>),
 }
 
 /// The endpoints: path, method, endpoint.
@@ -84,15 +93,43 @@ pub const ROUTES: &[(&str, &str, Endpoint)] = &[
         "PUT",
         Endpoint::Plain(|| ApiRequest::VmmShutdown),
     ),
-    ("/api/v1/vm.snapshot", "PUT", Endpoint::Snapshot),
-    ("/api/v1/vm.restore", "PUT", Endpoint::Restore),
+    (
+        "/api/v1/vm.snapshot",
+        "PUT",
+        Endpoint::Body(|b| parse_body(b).map(ApiRequest::VmSnapshot)),
+    ),
+    (
+        "/api/v1/vm.restore",
+        "PUT",
+        Endpoint::Body(|b| parse_body(b).map(ApiRequest::VmRestore)),
+    ),
+    (
+        "/api/v1/vm.send-migration",
+        "PUT",
+        Endpoint::Body(|b| parse_body(b).map(ApiRequest::VmSendMigration)),
+    ),
+    (
+        "/api/v1/vm.migration",
+        "GET",
+        Endpoint::Plain(|| ApiRequest::VmMigration),
+    ),
+    (
+        "/api/v1/vm.cancel-migration",
+        "PUT",
+        Endpoint::Plain(|| ApiRequest::VmCancelMigration),
+    ),
+    (
+        "/api/v1/vm.receive-migration",
+        "PUT",
+        Endpoint::Body(|b| parse_body(b).map(ApiRequest::VmReceiveMigration)),
+    ),
 ];
 
 /// The request for `method` on `path` (a query string is ignored). An endpoint without
 /// arguments accepts an empty body or any well-formed JSON (as Cloud Hypervisor's clients
 /// send `{}`), which it ignores; anything else is a 400, so a client that meant to send
-/// arguments learns they were not understood. `vm.snapshot` and `vm.restore` need their JSON
-/// body, with no unknown field.
+/// arguments learns they were not understood. Endpoints with a body (`vm.snapshot`,
+/// `vm.restore`, `vm.send-migration`, `vm.receive-migration`) need it, with no unknown field.
 pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, HttpError> {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let mut allowed = None;
@@ -109,8 +146,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, HttpEr
                 check_body(body)?;
                 Ok(make())
             }
-            Endpoint::Snapshot => parse_body(body).map(ApiRequest::VmSnapshot),
-            Endpoint::Restore => parse_body(body).map(ApiRequest::VmRestore),
+            Endpoint::Body(parse) => parse(body),
         };
     }
     Err(match allowed {
@@ -166,10 +202,12 @@ mod tests {
     #[test]
     fn every_route_is_reachable_by_its_method_only() {
         for (path, method, endpoint) in ROUTES {
-            let body: &[u8] = match endpoint {
-                Endpoint::Plain(_) => b"",
-                Endpoint::Snapshot => br#"{"destination_url": "file:///tmp/s"}"#,
-                Endpoint::Restore => br#"{"source_url": "file:///tmp/s"}"#,
+            let body: &[u8] = match *path {
+                "/api/v1/vm.snapshot" => br#"{"destination_url": "file:///tmp/s"}"#,
+                "/api/v1/vm.restore" => br#"{"source_url": "file:///tmp/s"}"#,
+                "/api/v1/vm.send-migration" => br#"{"destination_url": "unix:/tmp/m"}"#,
+                "/api/v1/vm.receive-migration" => br#"{"receiver_url": "unix:/tmp/m"}"#,
+                _ => b"",
             };
             let got = route(method, path, body).expect("routes");
             if let Endpoint::Plain(make) = endpoint {
@@ -217,6 +255,26 @@ mod tests {
         let e = route("PUT", "/api/v1/vm.restore", b"{\"a\\rb\": 1}").expect_err("unknown field");
         assert!(!e.reason.contains(['\r', '\n']), "{}", e.reason);
         assert!(e.reason.contains("a\\rb"), "{}", e.reason);
+    }
+
+    #[test]
+    fn migration_bodies_take_their_defaults() {
+        let got = route(
+            "PUT",
+            "/api/v1/vm.send-migration",
+            br#"{"destination_url":"tcp:10.0.0.2:6000","downtime_ms":50}"#,
+        )
+        .expect("route");
+        let mut want = SendMigrationConfig::to("tcp:10.0.0.2:6000");
+        want.downtime_ms = 50;
+        assert_eq!(got, ApiRequest::VmSendMigration(want));
+        let e = route(
+            "PUT",
+            "/api/v1/vm.send-migration",
+            br#"{"destination_url":"u","speed":1}"#,
+        )
+        .expect_err("unknown field");
+        assert_eq!(e.status, Status::BadRequest);
     }
 
     #[test]

@@ -15,15 +15,17 @@ use vireo_net::{MacAddr, Tap};
 use super::{DeviceError, DeviceManager};
 use crate::config::{DiskConfig, NetConfig};
 
-/// Opens `disks` and `nets` and attaches them to `dm`.
+/// Opens `disks` and `nets` and attaches them to `dm`. Fills in what was chosen here: each
+/// disk's probed format and each NIC's MAC (random when the spec has none), so the spec
+/// describes the VM as built (what `vm.info`, snapshots and migrations carry).
 pub fn attach_devices(
     dm: &mut DeviceManager,
     vm: &VmFd,
     mem: &GuestMemory,
-    disks: &[DiskConfig],
-    nets: &[NetConfig],
+    disks: &mut [DiskConfig],
+    nets: &mut [NetConfig],
 ) -> Result<(), DeviceError> {
-    for (index, d) in disks.iter().enumerate() {
+    for (index, d) in disks.iter_mut().enumerate() {
         let opts = OpenOptions {
             format: d.format,
             read_only: d.readonly,
@@ -34,11 +36,13 @@ pub fn attach_devices(
             path: d.path.display().to_string(),
             source,
         })?;
+        d.format = Some(disk.format());
         let dev = VirtioBlock::new(Arc::from(disk), index);
         dm.add_virtio(vm, Box::new(dev), mem)?;
     }
-    for (index, n) in nets.iter().enumerate() {
+    for (index, n) in nets.iter_mut().enumerate() {
         let mac = n.mac.unwrap_or_else(MacAddr::random_local);
+        n.mac = Some(mac);
         let tap = Tap::open(&n.tap).map_err(|source| DeviceError::Net {
             index,
             tap: n.tap.clone(),

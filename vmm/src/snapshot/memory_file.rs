@@ -120,6 +120,87 @@ pub struct WriteStats {
     pub visited_pages: u64,
 }
 
+/// The pages of each region of `mem` that may hold data, as one bitmap per region (bit `n`
+/// of word `w`: page `64w + n`): those resident in host memory (`mincore(2)`; a page never
+/// touched was never backed and holds zeros), plus those backed by data in the file a region
+/// is mapped from (an earlier snapshot's, which the guest may never have touched here).
+/// Safe to call while the guest runs (it reads no page).
+pub fn populated(mem: &GuestMemory) -> io::Result<Vec<Vec<u64>>> {
+    let page = page_size();
+    const CHUNK_PAGES: usize = 16 * 1024;
+    let mut status = vec![0u8; CHUNK_PAGES];
+    let mut out = Vec::new();
+    for region in mem.iter() {
+        let len = usize::try_from(region.len()).map_err(io::Error::other)?;
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|err| io::Error::other(err.to_string()))?;
+        let pages = len.div_ceil(page);
+        let mut bits = vec![0u64; pages.div_ceil(64)];
+        // A region mapped from an earlier snapshot's file holds data the guest never touched
+        // in this process (not resident, yet not zero): those extents count too. A shared
+        // memfd's pages are all resident when they hold data.
+        if let Some(fo) = region.file_offset() {
+            if region.flags() & libc::MAP_PRIVATE != 0 {
+                for (from, to) in data_extents(fo.file(), fo.start(), region.len())? {
+                    for p in (from as usize / page)..(to as usize).div_ceil(page).min(pages) {
+                        bits[p / 64] |= 1 << (p % 64);
+                    }
+                }
+            }
+        }
+        let mut chunk_start = 0;
+        while chunk_start < len {
+            let bytes = (len - chunk_start).min(CHUNK_PAGES * page);
+            // SAFETY: `host + chunk_start .. + bytes` lies inside the region's live, page-aligned
+            // mapping, and `status` has room for `bytes / page` entries.
+            let rc =
+                unsafe { libc::mincore(host.add(chunk_start).cast(), bytes, status.as_mut_ptr()) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let first = chunk_start / page;
+            for (i, st) in status[..bytes.div_ceil(page)].iter().enumerate() {
+                if st & 1 != 0 {
+                    let p = first + i;
+                    bits[p / 64] |= 1 << (p % 64);
+                }
+            }
+            chunk_start += bytes;
+        }
+        out.push(bits);
+    }
+    Ok(out)
+}
+
+/// Runs of set bits in `bits` (pages), as `(first page, count)`, each at most `max` pages.
+pub fn runs(bits: &[u64], max: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut next = 0usize;
+    let total = bits.len() * 64;
+    std::iter::from_fn(move || {
+        // Find the first set bit at or after `next`.
+        let mut p = next;
+        while p < total {
+            let w = bits[p / 64] >> (p % 64);
+            if w == 0 {
+                p = (p / 64 + 1) * 64;
+                continue;
+            }
+            p += w.trailing_zeros() as usize;
+            break;
+        }
+        if p >= total {
+            return None;
+        }
+        let mut end = p;
+        while end < total && end - p < max && bits[end / 64] & (1 << (end % 64)) != 0 {
+            end += 1;
+        }
+        next = end;
+        Some((p, end - p))
+    })
+}
+
 /// Writes every region of `mem` to a new sparse file at `path` (replaced if it exists).
 /// The guest must not run meanwhile. Returns the region table and what was written.
 pub fn write(
@@ -132,12 +213,9 @@ pub fn write(
     let mut entries = Vec::new();
     let mut stats = WriteStats::default();
     let mut offset = 0u64;
-    const CHUNK_PAGES: usize = 16 * 1024;
-    let mut status = vec![0u8; CHUNK_PAGES];
     let zero = vec![0u8; page];
-    for region in mem.iter() {
-        let len = usize::try_from(region.len())
-            .map_err(|_| MemoryFileError::Map("region too large".into()))?;
+    let populated = populated(mem).map_err(&e)?;
+    for (region, bits) in mem.iter().zip(&populated) {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|err| MemoryFileError::Map(err.to_string()))?;
@@ -146,57 +224,32 @@ pub fn write(
             len: region.len(),
             file_offset: offset,
         });
-        // A region mapped from an earlier snapshot's file holds data the guest never touched
-        // in this process (not resident, yet not zero): those extents are visited too.
-        let backing = match region.file_offset() {
-            Some(fo) => data_extents(fo.file(), fo.start(), region.len()).map_err(&e)?,
-            None => Vec::new(),
-        };
-        let mut extent = 0;
-        let mut chunk_start = 0;
-        while chunk_start < len {
-            let bytes = (len - chunk_start).min(CHUNK_PAGES * page);
-            // SAFETY: `host + chunk_start .. + bytes` lies inside the region's live, page-aligned
-            // mapping, and `status` has room for `bytes / page` entries.
-            let rc =
-                unsafe { libc::mincore(host.add(chunk_start).cast(), bytes, status.as_mut_ptr()) };
-            if rc != 0 {
-                return Err(e(io::Error::last_os_error()));
-            }
-            let pages = bytes.div_ceil(page);
-            // Coalesce runs of resident, non-zero pages into one write each.
+        for (first, count) in runs(bits, usize::MAX) {
+            // Coalesce the run's non-zero pages into one write each.
             let mut run: Option<usize> = None;
-            // One extra, never-data page ends the last run.
-            for (p, st) in status[..pages].iter().copied().chain([0]).enumerate() {
-                let at = (chunk_start + p * page) as u64;
-                while extent < backing.len() && backing[extent].1 <= at {
-                    extent += 1;
-                }
-                let backed = backing.get(extent).is_some_and(|&(start, _)| start <= at);
-                let data = p < pages && (st & 1 != 0 || backed) && {
+            for p in first..=first + count {
+                let data = p < first + count && {
                     stats.visited_pages += 1;
-                    // SAFETY: page `p` of this chunk is inside the mapping (see above); the guest
-                    // is paused, so nothing writes it while it is read.
-                    let s = unsafe {
-                        std::slice::from_raw_parts(host.add(chunk_start + p * page), page)
-                    };
+                    // SAFETY: page `p` is inside the region's mapping (a populated bit is
+                    // never past its end); the guest is paused, so nothing writes it while
+                    // it is read.
+                    let s = unsafe { std::slice::from_raw_parts(host.add(p * page), page) };
                     s != zero.as_slice()
                 };
                 match (data, run) {
                     (true, None) => run = Some(p),
-                    (false, Some(first)) => {
-                        let at = chunk_start + first * page;
-                        let n = (p - first) * page;
+                    (false, Some(start)) => {
+                        let n = (p - start) * page;
                         // SAFETY: as above, the run lies inside the mapping.
-                        let s = unsafe { std::slice::from_raw_parts(host.add(at), n) };
-                        file.write_all_at(s, offset + at as u64).map_err(&e)?;
+                        let s = unsafe { std::slice::from_raw_parts(host.add(start * page), n) };
+                        file.write_all_at(s, offset + (start * page) as u64)
+                            .map_err(&e)?;
                         stats.data_bytes += n as u64;
                         run = None;
                     }
                     _ => {}
                 }
             }
-            chunk_start += bytes;
         }
         offset += region.len();
     }

@@ -192,8 +192,9 @@ impl Vm {
         Ok(report)
     }
 
-    /// Saves the paused VM.
-    fn save_to(&self, dir: &Path) -> Result<SnapshotReport, SnapshotError> {
+    /// The paused VM's state, disks flushed first (so their images hold every completed
+    /// write), with the memory layout of its RAM regions back to back.
+    pub(crate) fn save_state(&self) -> Result<VmSnapshot, SnapshotError> {
         let xsave = self
             .kvm()
             .kvm()
@@ -203,7 +204,6 @@ impl Vm {
                 "its XSAVE area is {xsave} bytes; Vireo saves the 4096-byte legacy area"
             )));
         }
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         device_persist::flush_disks(self.devices())?;
         let msrs = cpu_state::msrs_to_save(self.kvm().kvm());
         let mut vcpus = Vec::with_capacity(self.vcpu_fds().len());
@@ -211,20 +211,25 @@ impl Vm {
             let fd = fd.lock().unwrap_or_else(|p| p.into_inner());
             vcpus.push(cpu_state::save(&fd, index, &msrs)?);
         }
-        let vm = vm_state::save(self.vm_fd())?;
-        let devices = device_persist::save(self.devices());
+        Ok(VmSnapshot {
+            flags: self.flags(),
+            memory: memory_file::layout(self.config().memory_bytes()),
+            vm: vm_state::save(self.vm_fd())?,
+            vcpus,
+            devices: device_persist::save(self.devices()),
+        })
+    }
+
+    /// Saves the paused VM.
+    fn save_to(&self, dir: &Path) -> Result<SnapshotReport, SnapshotError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut body = self.save_state()?;
         let mem_tmp = dir.join(format!(".{MEMORY_FILE}.tmp"));
         let (memory, stats) = memory_file::write(self.memory(), &mem_tmp)?;
+        body.memory = memory;
         let mem_path = dir.join(MEMORY_FILE);
         std::fs::rename(&mem_tmp, &mem_path).map_err(io_err(&mem_path))?;
-        let config = device_persist::effective_config(self.config(), &devices);
-        let body = VmSnapshot {
-            flags: self.flags(),
-            memory,
-            vm,
-            vcpus,
-            devices,
-        };
+        let config = device_persist::effective_config(self.config(), &body.devices);
         let state = format::encode(&body).map_err(|source| SnapshotError::Format {
             path: dir.join(STATE_FILE).display().to_string(),
             source,
@@ -329,7 +334,10 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, SnapshotError> {
 }
 
 /// Applies the host-side overrides of `opts` to the snapshot's spec.
-fn apply_overrides(config: &mut VmConfig, opts: &RestoreOptions) -> Result<(), SnapshotError> {
+pub(crate) fn apply_overrides(
+    config: &mut VmConfig,
+    opts: &RestoreOptions,
+) -> Result<(), SnapshotError> {
     config.api_socket = opts.api_socket.clone();
     if let Some(serial) = &opts.serial {
         config.serial = serial.clone();
@@ -374,14 +382,43 @@ pub fn restore(dir: &Path, mut opts: RestoreOptions) -> Result<Vm, SnapshotError
         config.memory_bytes(),
         opts.memory,
     )?;
-    let vm_fd = builder::create_platform(&kvm, &memory)?;
-    let parts = builder::create_devices(
-        vm_fd,
+    let platform = builder::create_platform(&kvm, &memory, config.dirty_log)?;
+    let paused = opts.paused;
+    let vm = apply_state(
+        kvm,
+        platform,
         memory,
         config,
+        &snapshot,
         opts.serial_writer.take(),
-        snapshot.flags,
+        paused,
     )?;
+    info!(dir = %dir.display(), paused, elapsed_us = started.elapsed().as_micros() as u64, "VM restored");
+    Ok(vm)
+}
+
+/// The rest of a restore once guest memory holds the saved pages and the platform exists:
+/// creates the devices from `config` and applies the saved device state, creates the vCPUs
+/// and applies theirs, then the VM-wide state (the clock advanced by the time that passed).
+/// The VM is Created; it starts paused if `paused`. Shared by snapshot restore and the
+/// live-migration target.
+pub(crate) fn apply_state(
+    kvm: KvmContext,
+    platform: builder::Platform,
+    memory: crate::memory::GuestMemory,
+    config: VmConfig,
+    snapshot: &VmSnapshot,
+    serial_writer: Option<Box<dyn std::io::Write + Send>>,
+    paused: bool,
+) -> Result<Vm, SnapshotError> {
+    if snapshot.vcpus.len() != usize::from(config.vcpus) {
+        return Err(SnapshotError::Mismatch(format!(
+            "the spec has {} vCPUs, the state {}",
+            config.vcpus,
+            snapshot.vcpus.len()
+        )));
+    }
+    let parts = builder::create_devices(platform, memory, config, serial_writer, snapshot.flags)?;
     device_persist::restore(&parts.devices, &snapshot.devices)?;
     let mut vcpus = Vec::with_capacity(snapshot.vcpus.len());
     for state in &snapshot.vcpus {
@@ -397,12 +434,10 @@ pub fn restore(dir: &Path, mut opts: RestoreOptions) -> Result<Vm, SnapshotError
         // Only a guest using kvmclock has anything to be told; others answer EINVAL.
         let _ = fd.kvmclock_ctrl();
     }
-    let paused = opts.paused;
-    let vm = parts.into_vm(kvm, vcpus);
+    let vm = parts.into_vm(kvm, vcpus)?;
     vm.set_start_paused(paused);
     if !paused {
         device_persist::resume(vm.devices());
     }
-    info!(dir = %dir.display(), paused, elapsed_us = started.elapsed().as_micros() as u64, "VM restored");
     Ok(vm)
 }

@@ -17,15 +17,19 @@ use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 
 use kvm_bindings::{
-    kvm_run, KVM_INTERNAL_ERROR_EMULATION, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
-    KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_run, KVM_EXIT_DIRTY_RING_FULL, KVM_INTERNAL_ERROR_EMULATION, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use tracing::debug;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
+use super::dirty_ring::DirtyRings;
 use crate::device_manager::Bus;
 use crate::lifecycle::{Command, ExitReason, Lifecycle};
+
+/// The run slice of a throttled vCPU: it is kicked this often and then sleeps its share.
+pub(crate) const THROTTLE_SLICE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Flag in the emulation-failure data: instruction bytes are included.
 const EMULATION_FLAG_INSTRUCTION_BYTES: u64 = 1;
@@ -70,6 +74,8 @@ pub(crate) fn kick(thread: libc::pthread_t) {
 pub(crate) struct Buses {
     pub pio: Bus,
     pub mmio: Bus,
+    /// The VM's dirty rings, harvested by a vCPU whose ring is full.
+    pub rings: Option<Arc<DirtyRings>>,
 }
 
 /// A vCPU fd shared between its thread (which holds the lock while the vCPU may run) and
@@ -95,6 +101,7 @@ pub(crate) fn spawn(
 enum Step {
     Continue,
     Interrupted,
+    RingFull,
     InternalError,
     Exit(ExitReason),
 }
@@ -125,7 +132,11 @@ fn run_vcpu(index: u8, shared: SharedVcpu, buses: &Buses, lifecycle: &Lifecycle)
         let step = dispatch(index, fd.run(), buses);
         match step {
             Step::Continue => {}
-            Step::Interrupted => fd.set_kvm_immediate_exit(0),
+            Step::Interrupted => {
+                fd.set_kvm_immediate_exit(0);
+                lifecycle.throttle_sleep(THROTTLE_SLICE);
+            }
+            Step::RingFull => ring_full(index, buses),
             Step::InternalError => {
                 let reason = internal_error(index, &mut fd);
                 debug!(%reason, "vCPU stopped");
@@ -162,6 +173,7 @@ fn complete_pending_exit(index: u8, fd: &mut VcpuFd, buses: &Buses) -> Option<Ex
     for _ in 0..8 {
         match dispatch(index, fd.run(), buses) {
             Step::Continue => continue,
+            Step::RingFull => ring_full(index, buses),
             Step::Interrupted => break,
             Step::InternalError => {
                 reason = Some(internal_error(index, fd));
@@ -207,6 +219,7 @@ fn dispatch(index: u8, exit: Result<VcpuExit<'_>, kvm_ioctls::Error>, buses: &Bu
                 exit: format!("system event {other}"),
             },
         }),
+        Ok(VcpuExit::Unsupported(KVM_EXIT_DIRTY_RING_FULL)) => Step::RingFull,
         Ok(VcpuExit::FailEntry(reason, _)) => Step::Exit(ExitReason::FailEntry {
             vcpu: index,
             reason,
@@ -220,6 +233,13 @@ fn dispatch(index: u8, exit: Result<VcpuExit<'_>, kvm_ioctls::Error>, buses: &Bu
             vcpu: index,
             error: e.to_string(),
         }),
+    }
+}
+
+/// Harvests the full dirty ring of vCPU `index` so it can run on.
+fn ring_full(index: u8, buses: &Buses) {
+    if let Some(rings) = &buses.rings {
+        rings.on_ring_full(index);
     }
 }
 

@@ -6,6 +6,7 @@
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 pub mod churn;
+pub mod pki;
 pub mod tap;
 
 /// Root check, network namespaces and `ip`, shared with the `net` crate's

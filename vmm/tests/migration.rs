@@ -1,0 +1,238 @@
+//! Live migration through the library API, with the test guest under real KVM: a source VM
+//! and a target built by `migration::receive` in the same process (each with its own KVM VM,
+//! memory and devices), over a unix socket, TCP and TLS on loopback, with the dirty ring and
+//! the bitmap.
+//!
+//! The guest checks itself: `count` prints consecutive ticks, and `churn` rewrites a working
+//! set whose every page it verifies before rewriting it and after every sweep (a page that
+//! arrived wrong or not at all prints `churn MISMATCH` and exits 1), with checksums that are
+//! a function of its iteration count only. The target's output is appended to the source's;
+//! the joined output must be one unbroken sequence.
+
+mod common;
+
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::churn::{parse, Line};
+use common::{build_vm, ticks, Capture, PATIENCE};
+use vireo_vmm::config::DirtyLogMode;
+use vireo_vmm::migration::{
+    self, transport, MigrationError, MigrationPhase, MigrationReport, ReceiveOptions,
+    SendMigrationConfig,
+};
+use vireo_vmm::{ExitReason, Vm, VmConfig, VmState};
+
+/// A target waiting for one migration on its own thread.
+struct Target {
+    /// The URL the source connects to (a TCP port filled in).
+    url: String,
+    out: Capture,
+    thread: JoinHandle<Result<Vm, MigrationError>>,
+}
+
+impl Target {
+    /// Listens at `url` (`tcp:127.0.0.1:0` picks a port) and receives with `opts`, its serial
+    /// output going to a capture that starts with `before`.
+    fn listen(url: &str, tls: Option<&Path>, opts: ReceiveOptions, before: &str) -> Self {
+        let parsed: migration::MigrationUrl = url.parse().expect("url");
+        let listener = transport::listen(&parsed, tls).expect("listen");
+        let url = match listener.port() {
+            Some(port) => format!(
+                "{}:127.0.0.1:{port}",
+                if url.starts_with("tls:") {
+                    "tls"
+                } else {
+                    "tcp"
+                }
+            ),
+            None => url.to_owned(),
+        };
+        let out = Capture::with_text(before);
+        let writer = out.clone();
+        let thread = std::thread::spawn(move || {
+            let conn = listener.accept()?;
+            let mut opts = opts;
+            opts.host.serial_writer = Some(Box::new(writer));
+            migration::receive(conn, opts)
+        });
+        Self { url, out, thread }
+    }
+
+    fn join(self) -> (Result<Vm, MigrationError>, Capture) {
+        (self.thread.join().expect("target thread"), self.out)
+    }
+}
+
+fn send(url: &str) -> SendMigrationConfig {
+    let mut c = SendMigrationConfig::to(url);
+    c.downtime_ms = 50;
+    c
+}
+
+fn counting_vm(dir: &Path, mode: DirtyLogMode) -> (Vm, Capture) {
+    let kernel = dir.join("guest.elf");
+    vireo_testguest::write_to(&kernel).expect("write guest");
+    let mut config = VmConfig::new(&kernel);
+    config.memory_mib = 64;
+    config.payload.cmdline = "count 100000000 1000000".into();
+    config.dirty_log = mode;
+    let (vm, out) = build_vm(config);
+    vm.start().expect("start");
+    out.wait_for("tick 20\n", PATIENCE);
+    (vm, out)
+}
+
+/// Waits until `out` has a tick past `n`.
+fn wait_tick(out: &Capture, n: u64) {
+    let start = Instant::now();
+    while ticks(&out.text()).last().is_none_or(|t| *t < n) {
+        assert!(start.elapsed() < PATIENCE, "no tick {n}:\n{}", out.text());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn check_count(joined: &str) {
+    let all = ticks(joined);
+    for pair in all.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "the count broke:\n{joined}");
+    }
+}
+
+fn idle_migration(url: &str, mode: DirtyLogMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (vm, out) = counting_vm(dir.path(), mode);
+    let target = Target::listen(url, None, ReceiveOptions::default(), "");
+    let report = vm.migrate(&send(&target.url)).expect("migrate");
+    assert_eq!(
+        vm.wait(),
+        ExitReason::Migrated,
+        "the source stops once the target runs"
+    );
+    let before = out.text();
+    let (target_vm, after) = target.join();
+    let target_vm = target_vm.expect("the target received the VM");
+    assert_eq!(target_vm.state(), VmState::Running);
+    let last = *ticks(&before).last().expect("ticks");
+    wait_tick(&after, last + 20);
+    target_vm.shutdown();
+    check_count(&(before + &after.text()));
+    let want = match mode {
+        DirtyLogMode::Bitmap => "bitmap",
+        _ => "ring",
+    };
+    assert_eq!(report.dirty_log, want, "{report:?}");
+    assert!(
+        report.pages_sent < 4096,
+        "an idle 64 MiB guest sends what it touched, not 64 MiB: {report:?}"
+    );
+    assert_eq!(vm.migration_info().phase, MigrationPhase::Completed);
+    eprintln!("{url} {want}: {report:?}");
+}
+
+#[test]
+fn an_idle_guest_migrates_over_a_unix_socket_with_the_ring_and_the_bitmap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for mode in [DirtyLogMode::Ring, DirtyLogMode::Bitmap] {
+        let url = format!("unix:{}", dir.path().join("m.sock").display());
+        idle_migration(&url, mode);
+    }
+}
+
+#[test]
+fn an_idle_guest_migrates_over_tcp_with_the_ring_and_the_bitmap() {
+    for mode in [DirtyLogMode::Ring, DirtyLogMode::Bitmap] {
+        idle_migration("tcp:127.0.0.1:0", mode);
+    }
+}
+
+// ------------------------------------------------------------------ churn
+
+/// Working set of the dirtying guest: 256 MiB.
+const BIG_PAGES: u64 = 65536;
+
+/// A 512 MiB VM rewriting a 256 MiB working set at `rate` MiB/s (0: flat out), sweeping it
+/// every `every` iterations.
+fn dirtying_vm(dir: &Path, mode: DirtyLogMode, rate: u64, every: u64) -> (Vm, Capture) {
+    let kernel = dir.join("guest.elf");
+    vireo_testguest::write_to(&kernel).expect("write guest");
+    let mut config = VmConfig::new(&kernel);
+    config.memory_mib = 512;
+    config.payload.cmdline = format!("churn {BIG_PAGES} {every} 0 0 {rate}");
+    config.dirty_log = mode;
+    let (vm, out) = build_vm(config);
+    vm.start().expect("start");
+    wait_line(&out, every);
+    (vm, out)
+}
+
+/// Waits for a churn line with `i >= at_least`, failing on any guest-reported mismatch.
+fn wait_line(out: &Capture, at_least: u64) -> Line {
+    let start = Instant::now();
+    loop {
+        if let Some(l) = parse(&out.text()).0.pop().filter(|l| l.i >= at_least) {
+            return l;
+        }
+        assert!(
+            start.elapsed() < PATIENCE * 2,
+            "no churn line with i >= {at_least}:\n{}",
+            out.text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Consecutive churn lines `every` apart with no failure.
+fn check_churn(joined: &str, every: u64) {
+    let (lines, _) = parse(joined);
+    assert!(lines.len() >= 2, "{joined}");
+    for pair in lines.windows(2) {
+        assert_eq!(
+            pair[1].i,
+            pair[0].i + every,
+            "an iteration was lost or repeated:\n{joined}"
+        );
+    }
+}
+
+fn dirtying_migration(url: &str, tls: Option<&Path>, mode: DirtyLogMode) -> MigrationReport {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let every = 16384;
+    let (vm, out) = dirtying_vm(dir.path(), mode, 200, every);
+    let target = Target::listen(url, tls, ReceiveOptions::default(), "");
+    let mut cfg = send(&target.url);
+    cfg.tls_dir = tls.map(Path::to_owned);
+    let report = vm.migrate(&cfg).expect("migrate");
+    assert_eq!(vm.wait(), ExitReason::Migrated);
+    let before = out.text();
+    let (target_vm, after) = target.join();
+    let target_vm = target_vm.expect("target");
+    let last = parse(&before).0.pop().expect("lines").i;
+    // Two more sweeps on the target: every page of the working set verified there.
+    wait_line(&after, last + 2 * every);
+    target_vm.shutdown();
+    check_churn(&(before + &after.text()), every);
+    assert!(
+        report.passes >= 2,
+        "a dirtying guest needs passes: {report:?}"
+    );
+    assert!(
+        report.pages_sent >= BIG_PAGES,
+        "the whole working set was sent: {report:?}"
+    );
+    eprintln!("{url}: {report:?}");
+    report
+}
+
+#[test]
+fn a_guest_dirtying_256_mib_migrates_over_unix_and_tcp_with_its_memory_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("unix:{}", dir.path().join("m.sock").display());
+    let report = dirtying_migration(&url, None, DirtyLogMode::Ring);
+    assert!(
+        report.ring_full_exits > 0,
+        "a guest dirtying 200 MiB/s fills a 4096-entry ring: {report:?}"
+    );
+    dirtying_migration("tcp:127.0.0.1:0", None, DirtyLogMode::Bitmap);
+}
