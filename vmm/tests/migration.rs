@@ -236,3 +236,43 @@ fn a_guest_dirtying_256_mib_migrates_over_unix_and_tcp_with_its_memory_intact() 
     );
     dirtying_migration("tcp:127.0.0.1:0", None, DirtyLogMode::Bitmap);
 }
+
+// ------------------------------------------------------------------ local handover
+
+#[test]
+fn a_local_handover_moves_no_page_and_the_guest_keeps_its_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = dir.path().join("guest.elf");
+    vireo_testguest::write_to(&kernel).expect("write guest");
+    let mut config = VmConfig::new(&kernel);
+    config.memory_mib = 512;
+    config.memory_backing = vireo_vmm::config::MemoryBacking::Memfd;
+    let every = 16384;
+    config.payload.cmdline = format!("churn {BIG_PAGES} {every} 0 0 0");
+    let (vm, out) = build_vm(config);
+    vm.start().expect("start");
+    wait_line(&out, every);
+    let url = format!("unix:{}", dir.path().join("m.sock").display());
+    let target = Target::listen(&url, None, ReceiveOptions::default(), "");
+    let mut cfg = send(&target.url);
+    cfg.local = true;
+    let report = vm.migrate(&cfg).expect("migrate");
+    assert_eq!(vm.wait(), ExitReason::Migrated);
+    let before = out.text();
+    let (target_vm, after) = target.join();
+    let target_vm = target_vm.expect("target");
+    let last = parse(&before).0.pop().expect("lines").i;
+    wait_line(&after, last + 2 * every);
+    target_vm.shutdown();
+    check_churn(&(before + &after.text()), every);
+    assert_eq!(report.pages_sent, 0, "no page is copied: {report:?}");
+    assert_eq!(report.dirty_log, "none");
+    eprintln!("local: {report:?}");
+
+    // Without a memfd a local handover is refused before anything happens.
+    let (vm, _out) = counting_vm(dir.path(), DirtyLogMode::Auto);
+    let e = vm.migrate(&cfg).expect_err("anonymous memory");
+    assert!(e.to_string().contains("memfd"), "{e}");
+    assert_eq!(vm.state(), VmState::Running);
+    vm.shutdown();
+}

@@ -539,11 +539,15 @@ mod tests {
     fn partial_pages_and_truncation_are_errors() {
         let mut buf = Vec::new();
         write_memory(&mut buf, 0x1000, &[&[0u8; 100]]).expect("write");
-        let e = FrameReader::new(&buf[..]).read_frame().expect_err("partial page");
+        let e = FrameReader::new(&buf[..])
+            .read_frame()
+            .expect_err("partial page");
         assert!(e.to_string().contains("not whole pages"), "{e}");
         let mut buf = Vec::new();
         write_frame(&mut buf, &Frame::State(vec![0; 64])).expect("write");
-        let e = FrameReader::new(&buf[..40]).read_frame().expect_err("truncated");
+        let e = FrameReader::new(&buf[..40])
+            .read_frame()
+            .expect_err("truncated");
         assert!(matches!(e, ProtocolError::Io(_)), "{e}");
     }
 

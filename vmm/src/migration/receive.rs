@@ -45,7 +45,6 @@ struct Building {
     platform: Platform,
     memory: GuestMemory,
     config: crate::config::VmConfig,
-    frame: ConfigFrame,
 }
 
 /// Receives one migration on `conn` and returns the started VM (running, or paused if the
@@ -78,13 +77,158 @@ fn answer(reader: &mut FrameReader<BufReader<Conn>>, f: &Frame) -> Result<(), Mi
         .map_err(|e| MigrationError::Protocol(e.into()))
 }
 
-fn out_of_order(expected: &'static str, got: &Frame) -> MigrationError {
-    match got {
-        Frame::Abandon(why) => MigrationError::Abandoned(why.clone()),
-        other => MigrationError::OutOfOrder {
-            expected,
-            got: protocol::frame_name(other),
-        },
+/// What a valid frame asks the target to do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Answer `Accept` with this version.
+    Accept(protocol::Version),
+    /// Build the VM this config describes, then answer `Ready`.
+    Build(Box<ConfigFrame>),
+    /// Write these pages (checked to lie inside one RAM region) into guest memory.
+    Pages {
+        /// Guest physical address.
+        gpa: u64,
+        /// Whole pages.
+        data: Vec<u8>,
+    },
+    /// The state arrived (decoded and checked against the config); keep it.
+    State,
+    /// Apply the state and start the guest (running if `resume`), then answer `Ready`.
+    Complete {
+        /// The decoded state.
+        state: Box<VmSnapshot>,
+        /// Whether the guest ran at the source.
+        resume: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Hello,
+    Config,
+    MemoryOrState,
+    Complete,
+    Done,
+}
+
+/// The receiver's protocol checks, without any KVM: frame order, the config, pages inside
+/// guest RAM, the state against the config. [`receive`] acts on its [`Step`]s; the fuzz target
+/// drives it with arbitrary streams.
+#[derive(Debug)]
+pub struct Session {
+    expect: Expect,
+    layout: Vec<crate::snapshot::RegionEntry>,
+    vcpus: u8,
+    local: bool,
+    state: Option<VmSnapshot>,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Session {
+    /// A session waiting for `Hello`.
+    pub fn new() -> Self {
+        Self {
+            expect: Expect::Hello,
+            layout: Vec::new(),
+            vcpus: 0,
+            local: false,
+            state: None,
+        }
+    }
+
+    /// Checks `frame` against where the session is and says what to do.
+    pub fn on_frame(&mut self, frame: Frame) -> Result<Step, MigrationError> {
+        match (self.expect, frame) {
+            (_, Frame::Abandon(why)) => Err(MigrationError::Abandoned(why)),
+            (Expect::Hello, Frame::Hello { versions, vireo }) => {
+                let v = protocol::negotiate(VERSIONS, versions)?;
+                tracing::info!(source_vireo = %vireo, version = %v, "incoming migration");
+                self.expect = Expect::Config;
+                Ok(Step::Accept(v))
+            }
+            (Expect::Config, Frame::Config(c)) => {
+                c.config.validate().map_err(|e| {
+                    MigrationError::Mismatch(format!("the VM config is invalid: {e}"))
+                })?;
+                if c.memory != memory_file::layout(c.config.memory_bytes()) {
+                    return Err(MigrationError::Mismatch(
+                        "the memory regions do not match the config's memory size".into(),
+                    ));
+                }
+                self.layout = c.memory.clone();
+                self.vcpus = c.config.vcpus;
+                self.local = c.local;
+                self.expect = Expect::MemoryOrState;
+                Ok(Step::Build(c))
+            }
+            (Expect::MemoryOrState, Frame::Memory { gpa, data }) if !self.local => {
+                let end = gpa.checked_add(data.len() as u64);
+                let inside = self
+                    .layout
+                    .iter()
+                    .any(|r| gpa >= r.guest_addr && end.is_some_and(|e| e <= r.guest_addr + r.len));
+                if !inside {
+                    return Err(MigrationError::Mismatch(format!(
+                        "{} bytes at {gpa:#x} are outside guest memory",
+                        data.len()
+                    )));
+                }
+                Ok(Step::Pages { gpa, data })
+            }
+            (Expect::MemoryOrState, Frame::State(bytes)) => {
+                let (_, s): (_, VmSnapshot) = format::decode(&bytes).map_err(|e| {
+                    MigrationError::Mismatch(format!("the VM state is unusable: {e}"))
+                })?;
+                if s.memory != self.layout {
+                    return Err(MigrationError::Mismatch(
+                        "the state's memory layout differs from the config's".into(),
+                    ));
+                }
+                if s.vcpus.len() != usize::from(self.vcpus) {
+                    return Err(MigrationError::Mismatch(format!(
+                        "the config has {} vCPUs, the state {}",
+                        self.vcpus,
+                        s.vcpus.len()
+                    )));
+                }
+                if let Some((i, v)) = (0u8..).zip(&s.vcpus).find(|(i, v)| v.index != *i) {
+                    return Err(MigrationError::Mismatch(format!(
+                        "vCPU record {i} is for vCPU {}",
+                        v.index
+                    )));
+                }
+                self.state = Some(s);
+                self.expect = Expect::Complete;
+                Ok(Step::State)
+            }
+            (Expect::Complete, Frame::Complete { resume }) => {
+                let state = self.state.take().ok_or(MigrationError::OutOfOrder {
+                    expected: "State",
+                    got: "Complete",
+                })?;
+                self.expect = Expect::Done;
+                Ok(Step::Complete {
+                    state: Box::new(state),
+                    resume,
+                })
+            }
+            (expect, other) => Err(MigrationError::OutOfOrder {
+                expected: match expect {
+                    Expect::Hello => "Hello",
+                    Expect::Config => "Config",
+                    Expect::MemoryOrState if self.local => "State",
+                    Expect::MemoryOrState => "Memory or State",
+                    Expect::Complete => "Complete",
+                    Expect::Done => "nothing",
+                },
+                got: protocol::frame_name(&other),
+            }),
+        }
     }
 }
 
@@ -93,31 +237,27 @@ fn receive_on(
     opts: &mut ReceiveOptions,
 ) -> Result<Vm, MigrationError> {
     let started = Instant::now();
-    match reader.read_frame()? {
-        Frame::Hello { versions, vireo } => {
-            let v = protocol::negotiate(VERSIONS, versions)?;
-            tracing::info!(source_vireo = %vireo, version = %v, "incoming migration");
-            answer(reader, &Frame::Accept(v))?;
-        }
-        other => return Err(out_of_order("Hello", &other)),
-    }
-    let frame = match reader.read_frame()? {
-        Frame::Config(c) => *c,
-        other => return Err(out_of_order("Config", &other)),
-    };
-    let fds = reader.get_mut().get_mut().take_fds();
-    let b = build(frame, fds, opts)?;
-    answer(reader, &Frame::Ready)?;
-    tracing::info!(
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "migration target: VM built"
-    );
-
-    let mut state: Option<VmSnapshot> = None;
+    let mut session = Session::new();
+    let mut built: Option<Building> = None;
     let mut pages = 0u64;
     loop {
-        match reader.read_frame()? {
-            Frame::Memory { gpa, data } if state.is_none() && !b.frame.local => {
+        let frame = reader.read_frame()?;
+        match session.on_frame(frame)? {
+            Step::Accept(v) => answer(reader, &Frame::Accept(v))?,
+            Step::Build(frame) => {
+                let fds = reader.get_mut().get_mut().take_fds();
+                built = Some(build(*frame, fds, opts)?);
+                answer(reader, &Frame::Ready)?;
+                tracing::info!(
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "migration target: VM built"
+                );
+            }
+            Step::Pages { gpa, data } => {
+                let b = built.as_ref().ok_or(MigrationError::OutOfOrder {
+                    expected: "Config",
+                    got: "Memory",
+                })?;
                 b.memory
                     .write_slice(&data, GuestAddress(gpa))
                     .map_err(|_| {
@@ -128,24 +268,12 @@ fn receive_on(
                     })?;
                 pages += data.len() as u64 / protocol::PAGE;
             }
-            Frame::State(bytes) if state.is_none() => {
-                let (_, s): (_, VmSnapshot) = format::decode(&bytes).map_err(|e| {
-                    MigrationError::Mismatch(format!("the VM state is unusable: {e}"))
+            Step::State => {}
+            Step::Complete { state, resume } => {
+                let b = built.take().ok_or(MigrationError::OutOfOrder {
+                    expected: "Config",
+                    got: "Complete",
                 })?;
-                if s.memory != b.frame.memory {
-                    return Err(MigrationError::Mismatch(
-                        "the state's memory layout differs from the config's".into(),
-                    ));
-                }
-                state = Some(s);
-            }
-            Frame::Complete { resume } => {
-                let Some(state) = state.take() else {
-                    return Err(MigrationError::OutOfOrder {
-                        expected: "State",
-                        got: "Complete",
-                    });
-                };
                 let paused = opts.host.paused || !resume;
                 let vm = snapshot::apply_state(
                     b.kvm,
@@ -168,14 +296,6 @@ fn receive_on(
                     "migration received; the guest runs here"
                 );
                 return Ok(vm);
-            }
-            other => {
-                let expected = if state.is_some() {
-                    "Complete"
-                } else {
-                    "Memory, State"
-                };
-                return Err(out_of_order(expected, &other));
             }
         }
     }
@@ -202,11 +322,6 @@ fn build(
             config.vcpus
         )));
     }
-    if frame.memory != memory_file::layout(config.memory_bytes()) {
-        return Err(MigrationError::Mismatch(
-            "the memory regions do not match the config's memory size".into(),
-        ));
-    }
     let kvm = KvmContext::open().map_err(VmError::from)?;
     config
         .validate_on(&probe_host_limits(kvm.max_vcpus()))
@@ -226,6 +341,5 @@ fn build(
         platform,
         memory,
         config,
-        frame,
     })
 }
