@@ -11,7 +11,8 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -196,13 +197,18 @@ fn check_churn(joined: &str, every: u64) {
     }
 }
 
-fn dirtying_migration(url: &str, tls: Option<&Path>, mode: DirtyLogMode) -> MigrationReport {
+fn dirtying_migration(
+    url: &str,
+    source_tls: Option<&Path>,
+    target_tls: Option<&Path>,
+    mode: DirtyLogMode,
+) -> MigrationReport {
     let dir = tempfile::tempdir().expect("tempdir");
     let every = 16384;
     let (vm, out) = dirtying_vm(dir.path(), mode, 200, every);
-    let target = Target::listen(url, tls, ReceiveOptions::default(), "");
+    let target = Target::listen(url, target_tls, ReceiveOptions::default(), "");
     let mut cfg = send(&target.url);
-    cfg.tls_dir = tls.map(Path::to_owned);
+    cfg.tls_dir = source_tls.map(Path::to_owned);
     let report = vm.migrate(&cfg).expect("migrate");
     assert_eq!(vm.wait(), ExitReason::Migrated);
     let before = out.text();
@@ -229,12 +235,12 @@ fn dirtying_migration(url: &str, tls: Option<&Path>, mode: DirtyLogMode) -> Migr
 fn a_guest_dirtying_256_mib_migrates_over_unix_and_tcp_with_its_memory_intact() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("unix:{}", dir.path().join("m.sock").display());
-    let report = dirtying_migration(&url, None, DirtyLogMode::Ring);
+    let report = dirtying_migration(&url, None, None, DirtyLogMode::Ring);
     assert!(
         report.ring_full_exits > 0,
         "a guest dirtying 200 MiB/s fills a 4096-entry ring: {report:?}"
     );
-    dirtying_migration("tcp:127.0.0.1:0", None, DirtyLogMode::Bitmap);
+    dirtying_migration("tcp:127.0.0.1:0", None, None, DirtyLogMode::Bitmap);
 }
 
 // ------------------------------------------------------------------ local handover
@@ -275,4 +281,238 @@ fn a_local_handover_moves_no_page_and_the_guest_keeps_its_memory() {
     assert!(e.to_string().contains("memfd"), "{e}");
     assert_eq!(vm.state(), VmState::Running);
     vm.shutdown();
+}
+
+// ------------------------------------------------------------------ TLS
+
+#[test]
+fn a_dirtying_guest_migrates_over_tls_and_a_stranger_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::pki::write_pki(&dir.path().join("pki"), &["source", "target"]);
+    let source = dir.path().join("pki/source");
+    let target = dir.path().join("pki/target");
+    // A source whose certificate another CA signed is refused during the handshake, and the
+    // guest runs on.
+    common::pki::write_pki(&dir.path().join("other"), &["stranger"]);
+    let (vm, out) = counting_vm(dir.path(), DirtyLogMode::Auto);
+    let t = Target::listen("tls:127.0.0.1:0", Some(&target), ReceiveOptions::default(), "");
+    let mut cfg = send(&t.url);
+    cfg.tls_dir = Some(dir.path().join("other/stranger"));
+    let e = vm.migrate(&cfg).expect_err("a stranger");
+    assert!(matches!(e, MigrationError::Transport(_)), "{e}");
+    let (got, _) = t.join();
+    assert!(got.is_err(), "the target refused the stranger");
+    assert_eq!(vm.state(), VmState::Running);
+    let n = *ticks(&out.text()).last().expect("ticks");
+    wait_tick(&out, n + 5);
+    vm.shutdown();
+
+    dirtying_migration("tls:127.0.0.1:0", Some(&source), Some(&target), DirtyLogMode::Ring);
+}
+
+// ------------------------------------------------------------------ failures
+
+/// Forwards a unix-socket connection to `to`, cutting both ways once `limit` bytes went from
+/// the source to the target.
+fn cutting_proxy(at: &Path, to: PathBuf, limit: u64) -> JoinHandle<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let listener = UnixListener::bind(at).expect("bind proxy");
+    std::thread::spawn(move || {
+        let (mut src, _) = listener.accept().expect("accept");
+        let mut dst = UnixStream::connect(&to).expect("connect target");
+        let (mut src_back, mut dst_back) = (
+            src.try_clone().expect("clone"),
+            dst.try_clone().expect("clone"),
+        );
+        let back = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut dst_back, &mut src_back);
+        });
+        let mut buf = vec![0u8; 1 << 16];
+        let mut sent = 0u64;
+        while sent < limit {
+            let n = match src.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if dst.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            sent += n as u64;
+        }
+        let _ = src.shutdown(std::net::Shutdown::Both);
+        let _ = dst.shutdown(std::net::Shutdown::Both);
+        let _ = back.join();
+    })
+}
+
+/// A target that takes the handshake and the config like a real one, reads `limit` bytes of
+/// pages and then dies (its connection closes).
+fn dying_target(at: &Path, limit: u64) -> JoinHandle<()> {
+    use migration::protocol::{write_frame, Frame, FrameReader};
+    use std::io::Write;
+    let parsed: migration::MigrationUrl = format!("unix:{}", at.display()).parse().expect("url");
+    let listener = transport::listen(&parsed, None).expect("listen");
+    std::thread::spawn(move || {
+        let mut conn = listener.accept().expect("accept");
+        let mut read = 0u64;
+        loop {
+            let frame = match FrameReader::new(&mut conn).read_frame() {
+                Ok(f) => f,
+                Err(_) => return,
+            };
+            let answer = match frame {
+                Frame::Hello { versions, .. } => Some(Frame::Accept(versions.1)),
+                Frame::Config(_) => Some(Frame::Ready),
+                Frame::Memory { data, .. } => {
+                    read += data.len() as u64;
+                    None
+                }
+                _ => None,
+            };
+            if let Some(a) = answer {
+                write_frame(&mut conn, &a).expect("answer");
+                conn.flush().expect("flush");
+            }
+            if read >= limit {
+                return; // dies: the connection closes
+            }
+        }
+    })
+}
+
+/// The source survived a failed migration: still running, its guest still progressing and
+/// verifying its memory, KVM's dirty logging off again (the bitmap VM's slot has no log).
+fn assert_survived(vm: &Vm, out: &Capture, every: u64, what: &str) {
+    assert_eq!(vm.state(), VmState::Running, "{what}: the source runs on");
+    let info = vm.migration_info();
+    assert!(
+        matches!(info.phase, MigrationPhase::Failed | MigrationPhase::Cancelled),
+        "{what}: {info:?}"
+    );
+    assert_eq!(info.throttle_percent, 0, "{what}: throttle released");
+    let e = vm
+        .vm_fd()
+        .get_dirty_log(0, 512 << 20)
+        .expect_err("logging is off: KVM has no dirty log for the slot");
+    assert_eq!(e.errno(), libc::ENOENT, "{what}: {e}");
+    let last = parse(&out.text()).0.pop().expect("lines").i;
+    // The guest rewrites pages at full speed again; a full sweep proves its memory intact.
+    let start = Instant::now();
+    wait_line(out, last + every);
+    eprintln!("{what}: {:?} then guest progress in {:?}", info.error, start.elapsed());
+}
+
+#[test]
+fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let every = 16384;
+    let (vm, out) = dirtying_vm(dir.path(), DirtyLogMode::Bitmap, 200, every);
+    let vm = Arc::new(vm);
+    let sock = |name: &str| dir.path().join(name);
+
+    // The connection is cut in the middle of pass 0.
+    let target = Target::listen(
+        &format!("unix:{}", sock("t1.sock").display()),
+        None,
+        ReceiveOptions::default(),
+        "",
+    );
+    let proxy = cutting_proxy(&sock("p1.sock"), sock("t1.sock"), 32 << 20);
+    let e = vm
+        .migrate(&send(&format!("unix:{}", sock("p1.sock").display())))
+        .expect_err("cut");
+    proxy.join().expect("proxy");
+    let (got, _) = target.join();
+    assert!(got.is_err(), "the target never runs a half-received guest");
+    assert_survived(&vm, &out, every, &format!("cut: {e}"));
+
+    // The target dies after 16 MiB of pages.
+    let dying = dying_target(&sock("t2.sock"), 16 << 20);
+    let e = vm
+        .migrate(&send(&format!("unix:{}", sock("t2.sock").display())))
+        .expect_err("target died");
+    dying.join().expect("dying target");
+    assert_survived(&vm, &out, every, &format!("target died: {e}"));
+
+    // Cancelled through the API's method while pre-copy runs (slowed to 20 MB/s).
+    let target = Target::listen(
+        &format!("unix:{}", sock("t3.sock").display()),
+        None,
+        ReceiveOptions::default(),
+        "",
+    );
+    let mut cfg = send(&target.url);
+    cfg.max_bandwidth = 20 << 20;
+    let sender = {
+        let (vm, cfg) = (vm.clone(), cfg.clone());
+        std::thread::spawn(move || vm.migrate(&cfg))
+    };
+    let start = Instant::now();
+    // (The last migration's info stays until this one has begun.)
+    loop {
+        let info = vm.migration_info();
+        if info.phase == MigrationPhase::Precopy && info.bytes_sent >= 8 << 20 {
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "{info:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    vm.cancel_migration().expect("cancel");
+    let e = sender.join().expect("sender").expect_err("cancelled");
+    assert!(matches!(e, MigrationError::Cancelled), "{e}");
+    assert!(matches!(target.join().0, Err(MigrationError::Abandoned(_)) | Err(MigrationError::Protocol(_))));
+    assert_eq!(vm.migration_info().phase, MigrationPhase::Cancelled);
+    assert_survived(&vm, &out, every, "cancel");
+    assert!(vm.cancel_migration().is_err(), "nothing left to cancel");
+
+    // Timeout with strategy cancel: 1 s at 20 MB/s cannot move 256 MiB.
+    let target = Target::listen(
+        &format!("unix:{}", sock("t4.sock").display()),
+        None,
+        ReceiveOptions::default(),
+        "",
+    );
+    let mut cfg = send(&target.url);
+    cfg.max_bandwidth = 20 << 20;
+    cfg.timeout_s = 1;
+    let e = vm.migrate(&cfg).expect_err("timeout");
+    assert!(matches!(e, MigrationError::Timeout(1)), "{e}");
+    let _ = target.join();
+    assert_survived(&vm, &out, every, "timeout");
+
+    // A target that expects another memory size refuses the config.
+    let target = Target::listen(
+        &format!("unix:{}", sock("t5.sock").display()),
+        None,
+        ReceiveOptions {
+            expect_memory_mib: Some(1024),
+            ..ReceiveOptions::default()
+        },
+        "",
+    );
+    let e = vm.migrate(&send(&target.url)).expect_err("memory size");
+    assert!(
+        e.to_string().contains("this target expects 1024 MiB"),
+        "{e}"
+    );
+    assert!(target.join().0.is_err());
+    assert_survived(&vm, &out, every, "memory size");
+
+    // And then a migration succeeds.
+    let target = Target::listen(
+        &format!("unix:{}", sock("t6.sock").display()),
+        None,
+        ReceiveOptions::default(),
+        "",
+    );
+    vm.migrate(&send(&target.url)).expect("a later migration");
+    assert_eq!(vm.wait(), ExitReason::Migrated);
+    let before = out.text();
+    let (target_vm, after) = target.join();
+    let target_vm = target_vm.expect("target");
+    let last = parse(&before).0.pop().expect("lines").i;
+    wait_line(&after, last + 2 * every);
+    target_vm.shutdown();
+    check_churn(&(before + &after.text()), every);
 }
