@@ -133,6 +133,31 @@ impl Tap {
         Ok(tap)
     }
 
+    /// Takes over a descriptor of an open tap queue that another [`Tap`] set up (a live
+    /// migration to a `vireo` on this host hands it over by `SCM_RIGHTS`, so frames queued in
+    /// the tap are not lost). The descriptor is checked to be attached to a tap with the flags
+    /// [`Tap::open`] sets (else [`NetError::UnexpectedTap`] or an ioctl error); its name comes
+    /// from the kernel. Vnet header size and offloads are the device's and stay as they were.
+    pub fn from_fd(fd: OwnedFd) -> Result<Tap, NetError> {
+        let mut req = IfReq::with_name("");
+        // SAFETY: TUNGETIFF writes one `struct ifreq`; `req` is a valid, exclusively borrowed,
+        // correctly sized ifreq that outlives the call.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), sys::TUNGETIFF, &mut req as *mut IfReq) };
+        if rc < 0 {
+            return Err(NetError::Ioctl {
+                what: "TUNGETIFF",
+                name: "(handed-over descriptor)".to_owned(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        let tap = Tap {
+            fd,
+            name: req.name(),
+        };
+        tap.check_attached()?;
+        Ok(tap)
+    }
+
     /// The interface name, exactly as passed to [`Tap::open`] (and as reported by the kernel).
     pub fn name(&self) -> &str {
         &self.name

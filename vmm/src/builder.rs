@@ -106,7 +106,14 @@ impl VmBuilder {
             debug_exit: plan.debug_exit,
             acpi: plan.is_linux(),
         };
-        let parts = create_devices(platform, memory, config, self.serial_writer, flags)?;
+        let parts = create_devices(
+            platform,
+            memory,
+            config,
+            self.serial_writer,
+            flags,
+            Vec::new(),
+        )?;
         let supported = kvm.supported_cpuid()?;
         let count = parts.config.vcpus;
         let vcpus = (0..count)
@@ -200,8 +207,8 @@ pub(crate) struct Parts {
     pub(crate) devices: DeviceManager,
 }
 
-/// Opens the console and creates the platform devices, the spec's disks and NICs, on
-/// `vm_fd`. The same spec and flags give the same devices in the same slots, with the same
+/// Opens the console and creates the platform devices, the spec's disks and NICs (on the
+/// taps in `taps` where given, by index), on the platform's VM. The same spec and flags give the same devices in the same slots, with the same
 /// BARs and interrupt lines — what a restore relies on.
 pub(crate) fn create_devices(
     platform: Platform,
@@ -209,6 +216,7 @@ pub(crate) fn create_devices(
     mut config: VmConfig,
     serial_writer: Option<Box<dyn Write + Send>>,
     flags: PlatformFlags,
+    taps: Vec<Option<vireo_net::Tap>>,
 ) -> Result<Parts, VmError> {
     let Platform {
         vm_fd,
@@ -232,6 +240,7 @@ pub(crate) fn create_devices(
         &memory,
         &mut config.disks,
         &mut config.nets,
+        taps,
     )?;
     Ok(Parts {
         config,

@@ -295,7 +295,12 @@ fn a_dirtying_guest_migrates_over_tls_and_a_stranger_is_refused() {
     // guest runs on.
     common::pki::write_pki(&dir.path().join("other"), &["stranger"]);
     let (vm, out) = counting_vm(dir.path(), DirtyLogMode::Auto);
-    let t = Target::listen("tls:127.0.0.1:0", Some(&target), ReceiveOptions::default(), "");
+    let t = Target::listen(
+        "tls:127.0.0.1:0",
+        Some(&target),
+        ReceiveOptions::default(),
+        "",
+    );
     let mut cfg = send(&t.url);
     cfg.tls_dir = Some(dir.path().join("other/stranger"));
     let e = vm.migrate(&cfg).expect_err("a stranger");
@@ -307,7 +312,12 @@ fn a_dirtying_guest_migrates_over_tls_and_a_stranger_is_refused() {
     wait_tick(&out, n + 5);
     vm.shutdown();
 
-    dirtying_migration("tls:127.0.0.1:0", Some(&source), Some(&target), DirtyLogMode::Ring);
+    dirtying_migration(
+        "tls:127.0.0.1:0",
+        Some(&source),
+        Some(&target),
+        DirtyLogMode::Ring,
+    );
 }
 
 // ------------------------------------------------------------------ failures
@@ -387,7 +397,10 @@ fn assert_survived(vm: &Vm, out: &Capture, every: u64, what: &str) {
     assert_eq!(vm.state(), VmState::Running, "{what}: the source runs on");
     let info = vm.migration_info();
     assert!(
-        matches!(info.phase, MigrationPhase::Failed | MigrationPhase::Cancelled),
+        matches!(
+            info.phase,
+            MigrationPhase::Failed | MigrationPhase::Cancelled
+        ),
         "{what}: {info:?}"
     );
     assert_eq!(info.throttle_percent, 0, "{what}: throttle released");
@@ -400,7 +413,11 @@ fn assert_survived(vm: &Vm, out: &Capture, every: u64, what: &str) {
     // The guest rewrites pages at full speed again; a full sweep proves its memory intact.
     let start = Instant::now();
     wait_line(out, last + every);
-    eprintln!("{what}: {:?} then guest progress in {:?}", info.error, start.elapsed());
+    eprintln!(
+        "{what}: {:?} then guest progress in {:?}",
+        info.error,
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -461,7 +478,10 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
     vm.cancel_migration().expect("cancel");
     let e = sender.join().expect("sender").expect_err("cancelled");
     assert!(matches!(e, MigrationError::Cancelled), "{e}");
-    assert!(matches!(target.join().0, Err(MigrationError::Abandoned(_)) | Err(MigrationError::Protocol(_))));
+    assert!(matches!(
+        target.join().0,
+        Err(MigrationError::Abandoned(_)) | Err(MigrationError::Protocol(_))
+    ));
     assert_eq!(vm.migration_info().phase, MigrationPhase::Cancelled);
     assert_survived(&vm, &out, every, "cancel");
     assert!(vm.cancel_migration().is_err(), "nothing left to cancel");
@@ -515,4 +535,146 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
     wait_line(&after, last + 2 * every);
     target_vm.shutdown();
     check_churn(&(before + &after.text()), every);
+}
+
+// ------------------------------------------------------------------ devices in flight
+
+/// `qemu-img check` finds nothing wrong with the qcow2 image at `path`.
+fn qemu_img_check(path: &Path) {
+    let out = std::process::Command::new("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(path)
+        .output()
+        .expect("run qemu-img (it is installed on the CI host)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("No errors were found"),
+        "qemu-img check {}: {}\n{stdout}{}",
+        path.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A churning guest writing a qcow2 overlay disk moves over TCP while its block requests are
+/// in flight: the target opens the image after the source flushed it, the guest's own sector
+/// checks and its line sequence continue unbroken, and the image checks clean.
+#[test]
+fn a_guest_writing_a_qcow2_disk_migrates_over_tcp_and_the_image_checks_clean() {
+    use common::churn::{check_lines, churn_config, churn_lines, wait_for_i, EVERY, SECTORS};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("base.raw");
+    let mut config = churn_config(dir.path(), &base);
+    let overlay = dir.path().join("disk.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(&overlay)
+        .status()
+        .expect("qemu-img");
+    assert!(made.success());
+    config.disks[0].path = overlay.clone();
+    config.disks[0].format = Some(vireo_vmm::DiskFormat::Qcow2);
+    let (vm, out) = build_vm(config);
+    vm.start().expect("start");
+    wait_for_i(&out, SECTORS + 2 * EVERY);
+    let target = Target::listen("tcp:127.0.0.1:0", None, ReceiveOptions::default(), "");
+    let report = vm.migrate(&send(&target.url)).expect("migrate");
+    assert_eq!(vm.wait(), ExitReason::Migrated);
+    let before = out.text();
+    drop(vm);
+    let (target_vm, after) = target.join();
+    let target_vm = target_vm.expect("target");
+    let last = churn_lines(&before).pop().expect("lines").i;
+    wait_for_i(&after, last + 10 * EVERY);
+    common::churn::stop(&target_vm, &after);
+    drop(target_vm);
+    check_lines(&churn_lines(&(before + &after.text())), EVERY, true);
+    qemu_img_check(&overlay);
+    eprintln!("qcow2 over tcp: {report:?}");
+}
+
+/// A churning guest with a raw disk and a NIC moves over a unix socket with frames in flight
+/// both ways: the target takes over the same tap (handed over with the state), so every frame
+/// the host sent reaches the guest once, and every frame the guest sent is on the tap once,
+/// in order.
+#[test]
+fn a_guest_with_disk_and_nic_traffic_in_flight_migrates_over_unix_losing_nothing() {
+    use common::churn::{check_lines, churn_config, wait_for_i_with, EVERY, SECTORS};
+    use common::tap::{
+        add_nic, check_tx_counts, tap_rx_packets, wait_for_rx, PacketSocket, TxReader, TAP,
+    };
+    common::netcommon::require_root(
+        "a_guest_with_disk_and_nic_traffic_in_flight_migrates_over_unix_losing_nothing",
+    );
+    common::netcommon::in_netns(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = dir.path().join("disk.raw");
+        let mut config = churn_config(dir.path(), &disk);
+        add_nic(&mut config);
+        let (vm, out) = build_vm(config);
+        let sock = Arc::new(PacketSocket::open(TAP));
+        let reader = TxReader::spawn(sock.clone());
+        vm.start().expect("start");
+        let last = |c: &Capture| parse(&c.text()).0.pop();
+        let mut next = 0u64;
+        let burst = |next: &mut u64| {
+            for _ in 0..20 {
+                sock.send_seq(*next);
+                *next += 1;
+            }
+        };
+        for _ in 0..3 {
+            burst(&mut next);
+            let l = last(&out).map_or(0, |l| l.i);
+            wait_for_i_with(&out, l.max(SECTORS) + 2 * EVERY, last);
+        }
+        wait_for_rx(&out, next, last);
+        // Frames to the guest in flight at the switch: a burst just sent, and one more
+        // while the migration runs.
+        burst(&mut next);
+        let url = format!("unix:{}", dir.path().join("m.sock").display());
+        let target = Target::listen(&url, None, ReceiveOptions::default(), "");
+        let report = vm.migrate(&send(&target.url)).expect("migrate");
+        burst(&mut next);
+        assert_eq!(vm.wait(), ExitReason::Migrated);
+        let before = out.text();
+        drop(vm);
+        let (target_vm, after) = target.join();
+        let target_vm = target_vm.expect("target");
+        for _ in 0..3 {
+            burst(&mut next);
+            let l = last(&after).map_or(0, |l| l.i);
+            wait_for_i_with(&after, l + 2 * EVERY, last);
+        }
+        // Every frame sent reaches the guest, none twice (a gap would be reported).
+        wait_for_rx(&after, next, last);
+        let l = last(&after).expect("lines").i;
+        wait_for_i_with(&after, l + 2 * EVERY, last);
+        common::churn::stop(&target_vm, &after);
+        let on_tap = tap_rx_packets();
+        let seen = reader.finish(on_tap);
+        drop(target_vm);
+        let joined = before + &after.text();
+        let (lines, gaps) = parse(&joined);
+        assert!(gaps.is_empty(), "frames lost or repeated: {gaps:?}");
+        check_lines(&lines, EVERY, true);
+        check_tx_counts(&lines);
+        for (n, &seq) in seen.iter().enumerate() {
+            assert_eq!(
+                seq, n as u64,
+                "the guest's frames across the migration: {seen:?}"
+            );
+        }
+        let tx = lines.last().and_then(|l| l.tx).expect("tx");
+        assert!(
+            seen.len() as u64 + 16 >= tx,
+            "{} frames on the tap, the guest sent {tx}",
+            seen.len()
+        );
+        eprintln!(
+            "disk+nic over unix: {next} frames to the guest, {} from it; {report:?}",
+            seen.len()
+        );
+    });
 }

@@ -211,6 +211,12 @@ pub trait VirtioDevice: Send {
     fn flush_backend(&self) -> std::io::Result<()> {
         Ok(())
     }
+    /// The host descriptor a live migration to a `vireo` on this host hands over with the
+    /// device (a NIC's tap queue, so frames queued in it reach the guest there); `None` for
+    /// a device whose backend the target opens itself (a disk image, by path).
+    fn handover_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
     /// Checks `state` against this device (type, backend size, MAC, …) and
     /// applies what it holds. Changes nothing on error. Called before the
     /// transport applies anything, on a device that is not activated.

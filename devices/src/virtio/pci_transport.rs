@@ -390,6 +390,11 @@ impl VirtioPciDevice {
         self.device.flush_backend()
     }
 
+    /// The device's [`VirtioDevice::handover_fd`].
+    pub fn handover_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.handover_fd()
+    }
+
     /// Quiesces the device model (see [`VirtioDevice::pause`]); the
     /// transport's registers and MSI-X state are kept as they are.
     pub fn pause(&mut self) {

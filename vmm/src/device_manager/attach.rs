@@ -17,13 +17,16 @@ use crate::config::{DiskConfig, NetConfig};
 
 /// Opens `disks` and `nets` and attaches them to `dm`. Fills in what was chosen here: each
 /// disk's probed format and each NIC's MAC (random when the spec has none), so the spec
-/// describes the VM as built (what `vm.info`, snapshots and migrations carry).
+/// describes the VM as built (what `vm.info`, snapshots and migrations carry). A NIC whose
+/// entry in `handed` holds a tap (handed over by a live migration on this host) uses it
+/// instead of opening its tap by name.
 pub fn attach_devices(
     dm: &mut DeviceManager,
     vm: &VmFd,
     mem: &GuestMemory,
     disks: &mut [DiskConfig],
     nets: &mut [NetConfig],
+    mut handed: Vec<Option<Tap>>,
 ) -> Result<(), DeviceError> {
     for (index, d) in disks.iter_mut().enumerate() {
         let opts = OpenOptions {
@@ -43,12 +46,21 @@ pub fn attach_devices(
     for (index, n) in nets.iter_mut().enumerate() {
         let mac = n.mac.unwrap_or_else(MacAddr::random_local);
         n.mac = Some(mac);
-        let tap = Tap::open(&n.tap).map_err(|source| DeviceError::Net {
-            index,
-            tap: n.tap.clone(),
-            source,
-        })?;
-        info!(index, tap = %n.tap, %mac, "tap opened");
+        let tap = match handed.get_mut(index).and_then(Option::take) {
+            Some(tap) => {
+                info!(index, tap = %tap.name(), %mac, "tap handed over");
+                tap
+            }
+            None => {
+                let tap = Tap::open(&n.tap).map_err(|source| DeviceError::Net {
+                    index,
+                    tap: n.tap.clone(),
+                    source,
+                })?;
+                info!(index, tap = %n.tap, %mac, "tap opened");
+                tap
+            }
+        };
         dm.add_virtio(vm, Box::new(VirtioNet::new(tap, mac, index)), mem)?;
     }
     Ok(())

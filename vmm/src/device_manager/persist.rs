@@ -223,6 +223,15 @@ pub fn restore(dm: &DeviceManager, records: &[DeviceRecord]) -> Result<(), Devic
 }
 
 /// Lets the virtio devices [`restore`] left parked run.
+/// The descriptors a live migration to a `vireo` on this host hands over, in NIC order
+/// (`net0`, `net1`, …): each NIC's tap queue.
+pub fn handover_fds(dm: &DeviceManager) -> Vec<std::os::fd::RawFd> {
+    virtio_ids(dm)
+        .into_iter()
+        .filter_map(|(_, d)| lock(d).handover_fd())
+        .collect()
+}
+
 pub fn resume(dm: &DeviceManager) {
     for d in &dm.virtio {
         lock(d).resume();

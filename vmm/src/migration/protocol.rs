@@ -145,6 +145,10 @@ pub struct ConfigFrame {
     pub flags: PlatformFlags,
     /// Local handover: guest memory comes as a file descriptor with this frame, not as pages.
     pub local: bool,
+    /// The NICs' tap queues come as file descriptors with the State frame, in NIC order (a
+    /// unix-socket migration: same host, so the target takes over the same taps).
+    #[serde(default)]
+    pub hand_over_taps: bool,
 }
 
 /// One frame, parsed.

@@ -45,6 +45,8 @@ struct Building {
     platform: Platform,
     memory: GuestMemory,
     config: crate::config::VmConfig,
+    /// The source hands its taps over with the state.
+    hand_over_taps: bool,
 }
 
 /// Receives one migration on `conn` and returns the started VM (running, or paused if the
@@ -275,6 +277,8 @@ fn receive_on(
                     got: "Complete",
                 })?;
                 let paused = opts.host.paused || !resume;
+                let fds = reader.get_mut().get_mut().take_fds();
+                let taps = handed_taps(&b, fds, opts)?;
                 let vm = snapshot::apply_state(
                     b.kvm,
                     b.platform,
@@ -283,6 +287,7 @@ fn receive_on(
                     &state,
                     opts.host.serial_writer.take(),
                     true,
+                    taps,
                 )?;
                 vm.start()?;
                 answer(reader, &Frame::Ready)?;
@@ -299,6 +304,37 @@ fn receive_on(
             }
         }
     }
+}
+
+/// The taps the source handed over with the state, one per NIC in order; `None` for a NIC
+/// given another tap on this side (`--net net0=TAP`), which is opened by name.
+fn handed_taps(
+    b: &Building,
+    fds: Vec<std::os::fd::OwnedFd>,
+    opts: &ReceiveOptions,
+) -> Result<Vec<Option<vireo_net::Tap>>, MigrationError> {
+    if !b.hand_over_taps {
+        return Ok(Vec::new());
+    }
+    if fds.len() != b.config.nets.len() {
+        return Err(MigrationError::Mismatch(format!(
+            "the source handed over {} taps for {} NICs",
+            fds.len(),
+            b.config.nets.len()
+        )));
+    }
+    fds.into_iter()
+        .enumerate()
+        .map(|(i, fd)| {
+            let id = crate::device_manager::SpecDevice::Net.id(i);
+            if opts.host.nets.iter().any(|(n, _)| *n == id) {
+                return Ok(None);
+            }
+            vireo_net::Tap::from_fd(fd)
+                .map(Some)
+                .map_err(|e| MigrationError::Mismatch(format!("{id}: the handed-over tap: {e}")))
+        })
+        .collect()
 }
 
 /// Checks the config against this host and the expectations, then builds the KVM VM and its
@@ -341,5 +377,6 @@ fn build(
         platform,
         memory,
         config,
+        hand_over_taps: frame.hand_over_taps,
     })
 }

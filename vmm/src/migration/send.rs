@@ -23,6 +23,7 @@ use super::protocol::{self, ConfigFrame, Frame, FrameReader, PAGE, VERSIONS};
 use super::transport::{self, Conn, MigrationUrl};
 use super::TimeoutStrategy;
 use super::{MigrationError, MigrationPhase, MigrationReport, Outgoing, SendMigrationConfig};
+use crate::device_manager::persist as device_persist;
 use crate::lifecycle::{ExitReason, Lifecycle, VmState};
 use crate::memory::{self, GuestMemory};
 use crate::snapshot::{format, memory_file};
@@ -166,11 +167,13 @@ fn run_inner(
     }
 
     // Config: the target builds its VM and memory now, outside the downtime.
+    let hand_over_taps = conn.carries_fds() && !vm.config().nets.is_empty();
     let config = Frame::Config(Box::new(ConfigFrame {
         config: vm.config().clone(),
         memory: memory_file::layout(vm.config().memory_bytes()),
         flags: vm.flags(),
         local: cfg.local,
+        hand_over_taps,
     }));
     let mut bytes = Vec::new();
     protocol::write_frame(&mut bytes, &config).map_err(protocol::ProtocolError::from)?;
@@ -300,7 +303,13 @@ fn run_inner(
         let state = vm.save_state()?;
         let state = format::encode(&state)
             .map_err(|e| MigrationError::Mismatch(format!("cannot encode the VM state: {e}")))?;
-        wire.frame(&Frame::State(state))?;
+        if hand_over_taps {
+            // The taps travel with the state: the target's NICs take over the same queues.
+            let fds = device_persist::handover_fds(vm.devices());
+            wire.frame_with_fds(&Frame::State(state), &fds)?;
+        } else {
+            wire.frame(&Frame::State(state))?;
+        }
         wire.frame(&Frame::Complete {
             resume: was_running,
         })?;
@@ -472,6 +481,22 @@ impl Wire {
     fn frame(&mut self, f: &Frame) -> Result<(), MigrationError> {
         self.close();
         protocol::write_frame(&mut self.buf, f).map_err(protocol::ProtocolError::from)?;
+        Ok(())
+    }
+
+    /// Writes everything buffered, then `f` with `fds` attached (unix sockets only).
+    fn frame_with_fds(
+        &mut self,
+        f: &Frame,
+        fds: &[std::os::fd::RawFd],
+    ) -> Result<(), MigrationError> {
+        self.flush()?;
+        let mut bytes = Vec::new();
+        protocol::write_frame(&mut bytes, f).map_err(protocol::ProtocolError::from)?;
+        self.conn
+            .send_with_fds(&bytes, fds)
+            .map_err(protocol::ProtocolError::from)?;
+        self.bytes += bytes.len() as u64;
         Ok(())
     }
 

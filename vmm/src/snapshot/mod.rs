@@ -392,6 +392,7 @@ pub fn restore(dir: &Path, mut opts: RestoreOptions) -> Result<Vm, SnapshotError
         &snapshot,
         opts.serial_writer.take(),
         paused,
+        Vec::new(),
     )?;
     info!(dir = %dir.display(), paused, elapsed_us = started.elapsed().as_micros() as u64, "VM restored");
     Ok(vm)
@@ -400,7 +401,8 @@ pub fn restore(dir: &Path, mut opts: RestoreOptions) -> Result<Vm, SnapshotError
 /// The rest of a restore once guest memory holds the saved pages and the platform exists:
 /// creates the devices from `config` and applies the saved device state, creates the vCPUs
 /// and applies theirs, then the VM-wide state (the clock advanced by the time that passed).
-/// The VM is Created; it starts paused if `paused`. Shared by snapshot restore and the
+/// The VM is Created; it starts paused if `paused`. NICs use the taps in `taps` where given
+/// (by index; a local migration hands them over). Shared by snapshot restore and the
 /// live-migration target.
 pub(crate) fn apply_state(
     kvm: KvmContext,
@@ -410,6 +412,7 @@ pub(crate) fn apply_state(
     snapshot: &VmSnapshot,
     serial_writer: Option<Box<dyn std::io::Write + Send>>,
     paused: bool,
+    taps: Vec<Option<vireo_net::Tap>>,
 ) -> Result<Vm, SnapshotError> {
     if snapshot.vcpus.len() != usize::from(config.vcpus) {
         return Err(SnapshotError::Mismatch(format!(
@@ -418,7 +421,14 @@ pub(crate) fn apply_state(
             snapshot.vcpus.len()
         )));
     }
-    let parts = builder::create_devices(platform, memory, config, serial_writer, snapshot.flags)?;
+    let parts = builder::create_devices(
+        platform,
+        memory,
+        config,
+        serial_writer,
+        snapshot.flags,
+        taps,
+    )?;
     device_persist::restore(&parts.devices, &snapshot.devices)?;
     let mut vcpus = Vec::with_capacity(snapshot.vcpus.len());
     for state in &snapshot.vcpus {

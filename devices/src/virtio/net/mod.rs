@@ -241,6 +241,11 @@ impl VirtioDevice for VirtioNet {
         Ok(())
     }
 
+    fn handover_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.tap.as_raw_fd())
+    }
+
     fn save_state(&self) -> super::persist::VirtioDeviceState {
         super::persist::VirtioDeviceState::Net(self.save())
     }
