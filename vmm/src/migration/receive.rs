@@ -19,11 +19,11 @@ use vm_memory::{Bytes, GuestAddress};
 use super::protocol::{self, ConfigFrame, Frame, FrameReader, VERSIONS};
 use super::transport::Conn;
 use super::MigrationError;
-use crate::builder::{self, Platform};
+use crate::builder;
 use crate::config::probe_host_limits;
 use crate::kvm::KvmContext;
-use crate::memory::{self, GuestMemory};
-use crate::snapshot::{self, format, memory_file, RestoreOptions, VmSnapshot};
+use crate::memory;
+use crate::snapshot::{self, format, memory_file, Prepared, RestoreOptions, VmSnapshot};
 use crate::vm::{Vm, VmError};
 
 /// How to receive: host-side overrides and what the target expects of the VM.
@@ -41,10 +41,7 @@ pub struct ReceiveOptions {
 
 /// What the target has built so far.
 struct Building {
-    kvm: KvmContext,
-    platform: Platform,
-    memory: GuestMemory,
-    config: crate::config::VmConfig,
+    vm: Prepared,
     /// The source hands its taps over with the state.
     hand_over_taps: bool,
 }
@@ -260,7 +257,7 @@ fn receive_on(
                     expected: "Config",
                     got: "Memory",
                 })?;
-                b.memory
+                b.vm.memory
                     .write_slice(&data, GuestAddress(gpa))
                     .map_err(|_| {
                         MigrationError::Mismatch(format!(
@@ -280,10 +277,7 @@ fn receive_on(
                 let fds = reader.get_mut().get_mut().take_fds();
                 let taps = handed_taps(&b, fds, opts)?;
                 let vm = snapshot::apply_state(
-                    b.kvm,
-                    b.platform,
-                    b.memory,
-                    b.config,
+                    b.vm,
                     &state,
                     opts.host.serial_writer.take(),
                     true,
@@ -316,11 +310,11 @@ fn handed_taps(
     if !b.hand_over_taps {
         return Ok(Vec::new());
     }
-    if fds.len() != b.config.nets.len() {
+    if fds.len() != b.vm.config.nets.len() {
         return Err(MigrationError::Mismatch(format!(
             "the source handed over {} taps for {} NICs",
             fds.len(),
-            b.config.nets.len()
+            b.vm.config.nets.len()
         )));
     }
     fds.into_iter()
@@ -373,10 +367,12 @@ fn build(
     };
     let platform = builder::create_platform(&kvm, &memory, config.dirty_log)?;
     Ok(Building {
-        kvm,
-        platform,
-        memory,
-        config,
+        vm: Prepared {
+            kvm,
+            platform,
+            memory,
+            config,
+        },
         hand_over_taps: frame.hand_over_taps,
     })
 }

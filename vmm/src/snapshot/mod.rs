@@ -385,10 +385,12 @@ pub fn restore(dir: &Path, mut opts: RestoreOptions) -> Result<Vm, SnapshotError
     let platform = builder::create_platform(&kvm, &memory, config.dirty_log)?;
     let paused = opts.paused;
     let vm = apply_state(
-        kvm,
-        platform,
-        memory,
-        config,
+        Prepared {
+            kvm,
+            platform,
+            memory,
+            config,
+        },
         &snapshot,
         opts.serial_writer.take(),
         paused,
@@ -398,6 +400,15 @@ pub fn restore(dir: &Path, mut opts: RestoreOptions) -> Result<Vm, SnapshotError
     Ok(vm)
 }
 
+/// A VM half-built for a restore or an incoming migration: KVM, the platform (VM fd, memory
+/// slots, irqchip, PIT), guest memory, and the spec to build the rest from.
+pub(crate) struct Prepared {
+    pub(crate) kvm: KvmContext,
+    pub(crate) platform: builder::Platform,
+    pub(crate) memory: crate::memory::GuestMemory,
+    pub(crate) config: VmConfig,
+}
+
 /// The rest of a restore once guest memory holds the saved pages and the platform exists:
 /// creates the devices from `config` and applies the saved device state, creates the vCPUs
 /// and applies theirs, then the VM-wide state (the clock advanced by the time that passed).
@@ -405,15 +416,18 @@ pub fn restore(dir: &Path, mut opts: RestoreOptions) -> Result<Vm, SnapshotError
 /// (by index; a local migration hands them over). Shared by snapshot restore and the
 /// live-migration target.
 pub(crate) fn apply_state(
-    kvm: KvmContext,
-    platform: builder::Platform,
-    memory: crate::memory::GuestMemory,
-    config: VmConfig,
+    prepared: Prepared,
     snapshot: &VmSnapshot,
     serial_writer: Option<Box<dyn std::io::Write + Send>>,
     paused: bool,
     taps: Vec<Option<vireo_net::Tap>>,
 ) -> Result<Vm, SnapshotError> {
+    let Prepared {
+        kvm,
+        platform,
+        memory,
+        config,
+    } = prepared;
     if snapshot.vcpus.len() != usize::from(config.vcpus) {
         return Err(SnapshotError::Mismatch(format!(
             "the spec has {} vCPUs, the state {}",
