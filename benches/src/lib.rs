@@ -1,7 +1,8 @@
 //! Helpers for Vireo's whole-VM benchmarks: finding the `vireo` binary,
-//! reading a process's memory use, and summarising samples.
+//! reading a process's memory use, summarising samples, and a throwaway PKI
+//! for TLS live migrations.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Locates the `vireo` binary: `$VIREO_BIN`, else next to the benchmark in
 /// the same target profile directory (`target/release/vireo`).
@@ -86,4 +87,58 @@ pub fn median(samples: &mut [f64]) -> f64 {
     } else {
         (samples[n / 2 - 1] + samples[n / 2]) / 2.0
     }
+}
+
+/// Writes a fresh CA to `DIR/ca/{ca.pem,key.pem}` and, for each name,
+/// `DIR/<name>/{ca.pem,cert.pem,key.pem}` whose certificate is signed by that
+/// CA, valid for `localhost`, `127.0.0.1` and `::1`, and usable both as a TLS
+/// server and as a TLS client: the directories `tls_dir` / `--tls-dir` of a
+/// `tls:` live migration expect. Returns the CA's directory (`DIR/ca`).
+///
+/// For benchmarks only (a copy of the vmm tests' helper); panics on any failure.
+pub fn write_pki(dir: &Path, names: &[&str]) -> PathBuf {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("generate the CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Vireo bench CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign the CA");
+    let ca_dir = dir.join("ca");
+    std::fs::create_dir_all(&ca_dir).expect("create the CA directory");
+    std::fs::write(ca_dir.join("ca.pem"), ca_cert.pem()).expect("write ca/ca.pem");
+    std::fs::write(ca_dir.join("key.pem"), ca_key.serialize_pem()).expect("write ca/key.pem");
+    let issuer = Issuer::new(ca_params, ca_key);
+    for name in names {
+        let key = KeyPair::generate().expect("generate a node key");
+        let mut params = CertificateParams::new(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ])
+        .expect("node params");
+        params.distinguished_name.push(DnType::CommonName, *name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params
+            .signed_by(&key, &issuer)
+            .expect("sign a node certificate");
+        let node = dir.join(name);
+        std::fs::create_dir_all(&node).expect("create a node directory");
+        std::fs::write(node.join("ca.pem"), ca_cert.pem()).expect("write <name>/ca.pem");
+        std::fs::write(node.join("cert.pem"), cert.pem()).expect("write <name>/cert.pem");
+        std::fs::write(node.join("key.pem"), key.serialize_pem()).expect("write <name>/key.pem");
+    }
+    ca_dir
 }
