@@ -144,7 +144,8 @@ pub enum SerialConfig {
     /// The VMM's stdin and stdout.
     #[default]
     Stdio,
-    /// Output appended to a file; no input.
+    /// Output to a file (created or truncated at boot; appended to by a VM restored or
+    /// received by live migration, which continues the same log); no input.
     File {
         /// The file.
         path: PathBuf,

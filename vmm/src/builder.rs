@@ -113,6 +113,7 @@ impl VmBuilder {
             self.serial_writer,
             flags,
             Vec::new(),
+            false,
         )?;
         let supported = kvm.supported_cpuid()?;
         let count = parts.config.vcpus;
@@ -207,8 +208,9 @@ pub(crate) struct Parts {
     pub(crate) devices: DeviceManager,
 }
 
-/// Opens the console and creates the platform devices, the spec's disks and NICs (on the
-/// taps in `taps` where given, by index), on the platform's VM. The same spec and flags give the same devices in the same slots, with the same
+/// Opens the console (a file console appended to when `continuing` a VM restored or
+/// received) and creates the platform devices, the spec's disks and NICs (on the taps in
+/// `taps` where given, by index), on the platform's VM. The same spec and flags give the same devices in the same slots, with the same
 /// BARs and interrupt lines — what a restore relies on.
 pub(crate) fn create_devices(
     platform: Platform,
@@ -217,6 +219,7 @@ pub(crate) fn create_devices(
     serial_writer: Option<Box<dyn Write + Send>>,
     flags: PlatformFlags,
     taps: Vec<Option<vireo_net::Tap>>,
+    continuing: bool,
 ) -> Result<Parts, VmError> {
     let Platform {
         vm_fd,
@@ -225,6 +228,7 @@ pub(crate) fn create_devices(
     let lifecycle = Arc::new(Lifecycle::new(vcpu::kick));
     let mut console = match serial_writer {
         Some(w) => Console::from_writer(w),
+        None if continuing => Console::open_continuing(&config.serial)?,
         None => Console::open(&config.serial)?,
     };
     let mut devices = DeviceManager::new(

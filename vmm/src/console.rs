@@ -199,6 +199,17 @@ impl Console {
     /// socket it starts the writer thread, so that the UART's output never
     /// blocks a vCPU (see the module docs).
     pub fn open(config: &SerialConfig) -> Result<Self, ConsoleError> {
+        Self::open_with(config, false)
+    }
+
+    /// [`Console::open`] for a VM that continues elsewhere begun (restored or received by
+    /// migration): a file console is appended to, not truncated, so a guest moved between
+    /// processes on one host keeps one log.
+    pub fn open_continuing(config: &SerialConfig) -> Result<Self, ConsoleError> {
+        Self::open_with(config, true)
+    }
+
+    fn open_with(config: &SerialConfig, append: bool) -> Result<Self, ConsoleError> {
         let (sink, input, socket_path) = match config {
             SerialConfig::Stdio => {
                 let fd = io::stdout()
@@ -212,7 +223,8 @@ impl Console {
                 let file = OpenOptions::new()
                     .create(true)
                     .write(true)
-                    .truncate(true)
+                    .append(append)
+                    .truncate(!append)
                     .open(path)
                     .map_err(|source| ConsoleError::File {
                         path: path.clone(),

@@ -260,6 +260,7 @@ fn receive_into(slot: &VmSlot, config: &ReceiveMigrationConfig) -> Response {
             Err(e) => return migration_error(&MigrationError::from(e)),
         };
         g.receiving = Some(listener.canceller());
+        info!(url = %url, "control API: waiting for the migration source");
         listener
     };
     let result = listener

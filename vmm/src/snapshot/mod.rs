@@ -442,6 +442,7 @@ pub(crate) fn apply_state(
         serial_writer,
         snapshot.flags,
         taps,
+        true,
     )?;
     device_persist::restore(&parts.devices, &snapshot.devices)?;
     let mut vcpus = Vec::with_capacity(snapshot.vcpus.len());
