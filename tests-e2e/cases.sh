@@ -64,9 +64,20 @@
 #                      the clock again is >= the saved one (both), the token reads back from the
 #                      disk after drop_caches, a new file is written + synced, 3 of 3 pings to
 #                      10.213.2.1 answered, `poweroff -f`: exit 0. Facts: E2E-SNAP-FACT lines.
+# Migration case (vireo only; for QEMU it reports `SKIP why=not-applicable`):
+#   live-migrate       vmlinuz, 1 vCPU, scenario shell, --api-socket, a 32 MiB sparse raw disk. One
+#                      typed line: mke2fs + mount vda, one checked write round, and a background
+#                      writer that keeps rewriting 8 MiB of /tmp (the initramfs: memory) and 4 MiB
+#                      of a file on vda, then sync, counting rounds in /mnt/d/count. After a few rounds, a `vireo receive --listen unix:…`
+#                      target starts under l2-watch and `vireo remote … send-migration` moves the
+#                      running guest to it: the send answers `completed`, the source vireo exits
+#                      10 (migrated). On the target, one typed line: `echo MIGRATED-$((6*7))`, the
+#                      writer stopped, its round count printed (it kept counting across the move),
+#                      vda unmounted, `poweroff -f`: exit 0. Then e2fsck -fn on the disk image is
+#                      clean. Facts: E2E-MIG-FACT lines (downtime, total, passes, rounds).
 BASIC_CASES="bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot sigterm-timeout"
 VIRTIO_CASES="blk-fs blk-trim blk-qcow2 blk-qcow2-discard blk-readonly net-ping net-data"
-SNAPSHOT_CASES="snapshot-restore"
+SNAPSHOT_CASES="snapshot-restore live-migrate"
 ALL_CASES="$BASIC_CASES $VIRTIO_CASES $SNAPSHOT_CASES"
 
 if [ "${1:-}" = --exec-vmm ]; then
@@ -537,6 +548,107 @@ snapshot_restore() {
     fi
 }
 
+# --- live-migrate (vireo only) -------------------------------------------------------------------
+# shellcheck disable=SC2016 # expanded by the guest's shell
+MIG_PRE_LINE='mke2fs -F /dev/vda >/dev/null 2>&1; mkdir -p /mnt/d; mount -t ext4 /dev/vda /mnt/d && echo MIG-DISK=ok$((1)); head -c 8388608 /dev/urandom >/tmp/mem && dd if=/tmp/mem of=/mnt/d/data bs=1048576 count=4 2>/dev/null && sync && echo MIG-ROUND1=ok$((1)); (i=0; while :; do i=$((i+1)); head -c 8388608 /dev/urandom >/tmp/mem; dd if=/tmp/mem of=/mnt/d/data bs=1048576 count=4 2>/dev/null; sync; echo $i >/mnt/d/count; done) >/dev/null 2>&1 & echo $! >/tmp/writer; echo MIG-WRITER=$((40+2))'
+# shellcheck disable=SC2016 # expanded by the guest's shell
+MIG_POST_LINE='echo MIGRATED-$((6*7)); echo MIG-ROUNDS-BEFORE-STOP=$(cat /mnt/d/count); kill $(cat /tmp/writer); sleep 2; sync; echo MIG-ROUNDS=$(cat /mnt/d/count); umount /mnt/d && echo MIG-UMOUNT=ok$((1)); poweroff -f'
+
+# live_migrate VMM: boot (shell) -> typed writer -> send-migration to vireo receive -> typed checks
+live_migrate() {
+    mv=$1 mc=live-migrate
+    if [ "$mv" != vireo ]; then
+        echo "E2E-RESULT $mv/$mc SKIP why=not-applicable(vireo-only:live-migration)"
+        return 0
+    fi
+    W=$LOGDIR/$mv-mig.d
+    rm -rf "$W"
+    mkdir -p "$W"
+    log1=$LOGDIR/$mv-$mc.log
+    log2=$LOGDIR/$mv-$mc-target.log
+    : >"$log1"
+    : >"$log2"
+    why='' _t='' _rc='' src_rc=''
+    bad() { why="$why$1,"; }
+    mfact() { echo "E2E-MIG-FACT $mv $1=$2"; }
+    v1() { sed -n "s/$1/\1/p" "$2" | head -1; }
+    truncate -s $((32 * MiB)) "$W/disk.raw"
+    t0=$(date +%s)
+    # 1. boot at the shell and start the writer (in the background: the host migrates it)
+    (
+        export VIREO_EXTRA_ARGS="--api-socket $W/api1.sock"
+        BOOT_DEVS="disk:path=$W/disk.raw" BOOT_TIMEOUT=$((CASE_TIMEOUT * 4)) \
+            boot "$mv" "$mc" "$K_BZIMAGE" 1 shell --type "$MIG_PRE_LINE"
+    ) &
+    bpid=$!
+    n=0
+    while ! grep -q 'MIG-WRITER=42' "$log1" && [ $n -lt $((CASE_TIMEOUT * 3)) ] &&
+        kill -0 "$bpid" 2>/dev/null; do
+        sleep 1
+        n=$((n + 1))
+    done
+    grep -q 'MIG-DISK=ok1' "$log1" || bad "pre:disk-setup-failed"
+    grep -q 'MIG-ROUND1=ok1' "$log1" || bad "pre:first-write-round-failed"
+    sent=0
+    if grep -q 'MIG-WRITER=42' "$log1"; then
+        sleep 5 # a few rounds of writing, then move it while it writes
+        # 2. the target: types its line once it runs the guest (the marker is its own log line)
+        l2-watch --marker 'the guest runs here' --type-delay 2 --timeout $((CASE_TIMEOUT * 3)) \
+            --log "$log2" --type "$MIG_POST_LINE" -- \
+            "${VIREO:-vireo}" receive --listen "unix:$W/mig.sock" --api-socket "$W/api2.sock" &
+        tpid=$!
+        n=0
+        while [ ! -S "$W/mig.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+        m0=$(cut -d' ' -f1 /proc/uptime)
+        "${VIREO:-vireo}" remote --api-socket "$W/api1.sock" send-migration "unix:$W/mig.sock" \
+            >"$W/send.out" 2>&1
+        mrc=$?
+        m1=$(cut -d' ' -f1 /proc/uptime)
+        mfact send_rc "$mrc"
+        mfact send_s "$(awk -v a="$m0" -v b="$m1" 'BEGIN { printf "%.2f", b - a }')"
+        mfact answer "$(one <"$W/send.out" | cut -c1-400)"
+        if [ "$mrc" = 0 ] && grep -q '"phase":"completed"' "$W/send.out"; then
+            sent=1
+            mfact downtime_ms "$(sed -n 's/.*"downtime_ms":\([0-9.]*\).*/\1/p' "$W/send.out")"
+            mfact total_ms "$(sed -n 's/.*"total_ms":\([0-9.]*\).*/\1/p' "$W/send.out")"
+            mfact passes "$(sed -n 's/.*"pass":\([0-9]*\).*/\1/p' "$W/send.out")"
+        else
+            bad "send-migration-failed(rc=$mrc)"
+            kill "$tpid" 2>/dev/null
+        fi
+        wait "$tpid"
+    else
+        bad "pre:no-writer(last:$(grep -v '^L2-' "$log1" | tail -1 | cut -c1-120 | one))"
+    fi
+    wait "$bpid"
+    src_rc=$(sed -n 's/^L2-EXIT rc=\([0-9]*\).*/\1/p' "$log1" | tail -1)
+    mfact source_exit "${src_rc:-none}"
+    if [ "$sent" = 1 ]; then
+        [ "$src_rc" = 10 ] || bad "source-rc=${src_rc:-none}(want:10)"
+        _t=$(v1 '^L2-MARKER t=\([0-9.]*\).*' "$log2")
+        _rc=$(sed -n 's/^L2-EXIT rc=\([0-9]*\).*/\1/p' "$log2" | tail -1)
+        rounds=$(v1 '.*MIG-ROUNDS=\([0-9][0-9]*\).*' "$log2")
+        before=$(v1 '.*MIG-ROUNDS-BEFORE-STOP=\([0-9][0-9]*\).*' "$log2")
+        mfact rounds "${before:-none}->${rounds:-none}"
+        grep -q 'MIGRATED-42' "$log2" || bad "no-answer-on-target(last:$(grep -v '^L2-' "$log2" | tail -1 | cut -c1-120 | one))"
+        [ -n "$rounds" ] && [ "$rounds" -gt 0 ] || bad "no-rounds"
+        grep -q 'MIG-UMOUNT=ok1' "$log2" || bad umount-failed
+        case $_rc in 0) ;; 124|143) bad target-timeout ;; *) bad "target-rc=$_rc(want:0)" ;; esac
+        if fsck=$(e2fsck -fn "$W/disk.raw" 2>&1); then
+            mfact e2fsck clean
+        else
+            bad "e2fsck($(echo "$fsck" | tail -2 | one | cut -c1-160))"
+        fi
+    fi
+    mfact total_s $(($(date +%s) - t0))
+    rm -rf "$W/disk.raw"
+    if [ -z "$why" ]; then
+        echo "E2E-RESULT $mv/$mc PASS marker_t=$_t rc=$_rc source_rc=$src_rc"
+    else
+        echo "E2E-RESULT $mv/$mc FAIL marker_t=${_t:-none} rc=${_rc:-none} why=${why%,}"
+    fi
+}
+
 run_case() { # run_case VMM CASE
     v=$1 c=$2
     echo "E2E-CASE-BEGIN $v/$c"
@@ -564,6 +676,7 @@ run_case() { # run_case VMM CASE
             fi ;;
         blk-*|net-*)  virtio_boot "$v"; virtio_check "$v" "$c" ;;
         snapshot-restore) snapshot_restore "$v" ;;
+        live-migrate) live_migrate "$v" ;;
         *) echo "E2E-RESULT $v/$c FAIL why=unknown-case" ;;
     esac
     echo "E2E-CASE-END $v/$c"

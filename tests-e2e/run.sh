@@ -13,10 +13,11 @@
 #   --cases LIST      subset of: bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot
 #                     sigterm-timeout
 #                     blk-fs blk-trim blk-qcow2 blk-qcow2-discard blk-readonly net-ping net-data
-#                     snapshot-restore
+#                     snapshot-restore live-migrate
 #                     (the blk-*/net-* cases share one guest boot per VMM; they need qemu-img,
 #                     debugfs and e2fsck on the host, and root for the tap; snapshot-restore needs
-#                     root for the tap and is vireo only: for QEMU it is reported as SKIP)
+#                     root for the tap and is vireo only: for QEMU it is reported as SKIP, as is
+#                     live-migrate, which needs e2fsck on the host)
 #   --bench N         also boot N times per VMM (scenario cpus, bzImage) and print the median
 #                     launch -> marker time (the issue's comparison figure; use --vmm both)
 #   --bench-cpus N    vCPUs for the benchmark boots (default 1)
@@ -38,7 +39,7 @@ vireo=${VIREO:-}
 vmm=vireo
 cases="bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot sigterm-timeout"
 cases+=" blk-fs blk-trim blk-qcow2 blk-qcow2-discard blk-readonly net-ping net-data"
-cases+=" snapshot-restore"
+cases+=" snapshot-restore live-migrate"
 bench=0
 bench_cpus=1
 case_timeout=60
@@ -115,6 +116,8 @@ trap 'rm -rf "$work"' EXIT
 ncases=$(( $(wc -w <<<"$cases") * $(wc -w <<<"$vmms") + bench * $(wc -w <<<"$vmms") ))
 # snapshot-restore boots twice (up to 3 + 2 case timeouts): count it as 4 more cases
 [[ " $cases " != *" snapshot-restore "* ]] || ncases=$((ncases + 4))
+# live-migrate runs two VMMs, up to 4 + 3 case timeouts: count it as 6 more cases
+[[ " $cases " != *" live-migrate "* ]] || ncases=$((ncases + 6))
 
 start=$(date +%s)
 set +e
@@ -141,7 +144,7 @@ EOF
         --file "$VIREO_GUEST_VMLINUX:/l2/vmlinux" --file "$here/cases.sh:/l2/cases.sh"
         --timeout $((120 + ncases * (case_timeout + 15))) --script "$work/l1.sh")
     [[ " $vmms " != *" vireo "* ]] || args+=(--bin "$vireo:/usr/bin/vireo")
-    if [[ " $cases " =~ \ (blk|net)- ]]; then
+    if [[ " $cases " =~ \ (blk|net)- ]] || [[ " $cases " == *" live-migrate "* ]]; then
         # host-side tools of the virtio cases, inside L1 (where the images are)
         for t in qemu-img debugfs e2fsck; do
             tp=$(PATH="$PATH:/usr/sbin:/sbin" command -v "$t") || fail_all "$t not installed (apt-get install qemu-utils e2fsprogs)"

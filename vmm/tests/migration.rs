@@ -678,3 +678,97 @@ fn a_guest_with_disk_and_nic_traffic_in_flight_migrates_over_unix_losing_nothing
         );
     });
 }
+
+// ------------------------------------------------------------------ bad streams
+
+/// A real target fed hostile streams refuses each with a clear error (sent back as an Error
+/// frame where the connection still stands) and runs nothing.
+#[test]
+fn a_target_refuses_bad_streams_with_a_clear_error() {
+    use migration::protocol::{write_frame, ConfigFrame, Frame, FrameReader, VERSIONS};
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = dir.path().join("guest.elf");
+    vireo_testguest::write_to(&kernel).expect("write guest");
+    let mut vm_config = VmConfig::new(&kernel);
+    vm_config.memory_mib = 64;
+    let hello = Frame::Hello {
+        versions: VERSIONS,
+        vireo: "test".into(),
+    };
+    let config = Frame::Config(Box::new(ConfigFrame {
+        config: vm_config.clone(),
+        memory: vireo_vmm::snapshot::memory_file::layout(64 << 20),
+        flags: serde_json::from_str(r#"{"debug_exit":true,"acpi":false}"#).expect("flags"),
+        local: false,
+        hand_over_taps: false,
+    }));
+    let outside = Frame::Memory {
+        gpa: 64 << 20,
+        data: vec![7; 4096],
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "out of order",
+            frames(&[hello.clone(), Frame::Complete { resume: true }]),
+            "where Config was expected",
+        ),
+        (
+            "outside memory",
+            frames(&[hello.clone(), config.clone(), outside]),
+            "outside guest memory",
+        ),
+        (
+            "bad state",
+            frames(&[hello.clone(), config.clone(), Frame::State(vec![1; 64])]),
+            "the VM state is unusable",
+        ),
+        (
+            "garbage",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            "not a Vireo migration frame",
+        ),
+        (
+            "truncated",
+            frames(&[hello.clone(), config.clone()])[..100].to_vec(),
+            "migration connection",
+        ),
+    ];
+    for (what, bytes, want) in cases {
+        let sock = dir.path().join(format!("{}.sock", what.replace(' ', "-")));
+        let url: migration::MigrationUrl = format!("unix:{}", sock.display()).parse().expect("url");
+        let listener = transport::listen(&url, None).expect("listen");
+        let target = std::thread::spawn(move || {
+            let conn = listener.accept().expect("accept");
+            migration::receive(conn, ReceiveOptions::default())
+        });
+        let mut conn = transport::connect(&url, None).expect("connect");
+        conn.write_all(&bytes).expect("send");
+        conn.flush().expect("flush");
+        if what == "truncated" {
+            conn.shutdown();
+        }
+        let e = target.join().expect("target").expect_err(what);
+        assert!(e.to_string().contains(want), "{what}: {e}");
+        if what != "truncated" && what != "garbage" {
+            // The source hears why: answers to Hello/Config, then the Error frame.
+            let mut reader = FrameReader::new(&mut conn);
+            let mut last = None;
+            while let Ok(f) = reader.read_frame() {
+                last = Some(f);
+            }
+            match last {
+                Some(Frame::Error(why)) => assert!(why.contains(want), "{what}: {why}"),
+                other => panic!("{what}: the source was not told: {other:?}"),
+            }
+        }
+    }
+
+    fn frames(list: &[Frame]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in list {
+            write_frame(&mut out, f).expect("encode");
+        }
+        out
+    }
+}

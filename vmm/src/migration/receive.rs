@@ -376,3 +376,153 @@ fn build(
         hand_over_taps: frame.hand_over_taps,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::PlatformFlags;
+    use crate::config::VmConfig;
+    use protocol::Version;
+
+    fn hello() -> Frame {
+        Frame::Hello {
+            versions: VERSIONS,
+            vireo: "0.1.0".into(),
+        }
+    }
+
+    fn config(mib: u64, vcpus: u8) -> Frame {
+        let mut c = VmConfig::new("/k");
+        c.memory_mib = mib;
+        c.vcpus = vcpus;
+        Frame::Config(Box::new(ConfigFrame {
+            memory: memory_file::layout(c.memory_bytes()),
+            config: c,
+            flags: PlatformFlags {
+                debug_exit: true,
+                acpi: false,
+            },
+            local: false,
+            hand_over_taps: false,
+        }))
+    }
+
+    fn ready_session() -> Session {
+        let mut s = Session::new();
+        assert!(matches!(s.on_frame(hello()), Ok(Step::Accept(_))));
+        assert!(matches!(s.on_frame(config(64, 1)), Ok(Step::Build(_))));
+        s
+    }
+
+    #[test]
+    fn frames_out_of_order_are_refused_by_name() {
+        let mut s = Session::new();
+        let e = s
+            .on_frame(Frame::Memory {
+                gpa: 0,
+                data: vec![0; 4096],
+            })
+            .expect_err("memory first");
+        assert_eq!(
+            e.to_string(),
+            "migration frame Memory where Hello was expected"
+        );
+        let mut s = Session::new();
+        s.on_frame(hello()).expect("hello");
+        let e = s
+            .on_frame(Frame::Complete { resume: true })
+            .expect_err("early");
+        assert_eq!(
+            e.to_string(),
+            "migration frame Complete where Config was expected"
+        );
+        let mut s = ready_session();
+        let e = s
+            .on_frame(Frame::Complete { resume: true })
+            .expect_err("no state");
+        assert_eq!(
+            e.to_string(),
+            "migration frame Complete where Memory or State was expected"
+        );
+        let e = ready_session()
+            .on_frame(Frame::Abandon("cancelled".into()))
+            .expect_err("abandon");
+        assert_eq!(
+            e.to_string(),
+            "the source abandoned the migration: cancelled"
+        );
+    }
+
+    #[test]
+    fn another_major_version_is_refused_naming_both() {
+        let v = |major, minor| Version { major, minor };
+        let e = Session::new()
+            .on_frame(Frame::Hello {
+                versions: (v(2, 0), v(2, 3)),
+                vireo: "9.0.0".into(),
+            })
+            .expect_err("version");
+        assert!(e.to_string().contains("the peer 2.0 to 2.3"), "{e}");
+    }
+
+    #[test]
+    fn pages_outside_guest_memory_and_bad_configs_are_refused() {
+        let mut s = ready_session();
+        s.on_frame(Frame::Memory {
+            gpa: (64 << 20) - 4096,
+            data: vec![1; 4096],
+        })
+        .expect("the last page");
+        for gpa in [64 << 20, (64 << 20) - 4096, u64::MAX - 4095] {
+            let e = s
+                .on_frame(Frame::Memory {
+                    gpa,
+                    data: vec![1; 8192],
+                })
+                .expect_err("outside");
+            assert!(e.to_string().contains("outside guest memory"), "{e}");
+        }
+        let mut s = Session::new();
+        s.on_frame(hello()).expect("hello");
+        let e = s.on_frame(config(0, 1)).expect_err("no memory");
+        assert!(e.to_string().starts_with("the VM config is invalid"), "{e}");
+        let mut s = Session::new();
+        s.on_frame(hello()).expect("hello");
+        let Frame::Config(mut c) = config(64, 1) else {
+            unreachable!()
+        };
+        c.memory[0].len = 4096;
+        let e = s.on_frame(Frame::Config(c)).expect_err("layout");
+        assert!(e.to_string().contains("memory regions do not match"), "{e}");
+    }
+
+    #[test]
+    fn a_state_that_is_corrupt_or_does_not_match_the_config_is_refused() {
+        let e = ready_session()
+            .on_frame(Frame::State(vec![0; 100]))
+            .expect_err("garbage");
+        assert!(e.to_string().starts_with("the VM state is unusable"), "{e}");
+        // A well-formed state for 2 vCPUs against a 1-vCPU config.
+        let state = VmSnapshot {
+            flags: PlatformFlags {
+                debug_exit: true,
+                acpi: false,
+            },
+            memory: memory_file::layout(64 << 20),
+            vm: Default::default(),
+            vcpus: Vec::new(),
+            devices: Vec::new(),
+        };
+        let bytes = format::encode(&state).expect("encode");
+        let e = ready_session()
+            .on_frame(Frame::State(bytes))
+            .expect_err("vcpus");
+        assert_eq!(e.to_string(), "the config has 1 vCPUs, the state 0");
+        let mut other = state;
+        other.memory = memory_file::layout(128 << 20);
+        let e = ready_session()
+            .on_frame(Frame::State(format::encode(&other).expect("encode")))
+            .expect_err("layout");
+        assert!(e.to_string().contains("memory layout differs"), "{e}");
+    }
+}

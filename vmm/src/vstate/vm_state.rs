@@ -25,7 +25,7 @@ pub struct VmStateError {
 }
 
 /// The in-kernel interrupt controllers, PIT and clock of one VM.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct VmPlatformState {
     /// The master 8259 PIC.
     pub pic_master: kvm_irqchip,
