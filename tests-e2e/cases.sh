@@ -72,8 +72,8 @@
 #                      target starts under l2-watch and `vireo remote … send-migration` moves the
 #                      running guest to it: the send answers `completed`, the source vireo exits
 #                      10 (migrated). On the target, one typed line: `echo MIGRATED-$((6*7))`, the
-#                      writer stopped, its round count printed (it kept counting across the move),
-#                      vda unmounted, `poweroff -f`: exit 0. Then e2fsck -fn on the disk image is
+#                      writer's round count must grow there (it goes on across the move), then the
+#                      writer is stopped, vda unmounted, `poweroff -f`: exit 0. Then e2fsck -fn on the disk image is
 #                      clean. Facts: E2E-MIG-FACT lines (downtime, total, passes, rounds).
 BASIC_CASES="bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot sigterm-timeout"
 VIRTIO_CASES="blk-fs blk-trim blk-qcow2 blk-qcow2-discard blk-readonly net-ping net-data"
@@ -552,7 +552,7 @@ snapshot_restore() {
 # shellcheck disable=SC2016 # expanded by the guest's shell
 MIG_PRE_LINE='mke2fs -F /dev/vda >/dev/null 2>&1; mkdir -p /mnt/d; mount -t ext4 /dev/vda /mnt/d && echo MIG-DISK=ok$((1)); head -c 8388608 /dev/urandom >/tmp/mem && dd if=/tmp/mem of=/mnt/d/data bs=1048576 count=4 2>/dev/null && sync && echo MIG-ROUND1=ok$((1)); (i=0; while :; do i=$((i+1)); head -c 8388608 /dev/urandom >/tmp/mem; dd if=/tmp/mem of=/mnt/d/data bs=1048576 count=4 2>/dev/null; sync; echo $i >/mnt/d/count; done) >/dev/null 2>&1 & echo $! >/tmp/writer; echo MIG-WRITER=$((40+2))'
 # shellcheck disable=SC2016 # expanded by the guest's shell
-MIG_POST_LINE='echo MIGRATED-$((6*7)); echo MIG-ROUNDS-BEFORE-STOP=$(cat /mnt/d/count); kill $(cat /tmp/writer); sleep 2; sync; echo MIG-ROUNDS=$(cat /mnt/d/count); umount /mnt/d && echo MIG-UMOUNT=ok$((1)); poweroff -f'
+MIG_POST_LINE='echo MIGRATED-$((6*7)); c=$(cat /mnt/d/count); n=0; while [ "$(cat /mnt/d/count)" = "$c" ] && [ $n -lt 60 ]; do sleep 1; n=$((n+1)); done; echo MIG-ROUNDS-ON-ARRIVAL=$c; echo MIG-ROUNDS-LATER=$(cat /mnt/d/count); kill $(cat /tmp/writer); sleep 2; sync; umount /mnt/d && echo MIG-UMOUNT=ok$((1)); poweroff -f'
 
 # live_migrate VMM: boot (shell) -> typed writer -> send-migration to vireo receive -> typed checks
 live_migrate() {
@@ -627,11 +627,13 @@ live_migrate() {
         [ "$src_rc" = 10 ] || bad "source-rc=${src_rc:-none}(want:10)"
         _t=$(v1 '^L2-MARKER t=\([0-9.]*\).*' "$log2")
         _rc=$(sed -n 's/^L2-EXIT rc=\([0-9]*\).*/\1/p' "$log2" | tail -1)
-        rounds=$(v1 '.*MIG-ROUNDS=\([0-9][0-9]*\).*' "$log2")
-        before=$(v1 '.*MIG-ROUNDS-BEFORE-STOP=\([0-9][0-9]*\).*' "$log2")
-        mfact rounds "${before:-none}->${rounds:-none}"
+        arrival=$(v1 '.*MIG-ROUNDS-ON-ARRIVAL=\([0-9][0-9]*\).*' "$log2")
+        later=$(v1 '.*MIG-ROUNDS-LATER=\([0-9][0-9]*\).*' "$log2")
+        mfact rounds "${arrival:-none}->${later:-none}"
         grep -q 'MIGRATED-42' "$log2" || bad "no-answer-on-target(last:$(grep -v '^L2-' "$log2" | tail -1 | cut -c1-120 | one))"
-        [ -n "$rounds" ] && [ "$rounds" -gt 0 ] || bad "no-rounds"
+        # the writer started at the source goes on at the target
+        [ -n "$arrival" ] && [ -n "$later" ] && [ "$later" -gt "$arrival" ] ||
+            bad "writer-stopped(${arrival:-none}->${later:-none})"
         grep -q 'MIG-UMOUNT=ok1' "$log2" || bad umount-failed
         case $_rc in 0) ;; 124|143) bad target-timeout ;; *) bad "target-rc=$_rc(want:0)" ;; esac
         if fsck=$(e2fsck -fn "$W/disk.raw" 2>&1); then

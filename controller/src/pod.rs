@@ -109,7 +109,7 @@ fn bounded(mut s: String) -> String {
 pub const LAUNCHER_CONTAINER: &str = "launcher";
 
 /// The environment variable that tells a launcher its live-migration role (`target`); the
-/// launcher refuses to boot as a target until live migration exists.
+/// launcher refuses to boot as a target until the controller drives live migration between pods.
 pub const MIGRATION_ROLE_ENV: &str = "VIREO_MIGRATION_ROLE";
 
 /// Builds the launcher pod of `vmi`. `guest_mib` is guest RAM; `spec` the rendered launch spec.

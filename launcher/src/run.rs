@@ -45,7 +45,8 @@ pub const MIGRATION_ROLE_ENV: &str = "VIREO_MIGRATION_ROLE";
 /// A launcher's role in a live migration, from [`MIGRATION_ROLE_ENV`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MigrationRole {
-    /// Receives the VM from a source launcher (refused until live migration exists).
+    /// Receives the VM from a source launcher (refused until the controller drives pod-to-pod
+    /// live migration; `vireo receive` is the VMM-level target).
     Target,
 }
 

@@ -12,7 +12,8 @@
 //!
 //! A launcher that exits with a status other than 0 leaves a `Failure` condition whose reason is
 //! that status's name (`ForcedStop`, `TripleFault`, … see `vireo_spec::ExitStatus`).
-//! `LiveMigratable` is False for every VMI until live migration exists.
+//! `LiveMigratable` is False for every VMI until the controller drives live migration between
+//! launcher pods (the VMM itself migrates: `vireo receive`, `vm.send-migration`).
 //!
 //! `Ready` = pod Running and pod Ready. `Paused` = the launcher reports pod condition
 //! `vireo.dev/Paused=True`; the desired state travels as VMI annotation `vm.vireo.dev/pause` →
@@ -260,8 +261,9 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             "pause state reported by the launcher",
         ));
     }
-    // No VMI is live-migratable until live migration exists: a migration target launcher refuses
-    // to boot (exit status 9) rather than run a second copy of the VM on the same disks.
+    // No VMI is live-migratable until the controller drives pod-to-pod migration: a migration
+    // target launcher refuses to boot (exit status 9) rather than run a second copy of the VM on
+    // the same disks.
     conds.push(Condition::new(
         "LiveMigratable",
         false,
