@@ -23,12 +23,21 @@
 #                         virtio-blk disk (1 and 2 vCPUs), snapshotted through the control API
 #                         (needs /dev/kvm; builds vireo in release if target/release/vireo is
 #                         missing)
+#   migration_receive     live-migration streams as a real source sends them, recorded by a
+#                         proxy (scripts/record-migration.py) between `vireo run` and `vireo
+#                         receive`: the test guest counting (dirty ring, 1 vCPU; bitmap, 2
+#                         vCPUs) and churning pages (bitmap, 1 vCPU), 64 MiB; cut at frame
+#                         boundaries: Hello, + Config, + one page, no pages, one page per
+#                         Memory frame, a local-handover Config, an Abandon (needs /dev/kvm)
+#   migration_receive-large  the whole recorded streams (regression inputs)
 #
 # Usage: scripts/fuzz-seeds.sh [OUT_DIR]   (default fuzz/seeds; replaced entirely)
-# Needs: cargo, qemu-img and qemu-io (Debian: qemu-utils). Takes a few seconds once
-# fuzz/seedgen is built. Output is deterministic for a given qemu-img version (snapshot dates
-# are zeroed). Environment: QCOW2_MAX_LEN (default 65552 = 64 KiB + the 16-byte script) is the
-# size limit for the qcow2_open fuzzing seeds; pass the same value to libFuzzer's -max_len.
+# Needs: cargo, qemu-img and qemu-io (Debian: qemu-utils), python3 (stdlib), /dev/kvm. Takes
+# under a minute once fuzz/seedgen and vireo are built. The qcow2 images are deterministic for
+# a given qemu-img version (snapshot dates are zeroed); the state files and migration streams
+# depend on where the guest was when they were taken. Environment: QCOW2_MAX_LEN (default
+# 65552 = 64 KiB + the 16-byte script) is the size limit for the qcow2_open fuzzing seeds;
+# pass the same value to libFuzzer's -max_len.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -110,6 +119,72 @@ for cpus in 1 2; do
 done
 rm -rf "$snapdir"
 echo "$out/snapshot_state: $(ls "$out/snapshot_state" | wc -l) state files"
+
+# Live-migration streams as a real source sends them, recorded by a proxy between the source
+# (`vireo run`, 64 MiB, the test guest counting or churning pages) and the target (`vireo
+# receive`), over unix sockets: what comes before the first page, passes of pages, the state,
+# Complete. Whole streams (100 KiB to a few MiB) are regression inputs; their cuts at frame
+# boundaries (scripts/record-migration.py cut) are the fuzzing corpus.
+mkdir -p "$out/migration_receive" "$out/migration_receive-large"
+migdir=$(mktemp -d)
+cargo run --quiet --release -p vireo-testguest --bin vireo-testguest "$migdir/guest.elf"
+wait_socket() { # wait_socket PATH: up to 10 s for a unix socket to appear
+    for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done
+    echo "fuzz-seeds: $1 did not appear" >&2
+    return 1
+}
+record() { # record NAME DIRTY_LOG CPUS CMDLINE: one migration, recorded
+    local name=$1 t=$migdir/$1 src dst rec rc status=0
+    mkdir -p "$t"
+    target/release/vireo receive --listen "unix:$t/target.sock" --serial off \
+        --api-socket "$t/target.api" 2>"$t/target.log" &
+    dst=$!
+    target/release/vireo run --kernel "$migdir/guest.elf" --cmdline "$4" --cpus "$3" \
+        --memory 64M --serial off --dirty-log "$2" --api-socket "$t/source.api" \
+        2>"$t/source.log" &
+    src=$!
+    python3 scripts/record-migration.py proxy "$t/proxy.sock" "$t/target.sock" "$t/stream" &
+    rec=$!
+    wait_socket "$t/target.sock" && wait_socket "$t/source.api" && wait_socket "$t/proxy.sock" &&
+        sleep 0.2 &&
+        target/release/vireo remote --api-socket "$t/source.api" send-migration \
+            "unix:$t/proxy.sock" >/dev/null || status=$?
+    if [ $status -ne 0 ]; then
+        kill $src $rec $dst 2>/dev/null || true
+        wait $src $rec $dst || true
+        echo "fuzz-seeds: migration $name failed; logs:" >&2
+        cat "$t/source.log" "$t/target.log" >&2
+        return 1
+    fi
+    # The source exits 10 once the target runs the guest (migrated); the target runs it
+    # until told to stop.
+    wait $rec || status=$?
+    rc=0
+    wait $src || rc=$?
+    if [ $status -eq 0 ] && [ $rc -ne 10 ]; then
+        echo "fuzz-seeds: the source of $name exited $rc, not 10 (migrated)" >&2
+        status=1
+    fi
+    if [ $status -eq 0 ] && wait_socket "$t/target.api"; then
+        target/release/vireo remote --api-socket "$t/target.api" shutdown-vmm || true
+    else
+        kill $dst 2>/dev/null || true
+    fi
+    wait $dst || true
+    if [ $status -ne 0 ]; then
+        echo "fuzz-seeds: migration $name failed; logs:" >&2
+        cat "$t/source.log" "$t/target.log" >&2
+        return 1
+    fi
+    cp "$t/stream" "$out/migration_receive-large/$name"
+    python3 scripts/record-migration.py cut "$t/stream" "$out/migration_receive" "$name"
+}
+record count-ring-1cpu ring 1 "count 100000000 1000000"
+record count-bitmap-2cpu bitmap 2 "count 100000000 1000000"
+record churn-bitmap-1cpu bitmap 1 "churn 256"
+rm -rf "$migdir"
+echo "$out/migration_receive: $(ls "$out/migration_receive" | wc -l) cut streams;" \
+    "$out/migration_receive-large: $(ls "$out/migration_receive-large" | wc -l) whole streams"
 
 # The test guest: a real user-mode ELF kernel (one rustc call, no dependencies; a failure here
 # costs one seed, not the corpus). As built (660 KiB, mostly symbols) it is a regression input;

@@ -459,10 +459,17 @@ pub fn parse_payload(k: u16, payload: Vec<u8>) -> Result<Frame, ProtocolError> {
         },
         kind::READY => Ok(Frame::Ready),
         kind::ABANDON | kind::ERROR => {
-            let text: String = String::from_utf8_lossy(&payload)
+            let mut text: String = String::from_utf8_lossy(&payload)
                 .chars()
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .collect();
+            // Each invalid byte became a 3-byte U+FFFD: cut back to the limit (on a character
+            // boundary), so the reason re-encodes as it parsed.
+            let mut end = text.len().min(MAX_REASON as usize);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
             Ok(if k == kind::ABANDON {
                 Frame::Abandon(text)
             } else {
@@ -553,6 +560,24 @@ mod tests {
             .read_frame()
             .expect_err("truncated");
         assert!(matches!(e, ProtocolError::Io(_)), "{e}");
+    }
+
+    #[test]
+    fn reasons_of_invalid_utf8_stay_within_the_limit_and_round_trip() {
+        // Caught by the migration_receive fuzz target: 4096 invalid bytes parsed to 4096 U+FFFD
+        // (12 KiB), which re-encoded cut to 4095 bytes, another reason.
+        for k in [kind::ABANDON, kind::ERROR] {
+            let mut buf = Vec::new();
+            write_header(&mut buf, k, MAX_REASON).expect("write");
+            buf.resize(HEADER_LEN + MAX_REASON as usize, 0xff);
+            let f = FrameReader::new(&buf[..]).read_frame().expect("read");
+            let (Frame::Abandon(r) | Frame::Error(r)) = &f else {
+                panic!("{f:?}")
+            };
+            assert!(r.len() <= MAX_REASON as usize, "{} bytes", r.len());
+            assert!(r.chars().all(|c| c == char::REPLACEMENT_CHARACTER));
+            assert_eq!(round_trip(&f), f);
+        }
     }
 
     #[test]
