@@ -35,8 +35,9 @@ struct Target {
 
 impl Target {
     /// Listens at `url` (`tcp:127.0.0.1:0` picks a port) and receives with `opts`, its serial
-    /// output going to a capture that starts with `before`.
-    fn listen(url: &str, tls: Option<&Path>, opts: ReceiveOptions, before: &str) -> Self {
+    /// output appended to `out`, the source's capture (the source prints nothing more once
+    /// paused, so `out` becomes the one joined output of the guest).
+    fn listen(url: &str, tls: Option<&Path>, opts: ReceiveOptions, out: &Capture) -> Self {
         let parsed: migration::MigrationUrl = url.parse().expect("url");
         let listener = transport::listen(&parsed, tls).expect("listen");
         let url = match listener.port() {
@@ -50,7 +51,7 @@ impl Target {
             ),
             None => url.to_owned(),
         };
-        let out = Capture::with_text(before);
+        let out = out.clone();
         let writer = out.clone();
         let thread = std::thread::spawn(move || {
             let conn = listener.accept()?;
@@ -104,7 +105,7 @@ fn check_count(joined: &str) {
 fn idle_migration(url: &str, mode: DirtyLogMode) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (vm, out) = counting_vm(dir.path(), mode);
-    let target = Target::listen(url, None, ReceiveOptions::default(), "");
+    let target = Target::listen(url, None, ReceiveOptions::default(), &out);
     let report = vm.migrate(&send(&target.url)).expect("migrate");
     assert_eq!(
         vm.wait(),
@@ -118,7 +119,7 @@ fn idle_migration(url: &str, mode: DirtyLogMode) {
     let last = *ticks(&before).last().expect("ticks");
     wait_tick(&after, last + 20);
     target_vm.shutdown();
-    check_count(&(before + &after.text()));
+    check_count(&after.text());
     let want = match mode {
         DirtyLogMode::Bitmap => "bitmap",
         _ => "ring",
@@ -206,7 +207,7 @@ fn dirtying_migration(
     let dir = tempfile::tempdir().expect("tempdir");
     let every = 16384;
     let (vm, out) = dirtying_vm(dir.path(), mode, 200, every);
-    let target = Target::listen(url, target_tls, ReceiveOptions::default(), "");
+    let target = Target::listen(url, target_tls, ReceiveOptions::default(), &out);
     let mut cfg = send(&target.url);
     cfg.tls_dir = source_tls.map(Path::to_owned);
     let report = vm.migrate(&cfg).expect("migrate");
@@ -218,7 +219,7 @@ fn dirtying_migration(
     // Two more sweeps on the target: every page of the working set verified there.
     wait_line(&after, last + 2 * every);
     target_vm.shutdown();
-    check_churn(&(before + &after.text()), every);
+    check_churn(&after.text(), every);
     assert!(
         report.passes >= 2,
         "a dirtying guest needs passes: {report:?}"
@@ -259,7 +260,7 @@ fn a_local_handover_moves_no_page_and_the_guest_keeps_its_memory() {
     vm.start().expect("start");
     wait_line(&out, every);
     let url = format!("unix:{}", dir.path().join("m.sock").display());
-    let target = Target::listen(&url, None, ReceiveOptions::default(), "");
+    let target = Target::listen(&url, None, ReceiveOptions::default(), &out);
     let mut cfg = send(&target.url);
     cfg.local = true;
     let report = vm.migrate(&cfg).expect("migrate");
@@ -270,7 +271,7 @@ fn a_local_handover_moves_no_page_and_the_guest_keeps_its_memory() {
     let last = parse(&before).0.pop().expect("lines").i;
     wait_line(&after, last + 2 * every);
     target_vm.shutdown();
-    check_churn(&(before + &after.text()), every);
+    check_churn(&after.text(), every);
     assert_eq!(report.pages_sent, 0, "no page is copied: {report:?}");
     assert_eq!(report.dirty_log, "none");
     eprintln!("local: {report:?}");
@@ -299,7 +300,7 @@ fn a_dirtying_guest_migrates_over_tls_and_a_stranger_is_refused() {
         "tls:127.0.0.1:0",
         Some(&target),
         ReceiveOptions::default(),
-        "",
+        &out,
     );
     let mut cfg = send(&t.url);
     cfg.tls_dir = Some(dir.path().join("other/stranger"));
@@ -433,7 +434,7 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
         &format!("unix:{}", sock("t1.sock").display()),
         None,
         ReceiveOptions::default(),
-        "",
+        &out,
     );
     let proxy = cutting_proxy(&sock("p1.sock"), sock("t1.sock"), 32 << 20);
     let e = vm
@@ -457,7 +458,7 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
         &format!("unix:{}", sock("t3.sock").display()),
         None,
         ReceiveOptions::default(),
-        "",
+        &out,
     );
     let mut cfg = send(&target.url);
     cfg.max_bandwidth = 20 << 20;
@@ -491,7 +492,7 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
         &format!("unix:{}", sock("t4.sock").display()),
         None,
         ReceiveOptions::default(),
-        "",
+        &out,
     );
     let mut cfg = send(&target.url);
     cfg.max_bandwidth = 20 << 20;
@@ -509,7 +510,7 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
             expect_memory_mib: Some(1024),
             ..ReceiveOptions::default()
         },
-        "",
+        &out,
     );
     let e = vm.migrate(&send(&target.url)).expect_err("memory size");
     assert!(
@@ -524,7 +525,7 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
         &format!("unix:{}", sock("t6.sock").display()),
         None,
         ReceiveOptions::default(),
-        "",
+        &out,
     );
     vm.migrate(&send(&target.url)).expect("a later migration");
     assert_eq!(vm.wait(), ExitReason::Migrated);
@@ -534,7 +535,7 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
     let last = parse(&before).0.pop().expect("lines").i;
     wait_line(&after, last + 2 * every);
     target_vm.shutdown();
-    check_churn(&(before + &after.text()), every);
+    check_churn(&after.text(), every);
 }
 
 // ------------------------------------------------------------------ devices in flight
@@ -578,7 +579,7 @@ fn a_guest_writing_a_qcow2_disk_migrates_over_tcp_and_the_image_checks_clean() {
     let (vm, out) = build_vm(config);
     vm.start().expect("start");
     wait_for_i(&out, SECTORS + 2 * EVERY);
-    let target = Target::listen("tcp:127.0.0.1:0", None, ReceiveOptions::default(), "");
+    let target = Target::listen("tcp:127.0.0.1:0", None, ReceiveOptions::default(), &out);
     let report = vm.migrate(&send(&target.url)).expect("migrate");
     assert_eq!(vm.wait(), ExitReason::Migrated);
     let before = out.text();
@@ -589,7 +590,7 @@ fn a_guest_writing_a_qcow2_disk_migrates_over_tcp_and_the_image_checks_clean() {
     wait_for_i(&after, last + 10 * EVERY);
     common::churn::stop(&target_vm, &after);
     drop(target_vm);
-    check_lines(&churn_lines(&(before + &after.text())), EVERY, true);
+    check_lines(&churn_lines(&after.text()), EVERY, true);
     qemu_img_check(&overlay);
     eprintln!("qcow2 over tcp: {report:?}");
 }
@@ -634,11 +635,10 @@ fn a_guest_with_disk_and_nic_traffic_in_flight_migrates_over_unix_losing_nothing
         // while the migration runs.
         burst(&mut next);
         let url = format!("unix:{}", dir.path().join("m.sock").display());
-        let target = Target::listen(&url, None, ReceiveOptions::default(), "");
+        let target = Target::listen(&url, None, ReceiveOptions::default(), &out);
         let report = vm.migrate(&send(&target.url)).expect("migrate");
         burst(&mut next);
         assert_eq!(vm.wait(), ExitReason::Migrated);
-        let before = out.text();
         drop(vm);
         let (target_vm, after) = target.join();
         let target_vm = target_vm.expect("target");
@@ -655,7 +655,7 @@ fn a_guest_with_disk_and_nic_traffic_in_flight_migrates_over_unix_losing_nothing
         let on_tap = tap_rx_packets();
         let seen = reader.finish(on_tap);
         drop(target_vm);
-        let joined = before + &after.text();
+        let joined = after.text();
         let (lines, gaps) = parse(&joined);
         assert!(gaps.is_empty(), "frames lost or repeated: {gaps:?}");
         check_lines(&lines, EVERY, true);
