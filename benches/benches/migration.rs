@@ -25,14 +25,12 @@
 //!
 //! `cargo build --release -p vireo-launcher && cargo bench -p vireo-benches --bench migration`
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vireo_benches::{median, vireo_binary, write_pki};
+use vireo_benches::{api_request, median, vireo_binary, write_pki};
 
 const RUNS: usize = 10;
 const TARGET_IDLE_DOWNTIME_MS: f64 = 20.0;
@@ -93,30 +91,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// One request on a fresh connection: (status, body).
-fn request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = UnixStream::connect(socket).expect("connect");
-    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("answer");
-    let code = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (code, body)
 }
 
 /// The text of `path` so far (empty while it does not exist).
@@ -278,7 +252,7 @@ impl Bench {
         if transport == Transport::Tls {
             body["tls_dir"] = Value::from(self.pki.join("source").to_str().expect("utf-8"));
         }
-        let (code, answer) = request(
+        let (code, answer) = api_request(
             &socket,
             "PUT",
             "/api/v1/vm.send-migration",

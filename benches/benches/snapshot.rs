@@ -9,44 +9,18 @@
 //!
 //! `cargo build --release -p vireo-launcher && cargo bench -p vireo-benches --bench snapshot`
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vireo_benches::{median, vireo_binary};
+use vireo_benches::{api_request, median, vireo_binary};
 
 const RUNS: usize = 20;
 const TARGET_COLD_MS: f64 = 3.0;
 const TARGET_RESTORE_RATIO: f64 = 1.2;
 const TARGET_SNAPSHOT_MS: f64 = 100.0;
-
-/// One request on a fresh connection: (status, body).
-fn request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = UnixStream::connect(socket).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(120)))
-        .expect("timeout");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("answer");
-    let code = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (code, body)
-}
 
 fn wait_for(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -155,7 +129,7 @@ fn snapshot_figures(
     let (mut total, mut paused) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
         let start = Instant::now();
-        let (code, answer) = request(&socket, "PUT", "/api/v1/vm.snapshot", &body);
+        let (code, answer) = api_request(&socket, "PUT", "/api/v1/vm.snapshot", &body);
         total.push(start.elapsed().as_secs_f64() * 1e3);
         assert_eq!(code, 200, "{answer}");
         let paused_us = answer
@@ -167,7 +141,10 @@ fn snapshot_figures(
         paused.push(paused_us / 1e3);
     }
     let meta = std::fs::metadata(snap.join("memory.bin")).expect("memory file");
-    assert_eq!(request(&socket, "PUT", "/api/v1/vmm.shutdown", "").0, 204);
+    assert_eq!(
+        api_request(&socket, "PUT", "/api/v1/vmm.shutdown", "").0,
+        204
+    );
     let _ = child.wait();
     SnapshotFigures {
         label: format!("{memory} guest, {} MiB touched", (pages * 4096) >> 20),
@@ -198,10 +175,13 @@ fn spew_snapshot(vireo: &Path, dir: &Path, guest: &Path) -> PathBuf {
     read_until(&mut child, "\n");
     let snap = dir.join("spew-snap");
     let body = format!(r#"{{"destination_url": "file://{}"}}"#, snap.display());
-    assert_eq!(request(&socket, "PUT", "/api/v1/vm.pause", "").0, 204);
-    let (code, answer) = request(&socket, "PUT", "/api/v1/vm.snapshot", &body);
+    assert_eq!(api_request(&socket, "PUT", "/api/v1/vm.pause", "").0, 204);
+    let (code, answer) = api_request(&socket, "PUT", "/api/v1/vm.snapshot", &body);
     assert_eq!(code, 200, "{answer}");
-    assert_eq!(request(&socket, "PUT", "/api/v1/vmm.shutdown", "").0, 204);
+    assert_eq!(
+        api_request(&socket, "PUT", "/api/v1/vmm.shutdown", "").0,
+        204
+    );
     let _ = child.wait();
     // The restored guest prints on the benchmark's stdout pipe, not the original's console.
     let spec = snap.join("config.json");

@@ -89,56 +89,32 @@ pub fn median(samples: &mut [f64]) -> f64 {
     }
 }
 
-/// Writes a fresh CA to `DIR/ca/{ca.pem,key.pem}` and, for each name,
-/// `DIR/<name>/{ca.pem,cert.pem,key.pem}` whose certificate is signed by that
-/// CA, valid for `localhost`, `127.0.0.1` and `::1`, and usable both as a TLS
-/// server and as a TLS client: the directories `tls_dir` / `--tls-dir` of a
-/// `tls:` live migration expect. Returns the CA's directory (`DIR/ca`).
-///
-/// For benchmarks only (a copy of the vmm tests' helper); panics on any failure.
-pub fn write_pki(dir: &Path, names: &[&str]) -> PathBuf {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().expect("generate the CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Vireo bench CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign the CA");
-    let ca_dir = dir.join("ca");
-    std::fs::create_dir_all(&ca_dir).expect("create the CA directory");
-    std::fs::write(ca_dir.join("ca.pem"), ca_cert.pem()).expect("write ca/ca.pem");
-    std::fs::write(ca_dir.join("key.pem"), ca_key.serialize_pem()).expect("write ca/key.pem");
-    let issuer = Issuer::new(ca_params, ca_key);
-    for name in names {
-        let key = KeyPair::generate().expect("generate a node key");
-        let mut params = CertificateParams::new(vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-            "::1".to_owned(),
-        ])
-        .expect("node params");
-        params.distinguished_name.push(DnType::CommonName, *name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params
-            .signed_by(&key, &issuer)
-            .expect("sign a node certificate");
-        let node = dir.join(name);
-        std::fs::create_dir_all(&node).expect("create a node directory");
-        std::fs::write(node.join("ca.pem"), ca_cert.pem()).expect("write <name>/ca.pem");
-        std::fs::write(node.join("cert.pem"), cert.pem()).expect("write <name>/cert.pem");
-        std::fs::write(node.join("key.pem"), key.serialize_pem()).expect("write <name>/key.pem");
-    }
-    ca_dir
+pub mod pki;
+pub use pki::write_pki;
+
+/// One control-API request on a fresh unix-socket connection (HTTP/1.1, the server closes after
+/// answering): (status, body). Panics on anything but an HTTP answer (benchmarks only).
+pub fn api_request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(600)))
+        .expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("answer");
+    let code = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (code, body)
 }

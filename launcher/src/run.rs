@@ -114,14 +114,14 @@ pub fn restore_vm(args: RestoreArgs) -> Result<ExitCode> {
 /// connects end the wait (exit 0, socket removed).
 pub fn receive_vm(args: ReceiveArgs) -> Result<ExitCode> {
     let url: migration::MigrationUrl = args.listen.parse()?;
+    // Handlers first: a signal sent once the listening socket exists is never fatal.
+    let signals = install_signals()?;
     let listener = migration::transport::listen(&url, args.tls_dir.as_deref())?;
     if let Some(port) = listener.port() {
         info!(port, "waiting for the migration source");
     }
     info!(url = %url, "waiting for the migration source");
     let canceller = listener.canceller();
-    let signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
     let handle = signals.handle();
     let waiting = Arc::new(AtomicBool::new(true));
     let signalled = Arc::new(AtomicBool::new(false));
@@ -164,22 +164,23 @@ pub fn receive_vm(args: ReceiveArgs) -> Result<ExitCode> {
     };
     let vm = Arc::new(migration::receive(conn, opts).context("cannot receive the VM")?);
     let forced = Arc::new(AtomicBool::new(false));
+    let signals = install_signals()?;
     let api = match &args.host.api_socket {
         Some(path) => Some(api::serve(path, vm.clone(), forced_hook(&forced))?),
         None => None,
     };
-    supervise(vm, api, forced, args.host.shutdown_timeout)
+    supervise(vm, api, forced, args.host.shutdown_timeout, signals)
 }
 
 /// `vireo run --api-socket PATH` without a payload: serves the API, waits for `vm.restore`
 /// (which restores and starts the VM) and then runs the VM like any other.
 pub fn await_restore(socket: &Path, shutdown_timeout: u64) -> Result<ExitCode> {
     let forced = Arc::new(AtomicBool::new(false));
-    let (server, slot) = api::serve_waiting(socket, forced_hook(&forced))?;
     // Until a VM exists, SIGTERM, SIGINT and SIGHUP end the wait as vmm.shutdown does (and
-    // the socket is removed); from then on `supervise` handles them for the VM.
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
+    // the socket is removed); from then on `supervise` handles them for the VM. The handlers
+    // are in place before the socket appears, so a signal sent once it exists is never fatal.
+    let mut signals = install_signals()?;
+    let (server, slot) = api::serve_waiting(socket, forced_hook(&forced))?;
     let handle = signals.handle();
     let watcher = {
         let slot = slot.clone();
@@ -202,7 +203,13 @@ pub fn await_restore(socket: &Path, shutdown_timeout: u64) -> Result<ExitCode> {
         server.close(API_GRACE);
         return Ok(ExitCode::SUCCESS);
     };
-    supervise(vm, Some(server), forced, shutdown_timeout)
+    supervise(
+        vm,
+        Some(server),
+        forced,
+        shutdown_timeout,
+        install_signals()?,
+    )
 }
 
 fn forced_hook(forced: &Arc<AtomicBool>) -> ApiHooks {
@@ -215,12 +222,19 @@ fn forced_hook(forced: &Arc<AtomicBool>) -> ApiHooks {
 /// Serves the API for `vm` (if asked), starts it and waits for it.
 fn run_built(vm: Arc<Vm>, api_socket: Option<&Path>, shutdown_timeout: u64) -> Result<ExitCode> {
     let forced = Arc::new(AtomicBool::new(false));
+    // Handlers first: a signal sent once the API socket exists is handled, never fatal.
+    let signals = install_signals()?;
     let api = match api_socket {
         Some(path) => Some(api::serve(path, vm.clone(), forced_hook(&forced))?),
         None => None,
     };
     vm.start()?;
-    supervise(vm, api, forced, shutdown_timeout)
+    supervise(vm, api, forced, shutdown_timeout, signals)
+}
+
+/// The handlers of SIGTERM, SIGINT and SIGHUP.
+fn install_signals() -> Result<Signals> {
+    Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")
 }
 
 /// Handles signals for the started `vm`, waits for it to stop and maps how it ended to the
@@ -230,9 +244,8 @@ fn supervise(
     api: Option<api::ApiServer>,
     forced: Arc<AtomicBool>,
     shutdown_timeout: u64,
+    signals: Signals,
 ) -> Result<ExitCode> {
-    let signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
     let handle = signals.handle();
     let watcher = {
         let (vm, forced) = (vm.clone(), forced.clone());

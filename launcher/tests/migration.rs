@@ -14,18 +14,6 @@ use common::*;
 /// `count N GAP`: about one line per 2 ms here.
 const COUNT: &str = "count 1000000 4000000";
 
-fn curl_json(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    match body {
-        Some(b) => common::curl(
-            socket,
-            method,
-            path,
-            &["-H", "Content-Type: application/json", "-d", b],
-        ),
-        None => common::curl(socket, method, path, &[]),
-    }
-}
-
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -106,7 +94,7 @@ fn a_counting_guest_moves_to_vireo_receive_through_the_api_and_the_source_exits_
     wait_for_path(&target_sock, Duration::from_secs(20));
 
     let body = format!(r#"{{"destination_url": "unix:{}"}}"#, target_sock.display());
-    let (code, answer) = curl_json(
+    let (code, answer) = curl_body(
         &fx.path("a.sock"),
         "PUT",
         "/api/v1/vm.send-migration",
@@ -131,10 +119,10 @@ fn a_counting_guest_moves_to_vireo_receive_through_the_api_and_the_source_exits_
     wait_until("100 ticks on the target", Duration::from_secs(20), || {
         read(&b_serial).lines().count() > 100
     });
-    let vm = json(&curl_json(&b_sock, "GET", "/api/v1/vm.info", None).1);
+    let vm = json(&curl_body(&b_sock, "GET", "/api/v1/vm.info", None).1);
     assert_eq!(vm["state"], "Running", "{vm}");
     assert_eq!(
-        curl_json(&b_sock, "PUT", "/api/v1/vm.shutdown", None).0,
+        curl_body(&b_sock, "PUT", "/api/v1/vm.shutdown", None).0,
         204
     );
     let (status, _, logs) = target.finish(Duration::from_secs(20));
@@ -198,7 +186,7 @@ fn a_payload_less_vireo_receives_over_tcp_by_vireo_remote() {
         || read(&serial).lines().count() > n + 100,
     );
     assert_eq!(
-        curl_json(&c_sock, "PUT", "/api/v1/vmm.shutdown", None).0,
+        curl_body(&c_sock, "PUT", "/api/v1/vmm.shutdown", None).0,
         204
     );
     let _ = target.finish(Duration::from_secs(20));
@@ -228,11 +216,11 @@ fn killing_the_target_mid_pass_leaves_the_source_running_and_a_second_migration_
             ),
         );
         std::thread::spawn(move || {
-            curl_json(&a_sock, "PUT", "/api/v1/vm.send-migration", Some(&body))
+            curl_body(&a_sock, "PUT", "/api/v1/vm.send-migration", Some(&body))
         })
     };
     wait_until("pre-copy under way", Duration::from_secs(30), || {
-        let info = json(&curl_json(&a_sock, "GET", "/api/v1/vm.migration", None).1);
+        let info = json(&curl_body(&a_sock, "GET", "/api/v1/vm.migration", None).1);
         info["phase"] == "precopy" && info["bytes_sent"].as_u64().unwrap_or(0) > 8 << 20
     });
     send_signal(&mut t1.running, libc::SIGKILL);
@@ -240,10 +228,10 @@ fn killing_the_target_mid_pass_leaves_the_source_running_and_a_second_migration_
     assert_eq!(status.code(), None, "killed");
     let (code, answer) = send.join().expect("send thread");
     assert_eq!(code, 500, "{answer}");
-    let info = json(&curl_json(&a_sock, "GET", "/api/v1/vm.migration", None).1);
+    let info = json(&curl_body(&a_sock, "GET", "/api/v1/vm.migration", None).1);
     assert_eq!(info["phase"], "failed", "{info}");
     assert_eq!(info["throttle_percent"], 0, "{info}");
-    let vm = json(&curl_json(&a_sock, "GET", "/api/v1/vm.info", None).1);
+    let vm = json(&curl_body(&a_sock, "GET", "/api/v1/vm.info", None).1);
     assert_eq!(vm["state"], "Running", "{vm}");
     // The guest goes on (a full sweep of its working set, verified by itself).
     let n = read(&a_serial).lines().count();
@@ -262,7 +250,7 @@ fn killing_the_target_mid_pass_leaves_the_source_running_and_a_second_migration_
     );
     wait_for_path(&t2_sock, Duration::from_secs(20));
     let body = format!(r#"{{"destination_url": "unix:{}"}}"#, t2_sock.display());
-    let (code, answer) = curl_json(&a_sock, "PUT", "/api/v1/vm.send-migration", Some(&body));
+    let (code, answer) = curl_body(&a_sock, "PUT", "/api/v1/vm.send-migration", Some(&body));
     assert_eq!(code, 200, "{answer}");
     let (status, _, logs) = src.finish(Duration::from_secs(30));
     assert_eq!(status.code(), Some(10), "{logs}");
@@ -282,7 +270,7 @@ fn killing_the_target_mid_pass_leaves_the_source_running_and_a_second_migration_
         "{text}"
     );
     assert_eq!(
-        curl_json(&fx.path("t2.api"), "PUT", "/api/v1/vm.shutdown", None).0,
+        curl_body(&fx.path("t2.api"), "PUT", "/api/v1/vm.shutdown", None).0,
         204
     );
     let _ = t2.finish(Duration::from_secs(20));
@@ -305,7 +293,7 @@ fn bad_migration_requests_get_a_clear_4xx_and_harm_nothing() {
             "unknown field",
         ),
     ] {
-        let (code, answer) = curl_json(&a_sock, "PUT", "/api/v1/vm.send-migration", Some(body));
+        let (code, answer) = curl_body(&a_sock, "PUT", "/api/v1/vm.send-migration", Some(body));
         assert_eq!(code, 400, "{body}: {answer}");
         assert!(
             json(&answer)["error"]
@@ -315,21 +303,21 @@ fn bad_migration_requests_get_a_clear_4xx_and_harm_nothing() {
             "{answer}"
         );
     }
-    let (code, answer) = curl_json(&a_sock, "PUT", "/api/v1/vm.cancel-migration", None);
+    let (code, answer) = curl_body(&a_sock, "PUT", "/api/v1/vm.cancel-migration", None);
     assert_eq!(code, 409, "{answer}");
     assert_eq!(json(&answer)["error"], "no migration is running");
     let body = r#"{"receiver_url": "unix:/tmp/nope.sock"}"#;
-    let (code, _) = curl_json(&a_sock, "PUT", "/api/v1/vm.receive-migration", Some(body));
+    let (code, _) = curl_body(&a_sock, "PUT", "/api/v1/vm.receive-migration", Some(body));
     assert_eq!(code, 409, "a vireo with a VM does not receive another");
     // Nobody listens at the destination: 500 naming it, and the guest runs on.
     let body = format!(
         r#"{{"destination_url": "unix:{}"}}"#,
         fx.path("none.sock").display()
     );
-    let (code, answer) = curl_json(&a_sock, "PUT", "/api/v1/vm.send-migration", Some(&body));
+    let (code, answer) = curl_body(&a_sock, "PUT", "/api/v1/vm.send-migration", Some(&body));
     assert_eq!(code, 500, "{answer}");
     assert!(answer.contains("none.sock"), "{answer}");
-    let vm = json(&curl_json(&a_sock, "GET", "/api/v1/vm.info", None).1);
+    let vm = json(&curl_body(&a_sock, "GET", "/api/v1/vm.info", None).1);
     assert_eq!(vm["state"], "Running", "{vm}");
     // `vireo receive` given a bad URL fails at once with exit status 1.
     let out = vireo()
@@ -343,8 +331,27 @@ fn bad_migration_requests_get_a_clear_4xx_and_harm_nothing() {
         stderr(&out)
     );
     assert_eq!(
-        curl_json(&a_sock, "PUT", "/api/v1/vm.shutdown", None).0,
+        curl_body(&a_sock, "PUT", "/api/v1/vm.shutdown", None).0,
         204
     );
     let _ = src.finish(Duration::from_secs(20));
+}
+
+#[test]
+fn vireo_receive_ends_cleanly_on_sigterm_before_any_source() {
+    let fx = Fixture::create();
+    let sock = fx.path("m.sock");
+    let mut cmd = vireo();
+    cmd.args(["receive", "--listen"])
+        .arg(format!("unix:{}", sock.display()));
+    let mut proc = Collected::spawn(cmd);
+    wait_for_path(&sock, Duration::from_secs(20));
+    send_signal(&mut proc.running, libc::SIGTERM);
+    let (status, _, logs) = proc.finish(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(
+        logs.contains("stopped before any source connected"),
+        "{logs}"
+    );
+    assert!(!sock.exists(), "the listening socket is removed");
 }

@@ -16,19 +16,6 @@ use serde_json::Value;
 /// `count N GAP`: about one line per 2 ms here.
 const COUNT: &str = "count 1000000 4000000";
 
-/// [`common::curl`] with an optional JSON body.
-fn curl(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    match body {
-        Some(b) => common::curl(
-            socket,
-            method,
-            path,
-            &["-H", "Content-Type: application/json", "-d", b],
-        ),
-        None => common::curl(socket, method, path, &[]),
-    }
-}
-
 /// The numbers of the `tick N` lines of `text`, which must all be tick lines (but for a last
 /// line a stop cut short).
 fn ticks(text: &str) -> Vec<u64> {
@@ -96,7 +83,7 @@ fn saved_guest(fx: &Fixture, snap: &Path) -> String {
     // A snapshot of the running VM answers with what it wrote, and the VM runs on.
     let url = format!("file://{}", snap.display());
     let body = format!(r#"{{"destination_url": "{url}"}}"#);
-    let (code, answer) = curl(&socket, "PUT", "/api/v1/vm.snapshot", Some(&body));
+    let (code, answer) = curl_body(&socket, "PUT", "/api/v1/vm.snapshot", Some(&body));
     assert_eq!(code, 200, "{answer}");
     let info = json(&answer);
     assert_eq!(info["memory_bytes"], 64 << 20);
@@ -109,12 +96,12 @@ fn saved_guest(fx: &Fixture, snap: &Path) -> String {
         read(&serial).lines().count() > lines + 20
     });
     // Now pause, let the console drain, and save again over the first snapshot.
-    assert_eq!(curl(&socket, "PUT", "/api/v1/vm.pause", None).0, 204);
+    assert_eq!(curl_body(&socket, "PUT", "/api/v1/vm.pause", None).0, 204);
     std::thread::sleep(Duration::from_millis(300));
-    let (code, answer) = curl(&socket, "PUT", "/api/v1/vm.snapshot", Some(&body));
+    let (code, answer) = curl_body(&socket, "PUT", "/api/v1/vm.snapshot", Some(&body));
     assert_eq!(code, 200, "{answer}");
     assert_eq!(
-        json(&curl(&socket, "GET", "/api/v1/vm.info", None).1)["state"],
+        json(&curl_body(&socket, "GET", "/api/v1/vm.info", None).1)["state"],
         "Paused"
     );
     send_signal(&mut proc.running, libc::SIGKILL);
@@ -144,9 +131,12 @@ fn a_killed_guest_restored_in_a_new_process_continues_its_count() {
     wait_until("100 ticks after restore", Duration::from_secs(20), || {
         read(&serial).lines().count() > 100
     });
-    let info = json(&curl(&socket, "GET", "/api/v1/vm.info", None).1);
+    let info = json(&curl_body(&socket, "GET", "/api/v1/vm.info", None).1);
     assert_eq!(info["state"], "Running", "{info}");
-    assert_eq!(curl(&socket, "PUT", "/api/v1/vm.shutdown", None).0, 204);
+    assert_eq!(
+        curl_body(&socket, "PUT", "/api/v1/vm.shutdown", None).0,
+        204
+    );
     let (status, _, logs) = proc.finish(Duration::from_secs(20));
     assert_eq!(status.code(), Some(8), "{logs}");
     let after = read(&serial);
@@ -166,13 +156,13 @@ fn a_payload_less_vireo_restores_through_the_api_and_stays_paused_until_resumed(
     cmd.arg("run").arg("--api-socket").arg(&socket);
     let proc = Collected::spawn(cmd);
     wait_for_path(&socket, Duration::from_secs(20));
-    let (code, body) = curl(&socket, "GET", "/api/v1/vm.info", None);
+    let (code, body) = curl_body(&socket, "GET", "/api/v1/vm.info", None);
     assert_eq!(code, 409, "{body}");
     assert_eq!(
         json(&body)["error"],
         "no VM yet: this vireo waits for PUT /api/v1/vm.restore"
     );
-    assert_eq!(curl(&socket, "GET", "/api/v1/vmm.ping", None).0, 200);
+    assert_eq!(curl_body(&socket, "GET", "/api/v1/vmm.ping", None).0, 200);
 
     let out = vireo()
         .args(["remote", "--api-socket"])
@@ -182,14 +172,14 @@ fn a_payload_less_vireo_restores_through_the_api_and_stays_paused_until_resumed(
         .output()
         .expect("vireo remote");
     assert!(out.status.success(), "{}", stderr(&out));
-    let info = json(&curl(&socket, "GET", "/api/v1/vm.info", None).1);
+    let info = json(&curl_body(&socket, "GET", "/api/v1/vm.info", None).1);
     assert_eq!(
         info["state"], "Paused",
         "restored paused, as Cloud Hypervisor does"
     );
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(read(&serial), "", "a paused restored VM prints nothing");
-    let (code, body) = curl(
+    let (code, body) = curl_body(
         &socket,
         "PUT",
         "/api/v1/vm.restore",
@@ -197,11 +187,14 @@ fn a_payload_less_vireo_restores_through_the_api_and_stays_paused_until_resumed(
     );
     assert_eq!(code, 409, "a second restore is refused: {body}");
 
-    assert_eq!(curl(&socket, "PUT", "/api/v1/vm.resume", None).0, 204);
+    assert_eq!(curl_body(&socket, "PUT", "/api/v1/vm.resume", None).0, 204);
     wait_until("100 ticks after resume", Duration::from_secs(20), || {
         read(&serial).lines().count() > 100
     });
-    assert_eq!(curl(&socket, "PUT", "/api/v1/vmm.shutdown", None).0, 204);
+    assert_eq!(
+        curl_body(&socket, "PUT", "/api/v1/vmm.shutdown", None).0,
+        204
+    );
     let (status, _, logs) = proc.finish(Duration::from_secs(20));
     assert_eq!(status.code(), Some(8), "{logs}");
     assert_consecutive(&format!("{before}{}", read(&serial)));
@@ -332,7 +325,7 @@ fn bad_snapshot_requests_leave_the_running_vm_unharmed() {
         ),
     ];
     for (path, body, status, reason) in cases {
-        let (code, answer) = curl(&socket, "PUT", path, *body);
+        let (code, answer) = curl_body(&socket, "PUT", path, *body);
         assert_eq!(code, *status, "{path} {body:?}: {answer}");
         let error = json(&answer)["error"].as_str().expect("error").to_owned();
         assert!(error.contains(reason), "{path} {body:?}: {error}");
@@ -341,7 +334,7 @@ fn bad_snapshot_requests_leave_the_running_vm_unharmed() {
     let n = proc.line_count();
     proc.wait_for_lines(n + 50, Duration::from_secs(20));
     assert_eq!(
-        json(&curl(&socket, "GET", "/api/v1/vm.info", None).1)["state"],
+        json(&curl_body(&socket, "GET", "/api/v1/vm.info", None).1)["state"],
         "Running"
     );
     let lines = proc.lines();
@@ -418,10 +411,10 @@ fn a_guest_killed_mid_disk_io_on_a_qcow2_overlay_resumes_its_io_in_a_new_process
         churn_lines(&read(&serial)).len() > 30
     });
     // Paused with block requests in flight a moment ago; the snapshot flushes the overlay.
-    assert_eq!(curl(&socket, "PUT", "/api/v1/vm.pause", None).0, 204);
+    assert_eq!(curl_body(&socket, "PUT", "/api/v1/vm.pause", None).0, 204);
     std::thread::sleep(Duration::from_millis(300));
     let body = format!(r#"{{"destination_url": "file://{}"}}"#, snap.display());
-    let (code, answer) = curl(&socket, "PUT", "/api/v1/vm.snapshot", Some(&body));
+    let (code, answer) = curl_body(&socket, "PUT", "/api/v1/vm.snapshot", Some(&body));
     assert_eq!(code, 200, "{answer}");
     send_signal(&mut proc.running, libc::SIGKILL);
     let _ = proc.finish(Duration::from_secs(20));
@@ -445,7 +438,10 @@ fn a_guest_killed_mid_disk_io_on_a_qcow2_overlay_resumes_its_io_in_a_new_process
         Duration::from_secs(30),
         || churn_lines(&read(&serial2)).len() > 30,
     );
-    assert_eq!(curl(&socket2, "PUT", "/api/v1/vm.shutdown", None).0, 204);
+    assert_eq!(
+        curl_body(&socket2, "PUT", "/api/v1/vm.shutdown", None).0,
+        204
+    );
     let (status, _, logs) = proc.finish(Duration::from_secs(20));
     assert_eq!(status.code(), Some(8), "{logs}");
     qemu_img_check(&overlay);
@@ -489,7 +485,10 @@ fn a_payload_less_vireo_ends_cleanly_on_sigterm_or_vmm_shutdown_before_any_resto
         if how == "sigterm" {
             send_signal(&mut proc.running, libc::SIGTERM);
         } else {
-            assert_eq!(curl(&socket, "PUT", "/api/v1/vmm.shutdown", None).0, 204);
+            assert_eq!(
+                curl_body(&socket, "PUT", "/api/v1/vmm.shutdown", None).0,
+                204
+            );
         }
         let (status, _, logs) = proc.finish(Duration::from_secs(20));
         assert_eq!(status.code(), Some(0), "{how}: {logs}");

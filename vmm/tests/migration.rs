@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::churn::{parse, Line};
-use common::{build_vm, ticks, Capture, PATIENCE};
+use common::{build_vm, qemu_img_check, ticks, Capture, PATIENCE};
 use vireo_vmm::config::DirtyLogMode;
 use vireo_vmm::migration::{
     self, transport, MigrationError, MigrationPhase, MigrationReport, ReceiveOptions,
@@ -198,6 +198,28 @@ fn check_churn(joined: &str, every: u64) {
     }
 }
 
+/// Migrates the churning `vm` (its output in `out`) to `target` with `cfg`, then checks that
+/// the source stopped as migrated and that the guest verifies two more sweeps of its working
+/// set on the target with its line sequence unbroken; stops the target.
+fn move_churn(
+    vm: &Vm,
+    out: &Capture,
+    target: Target,
+    cfg: &SendMigrationConfig,
+    every: u64,
+) -> MigrationReport {
+    let report = vm.migrate(cfg).expect("migrate");
+    assert_eq!(vm.wait(), ExitReason::Migrated);
+    let last = parse(&out.text()).0.pop().expect("lines").i;
+    let (target_vm, joined) = target.join();
+    let target_vm = target_vm.expect("target");
+    // Two more sweeps on the target: every page of the working set verified there.
+    wait_line(&joined, last + 2 * every);
+    target_vm.shutdown();
+    check_churn(&joined.text(), every);
+    report
+}
+
 fn dirtying_migration(
     url: &str,
     source_tls: Option<&Path>,
@@ -210,16 +232,7 @@ fn dirtying_migration(
     let target = Target::listen(url, target_tls, ReceiveOptions::default(), &out);
     let mut cfg = send(&target.url);
     cfg.tls_dir = source_tls.map(Path::to_owned);
-    let report = vm.migrate(&cfg).expect("migrate");
-    assert_eq!(vm.wait(), ExitReason::Migrated);
-    let before = out.text();
-    let (target_vm, after) = target.join();
-    let target_vm = target_vm.expect("target");
-    let last = parse(&before).0.pop().expect("lines").i;
-    // Two more sweeps on the target: every page of the working set verified there.
-    wait_line(&after, last + 2 * every);
-    target_vm.shutdown();
-    check_churn(&after.text(), every);
+    let report = move_churn(&vm, &out, target, &cfg, every);
     assert!(
         report.passes >= 2,
         "a dirtying guest needs passes: {report:?}"
@@ -263,15 +276,7 @@ fn a_local_handover_moves_no_page_and_the_guest_keeps_its_memory() {
     let target = Target::listen(&url, None, ReceiveOptions::default(), &out);
     let mut cfg = send(&target.url);
     cfg.local = true;
-    let report = vm.migrate(&cfg).expect("migrate");
-    assert_eq!(vm.wait(), ExitReason::Migrated);
-    let before = out.text();
-    let (target_vm, after) = target.join();
-    let target_vm = target_vm.expect("target");
-    let last = parse(&before).0.pop().expect("lines").i;
-    wait_line(&after, last + 2 * every);
-    target_vm.shutdown();
-    check_churn(&after.text(), every);
+    let report = move_churn(&vm, &out, target, &cfg, every);
     assert_eq!(report.pages_sent, 0, "no page is copied: {report:?}");
     assert_eq!(report.dirty_log, "none");
     eprintln!("local: {report:?}");
@@ -527,35 +532,11 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
         ReceiveOptions::default(),
         &out,
     );
-    vm.migrate(&send(&target.url)).expect("a later migration");
-    assert_eq!(vm.wait(), ExitReason::Migrated);
-    let before = out.text();
-    let (target_vm, after) = target.join();
-    let target_vm = target_vm.expect("target");
-    let last = parse(&before).0.pop().expect("lines").i;
-    wait_line(&after, last + 2 * every);
-    target_vm.shutdown();
-    check_churn(&after.text(), every);
+    let cfg = send(&target.url);
+    move_churn(&vm, &out, target, &cfg, every);
 }
 
 // ------------------------------------------------------------------ devices in flight
-
-/// `qemu-img check` finds nothing wrong with the qcow2 image at `path`.
-fn qemu_img_check(path: &Path) {
-    let out = std::process::Command::new("qemu-img")
-        .args(["check", "-f", "qcow2"])
-        .arg(path)
-        .output()
-        .expect("run qemu-img (it is installed on the CI host)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("No errors were found"),
-        "qemu-img check {}: {}\n{stdout}{}",
-        path.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A churning guest writing a qcow2 overlay disk moves over TCP while its block requests are
 /// in flight: the target opens the image after the source flushed it, the guest's own sector

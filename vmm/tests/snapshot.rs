@@ -35,7 +35,7 @@ use common::netcommon;
 use common::tap::{
     add_nic, check_tx_counts, tap_rx_packets, wait_for_rx, PacketSocket, TxReader, TAP,
 };
-use common::{build_vm, guest_vm, ticks, Capture};
+use common::{build_vm, guest_vm, qemu_img_check, ticks, Capture};
 use vireo_vmm::{DiskConfig, DiskFormat};
 
 use vireo_vmm::snapshot::{self, MemoryRestore, RestoreOptions};
@@ -260,23 +260,6 @@ fn check_continued(text: &str, saved: &Saved, after: u64) -> Vec<Line> {
         saved.last.i
     );
     lines
-}
-
-/// `qemu-img check` finds nothing wrong with the qcow2 image at `path`.
-fn qemu_img_check(path: &Path) {
-    let out = Command::new("qemu-img")
-        .args(["check", "-f", "qcow2"])
-        .arg(path)
-        .output()
-        .expect("run qemu-img (it is installed on the CI host)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("No errors were found"),
-        "qemu-img check {}: {}\n{stdout}{}",
-        path.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A raw base image and a qcow2 overlay on it, the overlay as the VM's disk.

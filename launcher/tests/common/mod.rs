@@ -266,3 +266,16 @@ pub fn curl(socket: &Path, method: &str, path: &str, extra: &[&str]) -> (u16, St
 pub fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
+
+/// [`curl`] with an optional JSON body: (status, body).
+pub fn curl_body(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    match body {
+        Some(b) => curl(
+            socket,
+            method,
+            path,
+            &["-H", "Content-Type: application/json", "-d", b],
+        ),
+        None => curl(socket, method, path, &[]),
+    }
+}

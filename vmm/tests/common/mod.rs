@@ -6,6 +6,8 @@
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 pub mod churn;
+/// The test PKI generator, shared with the benchmarks.
+#[path = "../../../benches/src/pki.rs"]
 pub mod pki;
 pub mod tap;
 
@@ -107,4 +109,21 @@ impl Write for Capture {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// `qemu-img check` finds nothing wrong with the qcow2 image at `path`.
+pub fn qemu_img_check(path: &Path) {
+    let out = std::process::Command::new("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(path)
+        .output()
+        .expect("run qemu-img (it is installed on the CI host)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("No errors were found"),
+        "qemu-img check {}: {}\n{stdout}{}",
+        path.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,5 +1,7 @@
 //! Test PKI: a fresh CA and node certificates signed by it, written as the
-//! PEM files `vireo_vmm::migration::tls::TlsFiles::from_dir` expects.
+//! PEM files `vireo_vmm::migration::tls::TlsFiles::from_dir` expects (the
+//! `tls_dir` of a `tls:` live migration). Shared by the benchmarks and, by
+//! path, the vmm crate's integration tests.
 
 use std::path::{Path, PathBuf};
 
@@ -13,8 +15,8 @@ use rcgen::{
 /// CA, valid for `localhost`, `127.0.0.1` and `::1`, and usable both as a TLS
 /// server and as a TLS client. Returns the CA's directory (`DIR/ca`).
 ///
-/// For tests and local trials only; production nodes bring their own PKI.
-/// Panics on any failure (it is a test helper).
+/// For tests, benchmarks and local trials only; production nodes bring their
+/// own PKI. Panics on any failure.
 pub fn write_pki(dir: &Path, names: &[&str]) -> PathBuf {
     let ca_key = KeyPair::generate().expect("generate the CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
