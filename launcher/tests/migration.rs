@@ -7,27 +7,12 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 /// `count N GAP`: about one line per 2 ms here.
 const COUNT: &str = "count 1000000 4000000";
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < limit,
-            "{what} did not happen in {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// The numbers of the complete `tick N` lines of `text`.
 fn ticks(text: &str) -> Vec<u64> {
@@ -119,14 +104,7 @@ fn a_counting_guest_moves_to_vireo_receive_through_the_api_and_the_source_exits_
     wait_until("100 ticks on the target", Duration::from_secs(20), || {
         read(&b_serial).lines().count() > 100
     });
-    let vm = json(&curl_body(&b_sock, "GET", "/api/v1/vm.info", None).1);
-    assert_eq!(vm["state"], "Running", "{vm}");
-    assert_eq!(
-        curl_body(&b_sock, "PUT", "/api/v1/vm.shutdown", None).0,
-        204
-    );
-    let (status, _, logs) = target.finish(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(8), "{logs}");
+    shutdown_running(&b_sock, target);
     assert_consecutive(&(read(&fx.path("a.serial")) + &read(&b_serial)));
 }
 

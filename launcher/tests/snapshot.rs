@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -45,21 +45,6 @@ fn assert_consecutive(text: &str) {
     for (i, n) in t.iter().enumerate() {
         assert_eq!(*n, i as u64, "count broke at line {i}: {}", around(text, i));
     }
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < limit,
-            "{what} did not happen in {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// A counting guest with an API socket and its serial console in a file, paused, saved to
@@ -131,14 +116,7 @@ fn a_killed_guest_restored_in_a_new_process_continues_its_count() {
     wait_until("100 ticks after restore", Duration::from_secs(20), || {
         read(&serial).lines().count() > 100
     });
-    let info = json(&curl_body(&socket, "GET", "/api/v1/vm.info", None).1);
-    assert_eq!(info["state"], "Running", "{info}");
-    assert_eq!(
-        curl_body(&socket, "PUT", "/api/v1/vm.shutdown", None).0,
-        204
-    );
-    let (status, _, logs) = proc.finish(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(8), "{logs}");
+    shutdown_running(&socket, proc);
     let after = read(&serial);
     assert_consecutive(&format!("{before}{after}"));
 }

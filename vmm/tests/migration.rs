@@ -582,21 +582,14 @@ fn a_guest_writing_a_qcow2_disk_migrates_over_tcp_and_the_image_checks_clean() {
 /// in order.
 #[test]
 fn a_guest_with_disk_and_nic_traffic_in_flight_migrates_over_unix_losing_nothing() {
-    use common::churn::{check_lines, churn_config, wait_for_i_with, EVERY, SECTORS};
-    use common::tap::{
-        add_nic, check_tx_counts, tap_rx_packets, wait_for_rx, PacketSocket, TxReader, TAP,
-    };
+    use common::churn::{check_lines, wait_for_i_with, EVERY, SECTORS};
+    use common::tap::{check_tx_counts, churning_vm_with_tap, tap_rx_packets, wait_for_rx};
     common::netcommon::require_root(
         "a_guest_with_disk_and_nic_traffic_in_flight_migrates_over_unix_losing_nothing",
     );
     common::netcommon::in_netns(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let disk = dir.path().join("disk.raw");
-        let mut config = churn_config(dir.path(), &disk);
-        add_nic(&mut config);
-        let (vm, out) = build_vm(config);
-        let sock = Arc::new(PacketSocket::open(TAP));
-        let reader = TxReader::spawn(sock.clone());
+        let (vm, out, sock, reader) = churning_vm_with_tap(dir.path());
         vm.start().expect("start");
         let last = |c: &Capture| parse(&c.text()).0.pop();
         let mut next = 0u64;

@@ -24,7 +24,7 @@ use common::churn::{
 };
 use common::netcommon;
 use common::tap::{
-    add_nic, check_tx_counts, tap_rx_packets, wait_for_rx, PacketSocket, TxReader, TAP,
+    check_tx_counts, churning_vm_with_tap, tap_rx_packets, wait_for_rx, PacketSocket,
 };
 use common::{build_vm, take_device_dirty, Capture, PATIENCE};
 use vireo_vmm::{ExitReason, Vm, VmState};
@@ -296,14 +296,8 @@ fn pause_freezes_a_churning_guest_with_a_disk_and_a_tap_and_resume_loses_nothing
     );
     netcommon::in_netns(|| {
         let dir = tempfile::tempdir().expect("tempdir");
+        let (vm, out, sock, reader) = churning_vm_with_tap(dir.path());
         let disk = dir.path().join("disk.raw");
-        let mut config = churn_config(dir.path(), &disk);
-        add_nic(&mut config);
-        // The VMM creates the tap (in this thread's namespace) and brings
-        // it up.
-        let (vm, out) = build_vm(config);
-        let sock = Arc::new(PacketSocket::open(TAP));
-        let reader = TxReader::spawn(sock.clone());
         let started = Instant::now();
         vm.start().expect("start");
         let mut traffic = TapTraffic {

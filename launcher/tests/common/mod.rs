@@ -279,3 +279,30 @@ pub fn curl_body(socket: &Path, method: &str, path: &str, body: Option<&str>) ->
         None => curl(socket, method, path, &[]),
     }
 }
+
+/// Checks through the API on `socket` that `proc`'s VM is Running, stops it with
+/// `vm.shutdown` and checks `vireo` exits with status 8 (a forced stop).
+pub fn shutdown_running(socket: &Path, proc: Collected) {
+    let info = json(&curl_body(socket, "GET", "/api/v1/vm.info", None).1);
+    assert_eq!(info["state"], "Running", "{info}");
+    assert_eq!(curl_body(socket, "PUT", "/api/v1/vm.shutdown", None).0, 204);
+    let (status, _, logs) = proc.finish(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(8), "{logs}");
+}
+
+/// The text of the file at `path` so far (empty while it does not exist).
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Polls `f` every 10 ms until it holds; fails the test naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not happen in {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -258,3 +258,18 @@ pub fn check_tx_counts(lines: &[Line]) {
         assert_eq!(l.tx, Some(l.i.div_ceil(TX_EVERY)), "{l:?}");
     }
 }
+
+/// A churning VM (not started) with a raw disk in `dir` and a NIC on [`TAP`], which the VMM
+/// creates in the calling thread's namespace and brings up; a packet socket on the tap and a
+/// reader of the guest's frames. Call inside `netcommon::in_netns`.
+pub fn churning_vm_with_tap(
+    dir: &std::path::Path,
+) -> (vireo_vmm::Vm, Capture, Arc<PacketSocket>, TxReader) {
+    let disk = dir.join("disk.raw");
+    let mut config = super::churn::churn_config(dir, &disk);
+    add_nic(&mut config);
+    let (vm, out) = super::build_vm(config);
+    let sock = Arc::new(PacketSocket::open(TAP));
+    let reader = TxReader::spawn(sock.clone());
+    (vm, out, sock, reader)
+}
