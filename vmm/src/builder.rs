@@ -280,6 +280,8 @@ impl Parts {
             mmio: std::mem::replace(&mut self.devices.mmio, Bus::new()),
             rings: rings.clone(),
         });
+        // The TSC rate the guest sees (a live migration checks the target's matches).
+        let tsc_khz = vcpus.first().and_then(|fd| fd.get_tsc_khz().ok());
         let vcpus: Vec<SharedVcpu> = vcpus
             .into_iter()
             .map(|fd| Arc::new(Mutex::new(fd)))
@@ -287,6 +289,7 @@ impl Parts {
         Ok(Vm::assemble(crate::vm::VmParts {
             config: self.config,
             rings,
+            tsc_khz,
             flags: self.flags,
             lifecycle: self.lifecycle,
             vcpus,

@@ -88,6 +88,7 @@ pub enum VmError {
 pub(crate) struct VmParts {
     pub(crate) config: VmConfig,
     pub(crate) rings: Option<Arc<DirtyRings>>,
+    pub(crate) tsc_khz: Option<u32>,
     pub(crate) flags: PlatformFlags,
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) vcpus: Vec<SharedVcpu>,
@@ -109,6 +110,8 @@ pub struct Vm {
     vcpus: Vec<SharedVcpu>,
     /// The vCPUs' dirty rings (the spec's `dirty_log` and the host decide); `None`: bitmap.
     rings: Option<Arc<DirtyRings>>,
+    /// The guest's TSC rate in kHz, as KVM reported it when the vCPUs were created.
+    tsc_khz: Option<u32>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     buses: Arc<Buses>,
     /// The devices (the buses themselves live in `buses`).
@@ -146,6 +149,7 @@ impl Vm {
             lifecycle: p.lifecycle,
             vcpus: p.vcpus,
             rings: p.rings,
+            tsc_khz: p.tsc_khz,
             threads: Mutex::new(Vec::new()),
             buses: p.buses,
             devices: p.devices,
@@ -173,6 +177,11 @@ impl Vm {
     /// The dirty rings, if the VM tracks dirty pages with them.
     pub(crate) fn dirty_rings(&self) -> Option<&Arc<DirtyRings>> {
         self.rings.as_ref()
+    }
+
+    /// The guest's TSC rate in kHz (`KVM_GET_TSC_KHZ` of vCPU 0 when it was created).
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.tsc_khz
     }
 
     /// The lifecycle (for migration's throttle and final stop).

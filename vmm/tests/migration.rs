@@ -292,7 +292,7 @@ fn a_local_handover_moves_no_page_and_the_guest_keeps_its_memory() {
 // ------------------------------------------------------------------ TLS
 
 #[test]
-fn a_dirtying_guest_migrates_over_tls_and_a_stranger_is_refused() {
+fn idle_and_dirtying_guests_migrate_over_tls_and_a_stranger_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     common::pki::write_pki(&dir.path().join("pki"), &["source", "target"]);
     let source = dir.path().join("pki/source");
@@ -316,7 +316,25 @@ fn a_dirtying_guest_migrates_over_tls_and_a_stranger_is_refused() {
     assert_eq!(vm.state(), VmState::Running);
     let n = *ticks(&out.text()).last().expect("ticks");
     wait_tick(&out, n + 5);
-    vm.shutdown();
+
+    // The same idle guest then moves with the right certificate.
+    let t = Target::listen(
+        "tls:127.0.0.1:0",
+        Some(&target),
+        ReceiveOptions::default(),
+        &out,
+    );
+    let mut cfg = send(&t.url);
+    cfg.tls_dir = Some(source.clone());
+    let report = vm.migrate(&cfg).expect("migrate over TLS");
+    assert_eq!(vm.wait(), ExitReason::Migrated);
+    let last = *ticks(&out.text()).last().expect("ticks");
+    let (target_vm, joined) = t.join();
+    let target_vm = target_vm.expect("target");
+    wait_tick(&joined, last + 20);
+    target_vm.shutdown();
+    check_count(&joined.text());
+    eprintln!("idle over tls: {report:?}");
 
     dirtying_migration(
         "tls:127.0.0.1:0",
@@ -676,6 +694,7 @@ fn a_target_refuses_bad_streams_with_a_clear_error() {
         flags: serde_json::from_str(r#"{"debug_exit":true,"acpi":false}"#).expect("flags"),
         local: false,
         hand_over_taps: false,
+        tsc_khz: None,
     }));
     let outside = Frame::Memory {
         gpa: 64 << 20,

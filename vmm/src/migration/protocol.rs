@@ -149,6 +149,19 @@ pub struct ConfigFrame {
     /// unix-socket migration: same host, so the target takes over the same taps).
     #[serde(default)]
     pub hand_over_taps: bool,
+    /// The guest's TSC rate at the source, kHz: this host's KVM cannot scale the TSC, so the
+    /// target must run at the same rate.
+    #[serde(default)]
+    pub tsc_khz: Option<u32>,
+}
+
+/// KVM's tolerance between TSC rates it treats as the same (`tsc_tolerance_ppm`, 250 ppm).
+pub const TSC_TOLERANCE_PPM: u64 = 250;
+
+/// Whether a guest whose TSC ran at `source` kHz can run on at `target` kHz without scaling.
+pub fn tsc_compatible(source: u32, target: u32) -> bool {
+    let (a, b) = (u64::from(source), u64::from(target));
+    a.abs_diff(b) * 1_000_000 <= a * TSC_TOLERANCE_PPM
 }
 
 /// One frame, parsed.
@@ -578,6 +591,14 @@ mod tests {
             assert!(r.chars().all(|c| c == char::REPLACEMENT_CHARACTER));
             assert_eq!(round_trip(&f), f);
         }
+    }
+
+    #[test]
+    fn tsc_rates_within_kvms_tolerance_are_compatible() {
+        assert!(tsc_compatible(2_600_000, 2_600_000));
+        assert!(tsc_compatible(2_600_000, 2_600_650));
+        assert!(!tsc_compatible(2_600_000, 2_600_651));
+        assert!(!tsc_compatible(2_600_000, 3_000_000));
     }
 
     #[test]

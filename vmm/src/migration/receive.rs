@@ -44,6 +44,8 @@ struct Building {
     vm: Prepared,
     /// The source hands its taps over with the state.
     hand_over_taps: bool,
+    /// The guest's TSC rate at the source, kHz.
+    tsc_khz: Option<u32>,
 }
 
 /// Receives one migration on `conn` and returns the started VM (running, or paused if the
@@ -276,6 +278,7 @@ fn receive_on(
                 let paused = opts.host.paused || !resume;
                 let fds = reader.get_mut().get_mut().take_fds();
                 let taps = handed_taps(&b, fds, opts)?;
+                let source_tsc = b.tsc_khz;
                 let vm = snapshot::apply_state(
                     b.vm,
                     &state,
@@ -283,6 +286,14 @@ fn receive_on(
                     true,
                     taps,
                 )?;
+                if let (Some(src), Some(here)) = (source_tsc, vm.tsc_khz()) {
+                    if !protocol::tsc_compatible(src, here) {
+                        return Err(MigrationError::Mismatch(format!(
+                            "the guest's TSC ran at {src} kHz at the source and would run at \
+                             {here} kHz here; this host's KVM cannot scale the TSC"
+                        )));
+                    }
+                }
                 vm.start()?;
                 answer(reader, &Frame::Ready)?;
                 if !paused {
@@ -374,6 +385,7 @@ fn build(
             config,
         },
         hand_over_taps: frame.hand_over_taps,
+        tsc_khz: frame.tsc_khz,
     })
 }
 
@@ -404,6 +416,7 @@ mod tests {
             },
             local: false,
             hand_over_taps: false,
+            tsc_khz: None,
         }))
     }
 

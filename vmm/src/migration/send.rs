@@ -174,6 +174,7 @@ fn run_inner(
         flags: vm.flags(),
         local: cfg.local,
         hand_over_taps,
+        tsc_khz: vm.tsc_khz(),
     }));
     let mut bytes = Vec::new();
     protocol::write_frame(&mut bytes, &config).map_err(protocol::ProtocolError::from)?;
