@@ -765,3 +765,50 @@ fn a_target_refuses_bad_streams_with_a_clear_error() {
         out
     }
 }
+
+/// A target that takes everything and then never answers `Complete` holds the paused guest
+/// only for the downtime I/O timeout (5 s floor here): the source then resumes it.
+#[test]
+fn a_target_that_stops_answering_during_the_switch_holds_the_guest_only_briefly() {
+    use migration::protocol::{write_frame, Frame, FrameReader};
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (vm, out) = counting_vm(dir.path(), DirtyLogMode::Auto);
+    let at = dir.path().join("stuck.sock");
+    let url: migration::MigrationUrl = format!("unix:{}", at.display()).parse().expect("url");
+    let listener = transport::listen(&url, None).expect("listen");
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let stuck = std::thread::spawn(move || {
+        let mut conn = listener.accept().expect("accept");
+        loop {
+            let frame = match FrameReader::new(&mut conn).read_frame() {
+                Ok(f) => f,
+                Err(_) => return,
+            };
+            let answer = match frame {
+                Frame::Hello { versions, .. } => Frame::Accept(versions.1),
+                Frame::Config(_) => Frame::Ready,
+                // Stalls: keeps the connection open and says nothing until the test ends.
+                Frame::Complete { .. } => {
+                    let _ = done_rx.recv();
+                    return;
+                }
+                _ => continue,
+            };
+            write_frame(&mut conn, &answer).expect("answer");
+            conn.flush().expect("flush");
+        }
+    });
+    let started = Instant::now();
+    let e = vm.migrate(&send(&url.to_string())).expect_err("stalled");
+    let took = started.elapsed();
+    assert!(matches!(e, MigrationError::Protocol(_)), "{e}");
+    assert!(took < Duration::from_secs(15), "the source waited {took:?}");
+    assert_eq!(vm.state(), VmState::Running, "the guest was resumed");
+    let n = *ticks(&out.text()).last().expect("ticks");
+    wait_tick(&out, n + 10);
+    vm.shutdown();
+    let _ = done_tx.send(());
+    stuck.join().expect("stuck target");
+    eprintln!("stalled target: {e} after {took:?}");
+}

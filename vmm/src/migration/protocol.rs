@@ -85,7 +85,7 @@ pub fn negotiate(
 #[derive(Debug, Error)]
 pub enum ProtocolError {
     /// Reading or writing the connection failed (or it ended).
-    #[error("migration connection: {0}")]
+    #[error("migration connection: {}", describe(.0))]
     Io(#[from] io::Error),
     /// The frame does not start with the magic: not a Vireo migration peer, or a desync.
     #[error("not a Vireo migration frame (bad magic {0:02x?})")]
@@ -124,6 +124,20 @@ pub enum ProtocolError {
         /// The peer's range.
         theirs: String,
     },
+}
+
+/// What an I/O error on the connection means for the migration, in words.
+fn describe(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("the peer did not answer in time ({e})")
+        }
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::UnexpectedEof => format!("the peer closed the connection ({e})"),
+        _ => e.to_string(),
+    }
 }
 
 fn malformed(kind: &'static str, why: impl Into<String>) -> ProtocolError {

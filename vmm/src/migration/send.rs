@@ -291,6 +291,11 @@ fn run_inner(
     }
     throttle.set(0);
     let finish = (|| -> Result<(), MigrationError> {
+        // The guest is paused now: a stuck target may hold it so for this long at most, then
+        // the source gives up and resumes it.
+        wire.conn
+            .set_timeouts(Some(downtime_io_timeout(cfg.downtime_ms)))
+            .map_err(protocol::ProtocolError::from)?;
         if let Some(tracker) = &tracker {
             let last = tracker.take()?;
             if pending.is_empty() {
@@ -348,6 +353,12 @@ fn run_inner(
             Err(e)
         }
     }
+}
+
+/// The I/O timeout once the guest is paused: 20 × the downtime allowed, at least 5 s (the
+/// target applies the state in milliseconds; the floor covers a loaded host).
+fn downtime_io_timeout(downtime_ms: u64) -> Duration {
+    Duration::from_millis(downtime_ms.saturating_mul(20)).max(Duration::from_secs(5))
 }
 
 fn in_range(v: Version) -> bool {
