@@ -451,14 +451,13 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
     let (vm, out) = dirtying_vm(dir.path(), DirtyLogMode::Bitmap, 200, every);
     let vm = Arc::new(vm);
     let sock = |name: &str| dir.path().join(name);
+    // A real target on a unix socket in the test's directory.
+    let target_at = |name: &str, opts: ReceiveOptions| {
+        Target::listen(&format!("unix:{}", sock(name).display()), None, opts, &out)
+    };
 
     // The connection is cut in the middle of pass 0.
-    let target = Target::listen(
-        &format!("unix:{}", sock("t1.sock").display()),
-        None,
-        ReceiveOptions::default(),
-        &out,
-    );
+    let target = target_at("t1.sock", ReceiveOptions::default());
     let proxy = cutting_proxy(&sock("p1.sock"), sock("t1.sock"), 32 << 20);
     let e = vm
         .migrate(&send(&format!("unix:{}", sock("p1.sock").display())))
@@ -477,12 +476,7 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
     assert_survived(&vm, &out, every, &format!("target died: {e}"));
 
     // Cancelled through the API's method while pre-copy runs (slowed to 20 MB/s).
-    let target = Target::listen(
-        &format!("unix:{}", sock("t3.sock").display()),
-        None,
-        ReceiveOptions::default(),
-        &out,
-    );
+    let target = target_at("t3.sock", ReceiveOptions::default());
     let mut cfg = send(&target.url);
     cfg.max_bandwidth = 20 << 20;
     let sender = {
@@ -511,12 +505,7 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
     assert!(vm.cancel_migration().is_err(), "nothing left to cancel");
 
     // Timeout with strategy cancel: 1 s at 20 MB/s cannot move 256 MiB.
-    let target = Target::listen(
-        &format!("unix:{}", sock("t4.sock").display()),
-        None,
-        ReceiveOptions::default(),
-        &out,
-    );
+    let target = target_at("t4.sock", ReceiveOptions::default());
     let mut cfg = send(&target.url);
     cfg.max_bandwidth = 20 << 20;
     cfg.timeout_s = 1;
@@ -526,14 +515,12 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
     assert_survived(&vm, &out, every, "timeout");
 
     // A target that expects another memory size refuses the config.
-    let target = Target::listen(
-        &format!("unix:{}", sock("t5.sock").display()),
-        None,
+    let target = target_at(
+        "t5.sock",
         ReceiveOptions {
             expect_memory_mib: Some(1024),
             ..ReceiveOptions::default()
         },
-        &out,
     );
     let e = vm.migrate(&send(&target.url)).expect_err("memory size");
     assert!(
@@ -544,12 +531,7 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
     assert_survived(&vm, &out, every, "memory size");
 
     // And then a migration succeeds.
-    let target = Target::listen(
-        &format!("unix:{}", sock("t6.sock").display()),
-        None,
-        ReceiveOptions::default(),
-        &out,
-    );
+    let target = target_at("t6.sock", ReceiveOptions::default());
     let cfg = send(&target.url);
     move_churn(&vm, &out, target, &cfg, every);
 }
