@@ -21,7 +21,7 @@ use common::{build_vm, qemu_img_check, ticks, Capture, PATIENCE};
 use vireo_vmm::config::DirtyLogMode;
 use vireo_vmm::migration::{
     self, transport, MigrationError, MigrationPhase, MigrationReport, ReceiveOptions,
-    SendMigrationConfig,
+    SendMigrationConfig, TimeoutStrategy,
 };
 use vireo_vmm::{ExitReason, Vm, VmConfig, VmState};
 
@@ -530,10 +530,19 @@ fn every_failure_leaves_the_source_running_and_a_later_migration_succeeds() {
     assert!(target.join().0.is_err());
     assert_survived(&vm, &out, every, "memory size");
 
-    // And then a migration succeeds.
+    // And then a migration succeeds, here with timeout strategy force: pass 0 is cut short at
+    // the deadline, the switch happens anyway, and every page — those the cut pass had not
+    // sent included — arrives: the guest verifies its whole working set on the target.
     let target = target_at("t6.sock", ReceiveOptions::default());
-    let cfg = send(&target.url);
-    move_churn(&vm, &out, target, &cfg, every);
+    let mut cfg = send(&target.url);
+    cfg.max_bandwidth = 20 << 20;
+    cfg.timeout_s = 1;
+    cfg.timeout_strategy = TimeoutStrategy::Force;
+    let report = move_churn(&vm, &out, target, &cfg, every);
+    assert!(
+        report.pages_sent >= BIG_PAGES,
+        "the working set arrived in full: {report:?}"
+    );
 }
 
 // ------------------------------------------------------------------ devices in flight

@@ -216,14 +216,21 @@ fn run_inner(
             i.dirty_log = tracker.kind().to_owned();
             i.pass = 1;
         });
-        let populated = memory_file::populated(vm.memory())
+        pending = memory_file::populated(vm.memory())
             .map_err(|e| MigrationError::Memory(e.to_string()))?;
         wire.begin_pass();
-        send_pages(&mut wire, vm.memory(), &populated, true, out, deadline)?;
+        // Whether the last pass sent all of `pending` (a pass cut short by the deadline did
+        // not: its pages stay pending, with what the guest dirtied meanwhile).
+        let mut complete = send_pages(&mut wire, vm.memory(), &pending, true, out, deadline)?;
         let mut throughput = wire.pass_throughput();
         let mut high = 0u32;
         loop {
-            pending = tracker.take()?;
+            let fresh = tracker.take()?;
+            if complete {
+                pending = fresh;
+            } else {
+                dirty::merge(&mut pending, &fresh);
+            }
             let pass_time = wire.pass_elapsed();
             let left = dirty::count(&pending) * PAGE;
             if let Some(t) = wire.pass_throughput().filter(|_| wire.pass_bytes() > 0) {
@@ -273,7 +280,7 @@ fn run_inner(
             }
             out.update(|i| i.pass += 1);
             wire.begin_pass();
-            send_pages(&mut wire, vm.memory(), &pending, false, out, deadline)?;
+            complete = send_pages(&mut wire, vm.memory(), &pending, false, out, deadline)?;
         }
     }
 
@@ -296,6 +303,8 @@ fn run_inner(
         wire.conn
             .set_timeouts(Some(downtime_io_timeout(cfg.downtime_ms)))
             .map_err(protocol::ProtocolError::from)?;
+        // The bandwidth cap is for pre-copy; the switch goes as fast as it can.
+        wire.cap = 0;
         if let Some(tracker) = &tracker {
             let last = tracker.take()?;
             if pending.is_empty() {
@@ -366,7 +375,8 @@ fn in_range(v: Version) -> bool {
 }
 
 /// Sends every page set in `bits` (one bitmap per RAM region); with `skip_zero`, pages of
-/// zeros are left out (pass 0: the target's memory starts zeroed).
+/// zeros are left out (pass 0: the target's memory starts zeroed). Returns false if it
+/// stopped early because `deadline` passed (then not every page was sent).
 fn send_pages(
     wire: &mut Wire,
     mem: &GuestMemory,
@@ -374,7 +384,7 @@ fn send_pages(
     skip_zero: bool,
     out: &Outgoing,
     deadline: Option<Instant>,
-) -> Result<(), MigrationError> {
+) -> Result<bool, MigrationError> {
     for (region, bits) in mem.iter().zip(bits) {
         let base = region.start_addr().0;
         for (first, count) in memory_file::runs(bits, usize::MAX) {
@@ -391,13 +401,15 @@ fn send_pages(
                     }
                     // A pass that runs past the deadline ends early; the loop decides.
                     if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Ok(());
+                        wire.flush()?;
+                        return Ok(false);
                     }
                 }
             }
         }
     }
-    wire.flush()
+    wire.flush()?;
+    Ok(true)
 }
 
 /// The connection with a send buffer of whole frames, counters and the bandwidth cap.
