@@ -17,13 +17,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::churn::{parse, Line};
-use common::{build_vm, qemu_img_check, ticks, Capture, PATIENCE};
+use common::{build_vm, guest_config, qemu_img_check, ticks, Capture, PATIENCE};
 use vireo_vmm::config::DirtyLogMode;
 use vireo_vmm::migration::{
     self, transport, MigrationError, MigrationPhase, MigrationReport, ReceiveOptions,
     SendMigrationConfig, TimeoutStrategy,
 };
-use vireo_vmm::{ExitReason, Vm, VmConfig, VmState};
+use vireo_vmm::{ExitReason, Vm, VmState};
 
 /// A target waiting for one migration on its own thread.
 struct Target {
@@ -74,11 +74,7 @@ fn send(url: &str) -> SendMigrationConfig {
 }
 
 fn counting_vm(dir: &Path, mode: DirtyLogMode) -> (Vm, Capture) {
-    let kernel = dir.join("guest.elf");
-    vireo_testguest::write_to(&kernel).expect("write guest");
-    let mut config = VmConfig::new(&kernel);
-    config.memory_mib = 64;
-    config.payload.cmdline = "count 100000000 1000000".into();
+    let mut config = guest_config(dir, "count 100000000 1000000", 64);
     config.dirty_log = mode;
     let (vm, out) = build_vm(config);
     vm.start().expect("start");
@@ -157,11 +153,8 @@ const BIG_PAGES: u64 = 65536;
 /// A 512 MiB VM rewriting a 256 MiB working set at `rate` MiB/s (0: flat out), sweeping it
 /// every `every` iterations.
 fn dirtying_vm(dir: &Path, mode: DirtyLogMode, rate: u64, every: u64) -> (Vm, Capture) {
-    let kernel = dir.join("guest.elf");
-    vireo_testguest::write_to(&kernel).expect("write guest");
-    let mut config = VmConfig::new(&kernel);
-    config.memory_mib = 512;
-    config.payload.cmdline = format!("churn {BIG_PAGES} {every} 0 0 {rate}");
+    let cmdline = format!("churn {BIG_PAGES} {every} 0 0 {rate}");
+    let mut config = guest_config(dir, &cmdline, 512);
     config.dirty_log = mode;
     let (vm, out) = build_vm(config);
     vm.start().expect("start");
@@ -262,13 +255,10 @@ fn a_guest_dirtying_256_mib_migrates_over_unix_and_tcp_with_its_memory_intact() 
 #[test]
 fn a_local_handover_moves_no_page_and_the_guest_keeps_its_memory() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let kernel = dir.path().join("guest.elf");
-    vireo_testguest::write_to(&kernel).expect("write guest");
-    let mut config = VmConfig::new(&kernel);
-    config.memory_mib = 512;
-    config.memory_backing = vireo_vmm::config::MemoryBacking::Memfd;
     let every = 16384;
-    config.payload.cmdline = format!("churn {BIG_PAGES} {every} 0 0 0");
+    let cmdline = format!("churn {BIG_PAGES} {every} 0 0 0");
+    let mut config = guest_config(dir.path(), &cmdline, 512);
+    config.memory_backing = vireo_vmm::config::MemoryBacking::Memfd;
     let (vm, out) = build_vm(config);
     vm.start().expect("start");
     wait_line(&out, every);
@@ -671,10 +661,7 @@ fn a_target_refuses_bad_streams_with_a_clear_error() {
     use migration::protocol::{write_frame, ConfigFrame, Frame, FrameReader, VERSIONS};
     use std::io::Write;
     let dir = tempfile::tempdir().expect("tempdir");
-    let kernel = dir.path().join("guest.elf");
-    vireo_testguest::write_to(&kernel).expect("write guest");
-    let mut vm_config = VmConfig::new(&kernel);
-    vm_config.memory_mib = 64;
+    let vm_config = guest_config(dir.path(), "", 64);
     let hello = Frame::Hello {
         versions: VERSIONS,
         vireo: "test".into(),

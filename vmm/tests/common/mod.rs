@@ -31,15 +31,22 @@ pub fn build_vm(config: vireo_vmm::VmConfig) -> (vireo_vmm::Vm, Capture) {
     (vm, out)
 }
 
-/// Writes the test guest into `dir` and builds a 64 MiB VM with `vcpus`
-/// vCPUs that runs it with `cmdline`.
-pub fn guest_vm(dir: &Path, cmdline: &str, vcpus: u8) -> (vireo_vmm::Vm, Capture) {
+/// Writes the test guest into `dir` and returns a one-vCPU config of
+/// `memory_mib` MiB that runs it with `cmdline`.
+pub fn guest_config(dir: &Path, cmdline: &str, memory_mib: u64) -> vireo_vmm::VmConfig {
     let kernel = dir.join("guest.elf");
     vireo_testguest::write_to(&kernel).expect("write guest");
     let mut config = vireo_vmm::VmConfig::new(&kernel);
-    config.memory_mib = 64;
-    config.vcpus = vcpus;
+    config.memory_mib = memory_mib;
     config.payload.cmdline = cmdline.into();
+    config
+}
+
+/// Writes the test guest into `dir` and builds a 64 MiB VM with `vcpus`
+/// vCPUs that runs it with `cmdline`.
+pub fn guest_vm(dir: &Path, cmdline: &str, vcpus: u8) -> (vireo_vmm::Vm, Capture) {
+    let mut config = guest_config(dir, cmdline, 64);
+    config.vcpus = vcpus;
     build_vm(config)
 }
 
