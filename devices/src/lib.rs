@@ -24,6 +24,7 @@ pub mod acpi_ged;
 pub mod acpi_persist;
 pub mod acpi_pm;
 pub mod bus;
+pub mod display;
 pub mod exit;
 pub mod irq;
 pub mod legacy;
