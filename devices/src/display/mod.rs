@@ -150,8 +150,10 @@ pub enum DisplayError {
 pub enum Key {
     /// An X11 keysym (RFB KeyEvent), to be mapped with a US layout.
     Keysym(u32),
-    /// QEMU's extended key event: an XT scancode as sent (`0xe0` prefix in
-    /// the high byte of the low 16 bits, e.g. `0xe048` for Up), used as is.
+    /// QEMU's extended key event (pseudo-encoding −258): the XT keycode as
+    /// QEMU numbers it — the set-1 make code in the low 7 bits, bit 7 set for
+    /// the `0xe0`-prefixed keys (Up is `0xc8`) — used as sent, whatever the
+    /// keysym.
     Scancode(u32),
 }
 
