@@ -149,6 +149,7 @@ pub fn render(
         api_socket: Some(API_SOCKET.into()),
         memory_backing: Default::default(),
         dirty_log: Default::default(),
+        vnc: None,
     };
     config
         .validate()

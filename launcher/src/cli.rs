@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use vireo_spec::{DirtyLogMode, MemoryBacking};
+use vireo_spec::{DirtyLogMode, MemoryBacking, VncConfig, VncListen};
 use vireo_vmm::{DiskConfig, NetConfig, PayloadConfig, SerialConfig, VmConfig};
 
 use crate::exit_code;
@@ -332,6 +332,42 @@ pub struct RunArgs {
     /// offers it), `ring` or `bitmap`.
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_spec_word::<DirtyLogMode>)]
     pub dirty_log: DirtyLogMode,
+    /// A VNC console (framebuffer, PS/2 keyboard, virtio-input tablet) served at `HOST:PORT`,
+    /// `:PORT` or `PORT` (127.0.0.1 unless a host is given; port 0 picks one, shown by
+    /// `vm.info`), or `unix:PATH`. bzImage guests see the framebuffer through `screen_info`.
+    #[arg(long, value_name = "ADDR", value_parser = parse_vnc_listen)]
+    pub vnc: Option<VncListen>,
+    /// Screen size of the VNC console, `WIDTHxHEIGHT` (default 1024x768).
+    #[arg(long, value_name = "WxH", requires = "vnc", value_parser = parse_screen_size)]
+    pub vnc_size: Option<(u32, u32)>,
+    /// A file whose first line is the VNC password (VNC authentication; without it viewers
+    /// need no password). The password is never taken on the command line, where `ps` shows it.
+    #[arg(long, value_name = "PATH", requires = "vnc")]
+    pub vnc_password_file: Option<PathBuf>,
+}
+
+/// Parses `--vnc`.
+fn parse_vnc_listen(s: &str) -> Result<VncListen, String> {
+    s.parse().map_err(|e: vireo_spec::VncListenError| e.to_string())
+}
+
+/// Parses `WIDTHxHEIGHT`.
+pub fn parse_screen_size(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("'{s}' is not a screen size (expected e.g. 1024x768)");
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    Ok((w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?))
+}
+
+impl RunArgs {
+    /// The VNC console these flags ask for.
+    fn vnc_config(&self) -> Option<VncConfig> {
+        let mut vnc = VncConfig::new(self.vnc.clone()?);
+        if let Some((w, h)) = self.vnc_size {
+            (vnc.width, vnc.height) = (w, h);
+        }
+        vnc.password_file = self.vnc_password_file.clone();
+        Some(vnc)
+    }
 }
 
 /// Parses one word of the launch spec's JSON spelling (`memfd`, `ring`, …).
@@ -363,14 +399,16 @@ impl RunArgs {
     /// What these flags ask for, with the SIGTERM shutdown timeout.
     pub fn into_plan(self) -> Result<(RunPlan, u64)> {
         let timeout = self.shutdown_timeout;
+        let vnc = self.vnc_config();
         let Some(kernel) = self.kernel else {
             if self.initramfs.is_some()
                 || !self.cmdline.is_empty()
                 || !self.disks.is_empty()
                 || !self.nets.is_empty()
+                || vnc.is_some()
             {
                 anyhow::bail!(
-                    "--initramfs, --cmdline, --disk and --net need --kernel (a VM restored through \
+                    "--initramfs, --cmdline, --disk, --net and --vnc need --kernel (a VM restored through \
                      the API takes them from its snapshot)"
                 );
             }
@@ -395,6 +433,7 @@ impl RunArgs {
                 api_socket: self.api_socket,
                 memory_backing: self.memory_backing,
                 dirty_log: self.dirty_log,
+                vnc,
             }),
             timeout,
         ))

@@ -83,6 +83,10 @@ pub struct VmInfo {
     pub devices: Vec<DeviceInfo>,
     /// Memory figures.
     pub memory: MemoryInfo,
+    /// Where the VNC console listens (`HOST:PORT` as bound, or `unix:PATH`); absent for a VM
+    /// without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc: Option<String>,
 }
 
 /// The answer to `GET /api/v1/vm.counters`: `{device_id: {counter: value}}` (as Cloud

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::disk::DiskFormat;
 use crate::mac::MacAddr;
+use crate::vnc::VncConfig;
 
 /// The launch-spec version this crate reads and writes. A spec without `version` is version 1;
 /// a spec of another version is refused by [`VmConfig::from_json`] before any other field is
@@ -59,6 +60,9 @@ pub struct VmConfig {
     /// Fixed when the VM is built: the dirty ring must be set up before the vCPUs exist.
     #[serde(default, skip_serializing_if = "is_default")]
     pub dirty_log: DirtyLogMode,
+    /// The VNC console: framebuffer, keyboard, tablet and RFB server (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc: Option<VncConfig>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -214,6 +218,7 @@ impl VmConfig {
             api_socket: None,
             memory_backing: MemoryBacking::Anonymous,
             dirty_log: DirtyLogMode::Auto,
+            vnc: None,
         }
     }
 

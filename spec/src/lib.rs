@@ -7,6 +7,7 @@
 //! - [`DiskFormat`], [`MacAddr`] and tap names ([`check_tap_name`]): the typed pieces.
 //! - Validation ([`VmConfig::validate`], [`VmConfig::validate_on`]) with errors that name their
 //!   field ([`ConfigError::field`]).
+//! - [`VncConfig`]: the VNC console (screen size, listen address, password file).
 //! - [`ExitStatus`]: how a `vireo` process ends, read back by the controller.
 //! - [`api`]: the control API's request and response bodies.
 //!
@@ -19,6 +20,7 @@ mod exit;
 mod mac;
 mod tap;
 mod validate;
+mod vnc;
 
 pub use config::{
     DirtyLogMode, DiskConfig, MemoryBacking, NetConfig, PayloadConfig, SerialConfig, VmConfig,
@@ -31,6 +33,10 @@ pub use tap::{check_tap_name, TapNameError, MAX_TAP_NAME_LEN};
 pub use validate::{
     ConfigError, Field, HostLimits, LoadError, MAX_MEMORY_MIB, MAX_PCI_DEVICES,
     MAX_SOCKET_PATH_LEN, MAX_VCPUS, MIN_MEMORY_MIB,
+};
+pub use vnc::{
+    VncConfig, VncListen, VncListenError, DEFAULT_VNC_HEIGHT, DEFAULT_VNC_WIDTH, MAX_VNC_PIXELS, MAX_VNC_SIDE,
+    MIN_VNC_SIDE,
 };
 
 #[cfg(test)]

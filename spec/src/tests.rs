@@ -192,3 +192,30 @@ fn field_paths_are_the_json_paths() {
     assert_eq!(Field::NetMac(0).to_string(), "nets[0].mac");
     assert_eq!(Field::Kernel.to_string(), "payload.kernel");
 }
+
+#[test]
+fn vnc_checks() {
+    use crate::{DirtyLogMode, VncConfig};
+    let mut c = VmConfig::new("/k");
+    c.vnc = Some(VncConfig::new(":5900".parse().expect("addr")));
+    assert_eq!(c.validate(), Ok(()));
+    let json = serde_json::to_string(&c).expect("json");
+    assert_eq!(VmConfig::from_json(&json).expect("parse"), c);
+    for (w, h) in [(1020, 768), (32, 768), (1024, 5000), (4096, 4096)] {
+        let mut bad = c.clone();
+        if let Some(v) = bad.vnc.as_mut() {
+            v.width = w;
+            v.height = h;
+        }
+        let err = bad.validate().expect_err("bad size");
+        assert_eq!(err.field(), Field::Vnc);
+    }
+    let mut ring = c.clone();
+    ring.dirty_log = DirtyLogMode::Ring;
+    assert_eq!(ring.validate(), Err(ConfigError::VncWithDirtyRing));
+    let mut long = c.clone();
+    long.vnc = Some(VncConfig::new(
+        format!("unix:/{}", "x".repeat(200)).parse().expect("addr"),
+    ));
+    assert_eq!(long.validate().map_err(|e| e.field()), Err(Field::Vnc));
+}

@@ -9,7 +9,8 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::config::{SerialConfig, VmConfig, SPEC_VERSION};
+use crate::config::{DirtyLogMode, SerialConfig, VmConfig, SPEC_VERSION};
+use crate::vnc::{VncConfig, VncListen, MAX_VNC_PIXELS, MAX_VNC_SIDE, MIN_VNC_SIDE};
 use crate::tap::check_tap_name;
 
 /// Most vCPUs a VM can have: xAPIC IDs are one byte and 0xff is the broadcast ID.
@@ -46,6 +47,8 @@ pub enum Field {
     NetMac(usize),
     /// `api_socket`.
     ApiSocket,
+    /// `vnc`.
+    Vnc,
 }
 
 impl fmt::Display for Field {
@@ -61,6 +64,7 @@ impl fmt::Display for Field {
             Field::NetTap(i) => write!(f, "nets[{i}].tap"),
             Field::NetMac(i) => write!(f, "nets[{i}].mac"),
             Field::ApiSocket => f.write_str("api_socket"),
+            Field::Vnc => f.write_str("vnc"),
         }
     }
 }
@@ -157,6 +161,24 @@ pub enum ConfigError {
         /// The tap name.
         tap: String,
     },
+    /// A VNC screen size the framebuffer cannot have.
+    #[error(
+        "vnc: a {width}x{height} screen is not supported: each side must be \
+         {MIN_VNC_SIDE}..={MAX_VNC_SIDE} pixels, the width a multiple of 8, and at most \
+         {MAX_VNC_PIXELS} pixels in all"
+    )]
+    VncScreenSize {
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+    },
+    /// A VNC console asked for together with the KVM dirty ring.
+    #[error(
+        "vnc: the screen is refreshed from KVM's dirty-page bitmap, which the dirty ring \
+         replaces on this kind of host: use dirty_log auto or bitmap with vnc"
+    )]
+    VncWithDirtyRing,
     /// The same MAC address given to two interfaces.
     #[error("network interface {index}: MAC {mac} is already used by interface {first}")]
     DuplicateMac {
@@ -187,6 +209,7 @@ impl ConfigError {
                 Field::NetTap(*index)
             }
             ConfigError::DuplicateMac { index, .. } => Field::NetMac(*index),
+            ConfigError::VncScreenSize { .. } | ConfigError::VncWithDirtyRing => Field::Vnc,
         }
     }
 }
@@ -271,6 +294,9 @@ impl VmConfig {
         if let Some(path) = &self.api_socket {
             socket_path(path, Field::ApiSocket)?;
         }
+        if let Some(vnc) = &self.vnc {
+            self.validate_vnc(vnc)?;
+        }
         self.validate_devices()
     }
 
@@ -289,6 +315,30 @@ impl VmConfig {
                 mib: self.memory_mib,
                 host_mib: host.ram_mib,
             });
+        }
+        Ok(())
+    }
+
+    fn validate_vnc(&self, vnc: &VncConfig) -> Result<(), ConfigError> {
+        let side = |s: u32| (MIN_VNC_SIDE..=MAX_VNC_SIDE).contains(&s);
+        if !side(vnc.width)
+            || !side(vnc.height)
+            || vnc.width % 8 != 0
+            || vnc.width * vnc.height > MAX_VNC_PIXELS
+        {
+            return Err(ConfigError::VncScreenSize {
+                width: vnc.width,
+                height: vnc.height,
+            });
+        }
+        if self.dirty_log == DirtyLogMode::Ring {
+            return Err(ConfigError::VncWithDirtyRing);
+        }
+        if let VncListen::Unix(path) = &vnc.listen {
+            socket_path(path, Field::Vnc)?;
+        }
+        if let Some(path) = &vnc.password_file {
+            non_empty(path, Field::Vnc)?;
         }
         Ok(())
     }

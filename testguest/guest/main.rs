@@ -49,6 +49,10 @@
 //!   line every ~16 ms); without a disk, raise EVERY. Details in
 //!   `churn.rs`.
 //!
+//! - `fb-pattern WIDTH HEIGHT SEED`, `fb-anim WIDTH HEIGHT FRAMES GAP-MS`: draw into the
+//!   VNC framebuffer at 0xd000_0000 (a known pattern, or full-screen fills of known
+//!   colours); details in `fb.rs`.
+//!
 //! Each scenario reports over COM1 and ends by writing a status byte to the
 //! debug exit port (0 = pass; virtio scenarios print `FAIL: <reason>` and
 //! exit 1 on failure). The virtio driver (modern virtio-pci, split
@@ -60,6 +64,7 @@
 #![no_main]
 
 mod churn;
+mod fb;
 mod mem;
 mod virtio;
 mod virtio_blk;
@@ -572,6 +577,8 @@ fn run_scenario(cmdline: &[u8], mem_size: u64) -> u8 {
         b"net-ping" => virtio::outcome(virtio_net::scenario_ping(&mut args)),
         b"net-bench" => virtio::outcome(virtio_net::scenario_bench(&mut args)),
         b"churn" => virtio::outcome(churn::scenario(&mut args, mem_size)),
+        b"fb-pattern" => fb::scenario_pattern(&mut args),
+        b"fb-anim" => fb::scenario_anim(&mut args),
         _ => {
             puts("unknown scenario: ");
             for &b in name {

@@ -25,13 +25,14 @@ use crate::arch::x86_64::{cpuid, layout, vcpu_platform, InitialCpuState};
 use crate::boot;
 use crate::config::{probe_host_limits, DirtyLogMode, VmConfig};
 use crate::console::Console;
-use crate::device_manager::attach::attach_devices;
+use crate::device_manager::attach::{attach_devices, attach_tablet};
 use crate::device_manager::{Bus, DeviceManager};
 use crate::kvm::KvmContext;
 use crate::lifecycle::Lifecycle;
 use crate::memory::{self, GuestMemory};
 use crate::vm::{Vm, VmError};
 use crate::vstate::dirty_ring::{self, DirtyRings};
+use crate::vnc::{VmInput, VncConsole};
 use crate::vstate::vcpu::{self, Buses, SharedVcpu};
 
 /// Platform facts the payload decided at cold boot, which a restore cannot re-derive (it
@@ -95,13 +96,20 @@ impl VmBuilder {
         config.validate_on(&probe_host_limits(kvm.max_vcpus()))?;
         let memory_size = config.memory_bytes();
         let memory = memory::create_backed(memory_size, config.memory_backing)?;
-        let platform = create_platform(&kvm, &memory, config.dirty_log)?;
+        let platform = create_platform(&kvm, &memory, dirty_log_mode(&config))?;
 
         let mut plan = boot::load_payload(&memory, memory_size, &config.payload, config.vcpus)?;
         if let Some(state) = self.boot_cpu {
             plan.boot_cpu = state;
         }
         info!(format = ?plan.format, vcpus = config.vcpus, memory_mib = config.memory_mib, "payload loaded");
+        if let Some(vnc) = &config.vnc {
+            if plan.format == boot::KernelFormat::BzImage {
+                boot::linux::announce_framebuffer(&memory, vnc.width, vnc.height)?;
+            } else {
+                info!(format = ?plan.format, "no screen_info for this boot protocol: the guest sees no framebuffer unless told its address (VNC still serves it)");
+            }
+        }
         let flags = PlatformFlags {
             debug_exit: plan.debug_exit,
             acpi: plan.is_linux(),
@@ -142,6 +150,16 @@ impl VmBuilder {
             })
             .collect::<Result<Vec<_>, VmError>>()?;
         parts.into_vm(kvm, vcpus)
+    }
+}
+
+/// The dirty-log mode a VM of `config` gets: as the spec asks, except that `auto` means the
+/// bitmap for a VM with a VNC console (its refresher reads the framebuffer slot's bitmap,
+/// which the dirty ring replaces; the spec refuses `ring` with `vnc`).
+pub(crate) fn dirty_log_mode(config: &VmConfig) -> DirtyLogMode {
+    match (config.dirty_log, &config.vnc) {
+        (DirtyLogMode::Auto, Some(_)) => DirtyLogMode::Bitmap,
+        (mode, _) => mode,
     }
 }
 
@@ -246,6 +264,9 @@ pub(crate) fn create_devices(
         &mut config.nets,
         taps,
     )?;
+    if let Some(vnc) = &config.vnc {
+        devices.vnc = Some(Arc::new(start_vnc(&mut devices, &vm_fd, &memory, vnc)?));
+    }
     Ok(Parts {
         config,
         flags,
@@ -256,6 +277,25 @@ pub(crate) fn create_devices(
         console,
         devices,
     })
+}
+
+/// The VNC console of `vnc`: the framebuffer slot, the tablet (after the spec's devices on
+/// the PCI bus), and the RFB server with viewers' input going to the i8042 and the tablet.
+fn start_vnc(
+    devices: &mut DeviceManager,
+    vm_fd: &Arc<VmFd>,
+    memory: &GuestMemory,
+    vnc: &vireo_spec::VncConfig,
+) -> Result<VncConsole, VmError> {
+    let framebuffer = VncConsole::framebuffer(vm_fd, vnc)?;
+    let tablet = attach_tablet(devices, vm_fd, memory)?;
+    // Both sides are at most MAX_VNC_SIDE (4096): validated with the spec.
+    let (w, h) = (
+        u16::try_from(vnc.width).unwrap_or(u16::MAX),
+        u16::try_from(vnc.height).unwrap_or(u16::MAX),
+    );
+    let input = Arc::new(VmInput::new(devices.i8042.clone(), tablet, w, h));
+    Ok(VncConsole::start(vm_fd.clone(), framebuffer, vnc, input)?)
 }
 
 impl Parts {

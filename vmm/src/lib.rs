@@ -9,6 +9,7 @@
 //!    ├── device_manager: PIO/MMIO buses → vireo-devices models
 //!    ├── vstate::vcpu: one thread per vCPU, KVM_RUN loop, kick signal
 //!    ├── lifecycle: Created → Running ⇄ Paused → Stopped, typed ExitReason
+//!    ├── vnc: framebuffer slot, refresher, RFB server, keyboard and tablet input
 //!    ├── snapshot / migration: the VM saved to a directory, or moved live to another vireo
 //!    └── api: the control API (HTTP/1.1 + JSON on a unix socket) over those methods
 //! ```
@@ -33,6 +34,7 @@ pub mod memory;
 pub mod migration;
 pub mod snapshot;
 pub mod vm;
+pub mod vnc;
 pub mod vstate;
 
 pub use arch::x86_64::InitialCpuState;

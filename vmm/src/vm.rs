@@ -82,6 +82,9 @@ pub enum VmError {
     /// The dirty ring could not be set up.
     #[error(transparent)]
     DirtyRing(#[from] DirtyRingError),
+    /// The VNC console could not be set up.
+    #[error(transparent)]
+    Vnc(#[from] crate::vnc::VncError),
 }
 
 /// The parts a builder assembles into a [`Vm`].
@@ -127,6 +130,8 @@ pub struct Vm {
     console_output: crate::console::ConsoleHandle,
     // Dropped before `memory`: KVM stops using the slots before they unmap.
     vm_fd: Arc<VmFd>,
+    // The framebuffer's mapping: as for `memory`, unmapped only after the VM fd is closed.
+    _vnc_keepalive: Option<Arc<crate::vnc::VncConsole>>,
     memory: GuestMemory,
     kvm: KvmContext,
 }
@@ -143,6 +148,7 @@ impl std::fmt::Debug for Vm {
 impl Vm {
     pub(crate) fn assemble(p: VmParts) -> Self {
         let console_output = p.console.handle();
+        let vnc_keepalive = p.devices.vnc.clone();
         Self {
             config: p.config,
             flags: p.flags,
@@ -159,6 +165,7 @@ impl Vm {
             console: Mutex::new(p.console),
             console_output,
             vm_fd: p.vm_fd,
+            _vnc_keepalive: vnc_keepalive,
             memory: p.memory,
             kvm: p.kvm,
         }
@@ -246,6 +253,17 @@ impl Vm {
     /// Counters of the serial console's output: bytes the guest wrote,
     /// delivered, dropped because the console's reader did not keep up, …
     /// Readable at any time from any thread; never waits for the console.
+    /// Where the VM's VNC console listens (`HOST:PORT` as bound, or `unix:PATH`), if it has one.
+    pub fn vnc_address(&self) -> Option<String> {
+        self.devices.vnc.as_ref().map(|v| v.address().to_owned())
+    }
+
+    /// The VM's VNC console, if its spec has one: the screen as viewers see it, the
+    /// framebuffer memory and the viewer count.
+    pub fn vnc(&self) -> Option<&Arc<crate::vnc::VncConsole>> {
+        self.devices.vnc.as_ref()
+    }
+
     pub fn console_counters(&self) -> crate::console::ConsoleCounters {
         self.console_output.counters()
     }
@@ -358,6 +376,9 @@ impl Vm {
         if !self.console_output.flush(crate::console::FLUSH_TIMEOUT) {
             let counters = self.console_output.counters();
             tracing::warn!(?counters, "serial output not fully delivered");
+        }
+        if let Some(vnc) = &self.devices.vnc {
+            vnc.stop();
         }
         // Stop device workers and make completed disk writes durable (qcow2
         // metadata caches included) before the process can exit.

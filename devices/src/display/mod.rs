@@ -29,6 +29,8 @@ pub const BYTES_PER_PIXEL: u32 = 4;
 pub const TILE: u32 = 64;
 /// Largest width or height a display may have.
 pub const MAX_SIDE: u32 = 4096;
+/// Most pixels a display may have (32 MiB of frame).
+pub const MAX_PIXELS: u32 = 8 << 20;
 /// Smallest width or height a display may have.
 pub const MIN_SIDE: u32 = 64;
 /// Host page size the refresher reports dirty pages in.
@@ -59,10 +61,15 @@ impl Geometry {
         self.frame_bytes().div_ceil(PAGE_SIZE) * PAGE_SIZE
     }
 
-    /// Checks the limits ([`MIN_SIDE`]..=[`MAX_SIDE`], width a multiple of 8).
+    /// Checks the limits ([`MIN_SIDE`]..=[`MAX_SIDE`], width a multiple of 8, at most
+    /// [`MAX_PIXELS`]).
     pub fn validate(&self) -> Result<(), DisplayError> {
         let ok = |s: u32| (MIN_SIDE..=MAX_SIDE).contains(&s);
-        if !ok(self.width) || !ok(self.height) || self.width % 8 != 0 {
+        if !ok(self.width)
+            || !ok(self.height)
+            || self.width % 8 != 0
+            || self.width * self.height > MAX_PIXELS
+        {
             return Err(DisplayError::BadGeometry {
                 width: self.width,
                 height: self.height,
@@ -135,7 +142,7 @@ pub enum DisplayError {
     /// Width or height out of range.
     #[error(
         "display {width}x{height} is not supported: each side must be {MIN_SIDE}..={MAX_SIDE} \
-         pixels and the width a multiple of 8"
+         pixels, the width a multiple of 8, and at most {MAX_PIXELS} pixels in all"
     )]
     BadGeometry {
         /// Asked width.
@@ -402,7 +409,7 @@ mod tests {
     #[test]
     fn geometry_limits() {
         assert!(g().validate().is_ok());
-        for (w, h) in [(0, 100), (100, 100), (8192, 64), (64, 5000), (63, 64)] {
+        for (w, h) in [(0, 100), (100, 100), (8192, 64), (64, 5000), (63, 64), (4096, 4096)] {
             assert!(Geometry {
                 width: w,
                 height: h

@@ -443,6 +443,7 @@ fn vm_info(vm: &Vm) -> VmInfo {
             guest_resident_bytes: crate::memory::resident_bytes(vm.memory()).unwrap_or(0),
             process_resident_bytes: process_resident_bytes().unwrap_or(0),
         },
+        vnc: vm.vnc_address(),
     }
 }
 

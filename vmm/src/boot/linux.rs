@@ -30,6 +30,7 @@ use crate::acpi;
 use crate::arch::x86_64::e820::memory_map;
 use crate::arch::x86_64::gdt::gdt_bytes;
 use crate::arch::x86_64::layout::{
+    FRAMEBUFFER_ADDR,
     GDT_ADDR, HIGH_MEMORY_START, LINUX_BOOT_STACK, LINUX_CMDLINE_ADDR, LINUX_CMDLINE_SIZE,
     PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR, PVH_START_INFO_ADDR, RESET_VECTOR_ADDR, ZERO_PAGE_ADDR,
 };
@@ -220,6 +221,36 @@ fn write_zero_page(
         mem,
     )
     .map_err(|e| BootError::BootParams(e.to_string()))
+}
+
+/// `screen_info.orig_video_isVGA` for a firmware-provided linear framebuffer
+/// (`VIDEO_TYPE_EFI` in Linux's `uapi/linux/screen_info.h`): Linux's efifb drives it.
+const VIDEO_TYPE_EFI: u8 = 0x70;
+
+/// Announces the VNC framebuffer (at [`FRAMEBUFFER_ADDR`], `width` × `height`, 32 bits per
+/// pixel, red/green/blue at bits 16/8/0) in the zero page written by [`load_bzimage`], the
+/// way EFI firmware does for its GOP framebuffer, so Linux's built-in efifb uses it without
+/// firmware. Only the 64-bit boot protocol has a zero page: PVH guests get no `screen_info`.
+pub fn announce_framebuffer(mem: &GuestMemory, width: u32, height: u32) -> Result<(), BootError> {
+    let addr = GuestAddress(ZERO_PAGE_ADDR);
+    let mut params: boot_params = mem.read_obj(addr).map_err(write_err("the zero page"))?;
+    let too_big = || BootError::BootParams(format!("a {width}x{height} framebuffer is too large"));
+    let line = width.checked_mul(4).ok_or_else(too_big)?;
+    let si = &mut params.screen_info;
+    si.orig_video_isVGA = VIDEO_TYPE_EFI;
+    si.lfb_width = u16::try_from(width).map_err(|_| too_big())?;
+    si.lfb_height = u16::try_from(height).map_err(|_| too_big())?;
+    si.lfb_depth = 32;
+    si.lfb_base = FRAMEBUFFER_ADDR as u32;
+    si.ext_lfb_base = 0;
+    si.lfb_size = line.checked_mul(height).ok_or_else(too_big)?;
+    si.lfb_linelength = u16::try_from(line).map_err(|_| too_big())?;
+    (si.red_size, si.red_pos) = (8, 16);
+    (si.green_size, si.green_pos) = (8, 8);
+    (si.blue_size, si.blue_pos) = (8, 0);
+    (si.rsvd_size, si.rsvd_pos) = (8, 24);
+    mem.write_obj(params, addr)
+        .map_err(write_err("the zero page"))
 }
 
 /// Refuses a bzImage shorter than its own header says (`setup_sects` at

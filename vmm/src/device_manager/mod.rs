@@ -152,6 +152,8 @@ pub struct DeviceManager {
     pub pci_config_io: Arc<Mutex<PciConfigIo>>,
     /// The host bridge at 00:00.0.
     pub host_bridge: Arc<Mutex<PciHostBridge>>,
+    /// The VNC console (framebuffer, refresher, RFB server) of a VM with `vnc` in its spec.
+    pub vnc: Option<Arc<crate::vnc::VncConsole>>,
 }
 
 /// Creates an eventfd and registers it with KVM as the irqfd of `gsi`.
@@ -238,6 +240,7 @@ impl DeviceManager {
             acpi_sleep,
             pci_config_io,
             host_bridge,
+            vnc: None,
         })
     }
 

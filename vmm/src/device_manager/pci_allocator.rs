@@ -1,10 +1,10 @@
 //! Addresses for PCI BARs, handed out from the 32-bit MMIO window between
-//! the start of the hole and the ECAM (vm-allocator's first-fit allocator).
+//! the start of the hole and the framebuffer (vm-allocator's first-fit allocator).
 
 use vm_allocator::{AddressAllocator, AllocPolicy};
 
 use super::DeviceError;
-use crate::arch::x86_64::layout::{PCI_ECAM_START, PCI_MMIO32_START};
+use crate::arch::x86_64::layout::{FRAMEBUFFER_ADDR, PCI_MMIO32_START};
 
 /// Allocator of naturally aligned BAR ranges.
 #[derive(Debug)]
@@ -13,9 +13,9 @@ pub struct BarAllocator {
 }
 
 impl BarAllocator {
-    /// An allocator over the whole 32-bit PCI MMIO window.
+    /// An allocator over the 32-bit PCI MMIO window below the framebuffer (256 MiB).
     pub fn new() -> Result<Self, DeviceError> {
-        AddressAllocator::new(PCI_MMIO32_START, PCI_ECAM_START - PCI_MMIO32_START)
+        AddressAllocator::new(PCI_MMIO32_START, FRAMEBUFFER_ADDR - PCI_MMIO32_START)
             .map(|inner| Self { inner })
             .map_err(|e| DeviceError::Bar(e.to_string()))
     }
@@ -47,8 +47,8 @@ mod tests {
         assert_eq!(x % 0x4000, 0);
         assert_eq!(y % 0x10_0000, 0);
         assert!(x + 0x4000 <= y || y + 0x10_0000 <= x);
-        assert!(x >= PCI_MMIO32_START && y + 0x10_0000 <= PCI_ECAM_START);
+        assert!(x >= PCI_MMIO32_START && y + 0x10_0000 <= FRAMEBUFFER_ADDR);
         assert!(a.allocate(3000).is_err());
-        assert!(a.allocate(1 << 31).is_err(), "larger than the window");
+        assert!(a.allocate(1 << 29).is_err(), "larger than the window");
     }
 }

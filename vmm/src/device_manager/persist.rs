@@ -4,6 +4,7 @@
 //! ```text
 //!  com1 · i8042 · cmos · acpi-sleep · acpi-ged · pci-config-io · pci-host-bridge
 //!  disk0 … diskN · net0 … netN          (virtio-pci, in the spec's order)
+//!  display                              (a VM with a VNC console: the framebuffer's pixels)
 //! ```
 //! Records are matched by id, never by position: a snapshot whose devices differ from the
 //! ones built here (a device missing, one too many, a disk where a NIC was, a disk of another
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vireo_devices::acpi_persist::{AcpiGedState, AcpiSleepState};
+use vireo_devices::display::persist::DisplayState;
 use vireo_devices::legacy::persist::{CmosState, I8042State, SerialState};
 use vireo_devices::pci::persist::{PciConfigIoState, PciHostBridgeState};
 use vireo_devices::persist::PersistError;
@@ -45,6 +47,8 @@ pub enum DeviceState {
     PciHostBridge(PciHostBridgeState),
     /// A virtio-pci function (transport and device model).
     Virtio(VirtioPciState),
+    /// The VNC console's screen (the framebuffer's pixels).
+    Display(DisplayState),
 }
 
 /// One device's saved state under its stable id.
@@ -152,6 +156,9 @@ pub fn save(dm: &DeviceManager) -> Vec<DeviceRecord> {
     for (id, dev) in virtio_ids(dm) {
         out.push(rec(&id, DeviceState::Virtio(lock(dev).save())));
     }
+    if let Some(vnc) = &dm.vnc {
+        out.push(rec("display", DeviceState::Display(vnc.save())));
+    }
     out
 }
 
@@ -214,6 +221,12 @@ pub fn restore(dm: &DeviceManager, records: &[DeviceRecord]) -> Result<(), Devic
         match take(&id)? {
             DeviceState::Virtio(s) => lock(d).restore(s, true).map_err(dev(&id))?,
             _ => return Err(wrong(&id)),
+        }
+    }
+    if let Some(vnc) = &dm.vnc {
+        match take("display")? {
+            DeviceState::Display(s) => vnc.restore(s).map_err(dev("display"))?,
+            _ => return Err(wrong("display")),
         }
     }
     if let Some(extra) = by_id.keys().next() {

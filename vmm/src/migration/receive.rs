@@ -376,7 +376,7 @@ fn build(
         memory::create_backed(config.memory_bytes(), config.memory_backing)
             .map_err(VmError::from)?
     };
-    let platform = builder::create_platform(&kvm, &memory, config.dirty_log)?;
+    let platform = builder::create_platform(&kvm, &memory, builder::dirty_log_mode(&config))?;
     Ok(Building {
         vm: Prepared {
             kvm,

@@ -382,7 +382,7 @@ pub fn restore(dir: &Path, mut opts: RestoreOptions) -> Result<Vm, SnapshotError
         config.memory_bytes(),
         opts.memory,
     )?;
-    let platform = builder::create_platform(&kvm, &memory, config.dirty_log)?;
+    let platform = builder::create_platform(&kvm, &memory, builder::dirty_log_mode(&config))?;
     let paused = opts.paused;
     let vm = apply_state(
         Prepared {

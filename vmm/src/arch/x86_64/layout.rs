@@ -66,5 +66,14 @@ pub const RESET_VECTOR_ADDR: u64 = 0xf_fff0;
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
 /// Size of the ECAM window.
 pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
-/// 32-bit PCI MMIO window for BARs: from the hole's start up to the ECAM.
+/// 32-bit PCI MMIO window (the host bridge's, in the DSDT): from the hole's start up to the
+/// ECAM. BARs take its first part, up to [`FRAMEBUFFER_ADDR`].
 pub const PCI_MMIO32_START: u64 = 0xc000_0000;
+/// The linear framebuffer of a VM with a VNC console: its own memory slot, outside the E820
+/// map, announced to bzImage guests through `screen_info` (and to the ring-3 test guest on
+/// its command line).
+pub const FRAMEBUFFER_ADDR: u64 = 0xd000_0000;
+/// Room for the largest framebuffer (8 Mi pixels of 4 bytes).
+pub const FRAMEBUFFER_MAX_SIZE: u64 = 32 << 20;
+/// The KVM memory slot of the framebuffer (guest RAM takes slots 0 and 1).
+pub const FRAMEBUFFER_SLOT: u32 = 8;

@@ -1,0 +1,195 @@
+//! The VNC console with the test guest under real KVM and a real VNC client (vncdotool,
+//! `pip install vncdotool`): what the guest draws in its framebuffer reaches several viewers
+//! pixel-exact, also while a viewer that never reads is connected; and the screen survives a
+//! snapshot and restore.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{build_vm, guest_config, PATIENCE};
+use vireo_spec::VncConfig;
+
+const W: u32 = 320;
+const H: u32 = 200;
+
+/// The colour the guest's `fb-pattern` draws at (`x`, `y`) (testguest/guest/fb.rs).
+fn pattern(x: u32, y: u32, seed: u32) -> u32 {
+    let r = (x.wrapping_mul(3).wrapping_add(y).wrapping_add(seed)) & 0xff;
+    let g = (y.wrapping_mul(5).wrapping_add(x >> 2).wrapping_add(seed.wrapping_mul(7))) & 0xff;
+    let b = ((x ^ y).wrapping_add(seed.wrapping_mul(13))) & 0xff;
+    (r << 16) | (g << 8) | b
+}
+
+/// A config running the test guest with `cmdline` and a VNC console on a free loopback port.
+fn vnc_config(dir: &Path, cmdline: &str) -> vireo_vmm::VmConfig {
+    let mut config = guest_config(dir, cmdline, 64);
+    let mut vnc = VncConfig::new("127.0.0.1:0".parse().expect("address"));
+    (vnc.width, vnc.height) = (W, H);
+    config.vnc = Some(vnc);
+    config
+}
+
+/// Runs `vncdo -s HOST::PORT ARGS…` (vncdotool's spelling of a port number).
+fn vncdo(address: &str, args: &[&str]) -> Output {
+    let (host, port) = address.rsplit_once(':').expect("HOST:PORT");
+    Command::new("vncdo")
+        .arg("-s")
+        .arg(format!("{host}::{port}"))
+        .args(args)
+        .output()
+        .expect("run vncdo: install vncdotool (pip install vncdotool); .ci/run does")
+}
+
+/// Decodes a PNG that vncdo captured into 0x00rrggbb pixels.
+fn read_png(path: &Path) -> (u32, u32, Vec<u32>) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(path).expect("open capture"),
+    ));
+    let mut reader = decoder.read_info().expect("png header");
+    let mut buf = vec![0; reader.output_buffer_size().expect("png size")];
+    let info = reader.next_frame(&mut buf).expect("png frame");
+    let channels = info.color_type.samples();
+    assert!(channels >= 3, "colour capture, got {:?}", info.color_type);
+    let pixels = buf[..info.buffer_size()]
+        .chunks(channels)
+        .map(|p| (u32::from(p[0]) << 16) | (u32::from(p[1]) << 8) | u32::from(p[2]))
+        .collect();
+    (info.width, info.height, pixels)
+}
+
+/// Waits until the console's shadow holds what the guest drew (the refresher runs every 33 ms).
+fn wait_for_screen(vm: &vireo_vmm::Vm, want: impl Fn(u32, u32) -> u32) {
+    let display = vm.vnc().expect("VNC console").display().clone();
+    let start = Instant::now();
+    loop {
+        let px = display.pixels();
+        let matches = (0..H).all(|y| {
+            (0..W).all(|x| {
+                let i = ((y * W + x) * 4) as usize;
+                u32::from_le_bytes([px[i], px[i + 1], px[i + 2], 0]) == want(x, y)
+            })
+        });
+        if matches {
+            return;
+        }
+        assert!(start.elapsed() < PATIENCE, "the screen never showed the picture");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn assert_capture(path: &Path, want: impl Fn(u32, u32) -> u32) {
+    let (w, h, pixels) = read_png(path);
+    assert_eq!((w, h), (W, H), "capture size");
+    let mut wrong = 0;
+    for y in 0..H {
+        for x in 0..W {
+            if pixels[(y * W + x) as usize] != want(x, y) {
+                wrong += 1;
+            }
+        }
+    }
+    assert_eq!(wrong, 0, "{} pixels of {} differ in {}", wrong, W * H, path.display());
+}
+
+/// Two captures at once, while a third viewer that never reads what it asked for is connected.
+fn capture_twice(address: &str, dir: &Path, want: &(impl Fn(u32, u32) -> u32 + Sync)) {
+    std::thread::scope(|s| {
+        let shots: Vec<_> = (0..2)
+            .map(|i| {
+                let path = dir.join(format!("viewer{i}.png"));
+                s.spawn(move || {
+                    let out = vncdo(address, &["capture", path.to_str().expect("utf-8")]);
+                    assert!(
+                        out.status.success(),
+                        "vncdo capture: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    path
+                })
+            })
+            .collect();
+        for shot in shots {
+            let path = shot.join().expect("viewer thread");
+            assert_capture(&path, want);
+        }
+    });
+}
+
+/// A viewer that shakes hands (RFB 3.8, no security), asks for full updates again and again
+/// and never reads one: its socket buffers fill and the server's writer for it blocks.
+fn stuck_viewer(address: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(address).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut version = [0u8; 12];
+    s.read_exact(&mut version).expect("server version");
+    s.write_all(b"RFB 003.008\n").expect("version");
+    let mut n = [0u8; 1];
+    s.read_exact(&mut n).expect("security type count");
+    let mut types = vec![0u8; usize::from(n[0])];
+    s.read_exact(&mut types).expect("security types");
+    assert!(types.contains(&1), "security None offered");
+    s.write_all(&[1]).expect("choose None");
+    let mut result = [0u8; 4];
+    s.read_exact(&mut result).expect("security result");
+    assert_eq!(result, [0; 4]);
+    s.write_all(&[1]).expect("shared ClientInit");
+    let mut init = [0u8; 24];
+    s.read_exact(&mut init).expect("ServerInit");
+    let name_len = u32::from_be_bytes([init[20], init[21], init[22], init[23]]);
+    let mut name = vec![0u8; name_len as usize];
+    s.read_exact(&mut name).expect("name");
+    // Many non-incremental full-screen requests: far more than its buffers hold.
+    let mut req = Vec::new();
+    for _ in 0..64 {
+        req.extend_from_slice(&[3, 0, 0, 0, 0, 0]);
+        req.extend_from_slice(&(W as u16).to_be_bytes());
+        req.extend_from_slice(&(H as u16).to_be_bytes());
+    }
+    s.write_all(&req).expect("update requests");
+    s
+}
+
+#[test]
+fn two_viewers_capture_the_guest_pattern_pixel_exact_beside_a_stuck_viewer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (vm, out) = build_vm(vnc_config(dir.path(), &format!("fb-pattern {W} {H} 7")));
+    vm.start().expect("start");
+    out.wait_for("fb drawn", PATIENCE);
+    let address = vm.vnc_address().expect("VNC address");
+    let want = |x, y| pattern(x, y, 7);
+    wait_for_screen(&vm, want);
+    let _stuck = stuck_viewer(&address);
+    // Let the server fill the stuck viewer's buffers first.
+    std::thread::sleep(Duration::from_millis(500));
+    capture_twice(&address, dir.path(), &want);
+    vm.shutdown();
+}
+
+#[test]
+fn the_screen_survives_snapshot_and_restore() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (vm, out) = build_vm(vnc_config(dir.path(), &format!("fb-pattern {W} {H} 3")));
+    vm.start().expect("start");
+    out.wait_for("fb drawn", PATIENCE);
+    let want = |x, y| pattern(x, y, 3);
+    wait_for_screen(&vm, want);
+    let snap = dir.path().join("snap");
+    vm.pause().expect("pause");
+    vm.snapshot(&snap).expect("snapshot");
+    vm.shutdown();
+    drop(vm);
+    let opts = vireo_vmm::snapshot::RestoreOptions {
+        serial_writer: Some(Box::new(common::Capture::default())),
+        ..Default::default()
+    };
+    let restored = vireo_vmm::snapshot::restore(&snap, opts).expect("restore");
+    // The restored screen is there before the guest runs again.
+    wait_for_screen(&restored, want);
+    let address = restored.vnc_address().expect("VNC address");
+    capture_twice(&address, dir.path(), &want);
+    restored.shutdown();
+}
