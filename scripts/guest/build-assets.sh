@@ -23,6 +23,15 @@
 #                                   read-only refusal; eth0: ping + transfers to 10.213.2.1),
 #                                   prints VIREO-BLK*/VIREO-NET* lines, VIREO-VIRTIO-DONE, then
 #                                   poweroff -f (see /bin/vireo-virtio below)
+#                         vnc       for a VNC console (tests-e2e case vnc-console): prints the
+#                                   framebuffer/keyboard facts (VIREO-FB-INFO, VIREO-KBD,
+#                                   VIREO-INPUT, VIREO-DMESG lines), starts a shell on tty1 (the
+#                                   screen and the PS/2 keyboard), clears tty1 and hides its
+#                                   cursor, writes the test pattern to /dev/fb0 (VIREO-FB-DRAWN),
+#                                   prints VIREO-VNC-READY and runs a shell on ttyS0 (see
+#                                   /bin/vireo-vnc below)
+#                       The initramfs also holds /pattern-1024x768.raw.xz: the test pattern of
+#                       scripts/guest/fb-pattern.py as raw 32-bpp pixels (xz: ~220 KiB).
 #   kernel-root/        the unpacked kernel package (modules for the L1 harness)
 #   kernel-version      e.g. 6.1.0-56-cloud-amd64
 #   assets.env          shell-sourceable paths (VIREO_GUEST_VMLINUZ=... etc.)
@@ -36,7 +45,7 @@ set -euo pipefail
 CACHE_ROOT=${VIREO_CACHE:-$HOME/.cache/vireo}
 DIR=$CACHE_ROOT/guest
 # Bump when the initramfs layout or /init changes, so caches are rebuilt.
-ASSET_FORMAT=8
+ASSET_FORMAT=9
 
 print_dir=0
 force=0
@@ -85,7 +94,8 @@ need_tools() {
     fi
 }
 need_tools apt-get:apt dpkg-deb:dpkg /bin/busybox:busybox-static cpio:cpio lz4:lz4 \
-    readelf:binutils xz:xz-utils gzip:gzip sha256sum:coreutils
+    readelf:binutils xz:xz-utils gzip:gzip sha256sum:coreutils python3:python3
+here=$(cd "$(dirname "$0")" && pwd)
 
 # --- kernel package ----------------------------------------------------------------------------
 kernel_pkg=${VIREO_KERNEL_PKG:-}
@@ -230,6 +240,13 @@ case $scenario in
         vireo-virtio
         poweroff -f
         ;;
+    vnc)
+        vireo-vnc
+        # the serial shell (a typed `poweroff -f` ends the run), on ttyS0 by name: with
+        # console=tty0 console=ttyS0, cttyhack might pick tty0
+        setsid sh -c 'exec sh -i </dev/ttyS0 >/dev/ttyS0 2>&1'
+        poweroff -f
+        ;;
     shell)
         # setsid + cttyhack give the shell a controlling terminal on the console (ttyS0).
         setsid cttyhack sh
@@ -364,6 +381,69 @@ fi
 say "VIRTIO-DONE"
 EOF
     chmod 755 "$ird/bin/vireo-virtio"
+
+    # Scenario `vnc`: the test pattern (xz -9e: ~220 KiB instead of 3 MiB; gzip leaves 1.7 MiB)
+    python3 "$here/fb-pattern.py" raw 1024 768 "$ird/pattern-1024x768.raw"
+    xz -9e --check=crc32 "$ird/pattern-1024x768.raw"
+    cat >"$ird/bin/vireo-vnc" <<'EOF'
+#!/bin/sh
+# Scenario `vnc` of the Vireo test guest (scripts/guest/build-assets.sh): set up the screen and
+# the keyboard for a VNC viewer, then return (/init then runs a shell on ttyS0).
+#   1. facts to the serial console: VIREO-FB-INFO (fb0's name, size, stride, bpp),
+#      VIREO-KBD=yes|no ("AT Translated Set 2 keyboard" in /proc/bus/input/devices),
+#      VIREO-INPUT name=... per input device, VIREO-DMESG lines (efifb, fbcon, i8042, atkbd,
+#      serio, input: kernel messages do not reach ttyS0 under `quiet`)
+#   2. a shell on tty1 (stdin/stdout/stderr tty1, its controlling terminal), so what is typed on
+#      the keyboard reaches it; waited for until it sits in read/poll (banner and prompt drawn)
+#   3. tty1 cleared and its cursor hidden (fbcon draws text and the cursor into the
+#      framebuffer), then the pattern /pattern-<W>x<H>.raw.xz (scripts/guest/fb-pattern.py)
+#      written to /dev/fb0: VIREO-FB-DRAWN rc=<n> (or VIREO-FB-ERROR)
+#   4. VIREO-VNC-READY
+# Each line ends with t=<guest uptime>. Nothing writes to tty1 after step 3 until keys arrive.
+say() { read -r _up _ </proc/uptime; echo "VIREO-$* t=$_up"; }
+echo 0 >/sys/class/graphics/fbcon/cursor_blink 2>/dev/null
+dmesg -n 1
+fb=/sys/class/graphics/fb0
+if [ -d $fb ]; then
+    say "FB-INFO name=$(tr ' ' _ <$fb/name) size=$(tr , x <$fb/virtual_size)" \
+        "stride=$(cat $fb/stride) bpp=$(cat $fb/bits_per_pixel)"
+else
+    say "FB-INFO none"
+fi
+if grep -q 'AT Translated Set 2 keyboard' /proc/bus/input/devices; then kbd=yes; else kbd=no; fi
+say "KBD=$kbd"
+sed -n 's/^N: Name="\(.*\)"$/\1/p' /proc/bus/input/devices | tr ' ' _ | sed 's/^/VIREO-INPUT name=/'
+dmesg | grep -iE 'efifb|fbcon|frame ?buffer|Console: switching|i8042|atkbd|serio|input:' |
+    sed 's/^/VIREO-DMESG /'
+
+# 2. the tty1 shell; wait until it reads its input
+setsid sh -c 'exec sh -i </dev/tty1 >/dev/tty1 2>&1' &
+spid=$!
+n=0
+state=
+while [ $n -lt 200 ]; do
+    # x86_64 syscall numbers: 0 read, 7 poll, 23 select, 270 pselect6, 271 ppoll
+    state=$(cut -d' ' -f1 /proc/$spid/syscall 2>/dev/null)
+    case $state in 0|7|23|270|271) break ;; esac
+    sleep 0.1
+    n=$((n + 1))
+done
+say "TTY1-SHELL pid=$spid syscall=${state:-none} waited_ds=$n stdin=$(readlink /proc/$spid/fd/0)"
+sleep 0.5
+
+# 3. a clear screen without a cursor, then the pattern
+printf '\033[H\033[2J\033[?25l' >/dev/tty1
+size=$(tr , x 2>/dev/null <$fb/virtual_size)
+pat=/pattern-$size.raw.xz
+if [ -f "$pat" ]; then
+    out=$(unxz -c "$pat" 2>&1 >/dev/fb0)
+    say "FB-DRAWN rc=$? pattern=${pat#/}${out:+ out=$(echo "$out" | tr ' \n' __)}"
+else
+    say "FB-ERROR no-pattern-for-size=${size:-none}"
+fi
+say "VNC-READY"
+EOF
+    chmod 755 "$ird/bin/vireo-vnc"
     (cd "$ird" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --owner=0:0 --quiet) |
         gzip -9 >"$DIR/initramfs.cpio.gz.tmp"
     mv "$DIR/initramfs.cpio.gz.tmp" "$DIR/initramfs.cpio.gz"

@@ -4,7 +4,7 @@
 # For hosts whose /dev/kvm cannot run a stock Linux kernel at speed (this workplace: kvm_pvm).
 # L1 = Debian's cloud kernel (from scripts/guest/build-assets.sh) under
 #   qemu-system-x86_64 -accel tcg -cpu max,-xsave -smp 1 -m 2048
-# with an initramfs of busybox + kvm/kvm_amd + tun + the binaries you pass (plus the glibc libraries
+# with an initramfs of busybox + kvm/kvm_amd + tun + virtio_net + the binaries you pass (plus the glibc libraries
 # `ldd` lists) + the L2 kernel/initramfs. L1's /init loads kvm_amd (nested=1), checks /dev/kvm,
 # runs your command, prints `NESTED-RESULT rc=<exit status>` and powers off. L1's serial console
 # is streamed to stdout.
@@ -24,6 +24,13 @@
 #   --l1-mem MB             L1 memory (default 2048)
 #   --log FILE              also write the console log to FILE
 #   --interactive           connect this terminal's stdin to L1's console (default: /dev/null)
+#   --hostfwd HPORT:LPORT   give L1 a NIC (QEMU user networking, restrict=on: no traffic leaves
+#                           QEMU except the forwarded ports) and forward TCP 127.0.0.1:HPORT on
+#                           the host to L1's port LPORT (repeatable). L1's /init loads
+#                           virtio_pci + virtio_net and configures eth0 as 10.0.2.15/24 (QEMU's
+#                           user-network default); it prints `L1-NET eth0=<addr> ...`. Used by
+#                           tests-e2e's vnc-console case: a VNC viewer on the host reaches an
+#                           L2 VMM's VNC server (listening on 0.0.0.0:LPORT in L1).
 #   -q, --quiet             do not stream L1's console; print only the NESTED-* lines
 #
 # Inside L1: PATH includes /usr/bin, /usr/local/bin; env L2_KERNEL, L2_INITRAMFS, L2_DIR=/l2;
@@ -61,6 +68,7 @@ l1_mem=2048
 logfile=
 interactive=0
 quiet=0
+hostfwds=()
 while [ $# -gt 0 ]; do
     case $1 in
         --vmm) bins+=("$2:/usr/bin/$(basename "$2")"); shift 2 ;;
@@ -74,6 +82,8 @@ while [ $# -gt 0 ]; do
         --l1-mem) l1_mem=$2; shift 2 ;;
         --log) logfile=$2; shift 2 ;;
         --interactive) interactive=1; shift ;;
+        --hostfwd) [[ $2 =~ ^[0-9]+:[0-9]+$ ]] || die "--hostfwd wants HOSTPORT:L1PORT, not $2"
+                   hostfwds+=("$2"); shift 2 ;;
         -q|--quiet) quiet=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         --) shift; break ;;
@@ -144,6 +154,8 @@ if [ ! -s "$base" ]; then
     }
     add_mod kvm_amd
     add_mod tun # taps for L2 NICs (tests-e2e virtio cases)
+    add_mod virtio_pci # L1's own NIC (--hostfwd)
+    add_mod virtio_net
     /bin/busybox depmod -b "$st" "$kver"
     cat >"$st/init" <<'EOF'
 #!/bin/sh
@@ -166,6 +178,15 @@ modprobe kvm_amd nested=1 || echo "L1: modprobe kvm_amd failed"
 [ -c /dev/kvm ] || finish 125 no-dev-kvm
 read up _ </proc/uptime
 echo "L1-KVM-READY uptime=$up nested=$(cat /sys/module/kvm_amd/parameters/nested 2>/dev/null)"
+if [ -f /l1/net ]; then
+    # --hostfwd: QEMU user networking; the guest address QEMU forwards to is 10.0.2.15
+    modprobe virtio_pci; modprobe virtio_net
+    ip link set lo up
+    n=0
+    while [ ! -d /sys/class/net/eth0 ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+    ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+    echo "L1-NET eth0=$(ip -o -4 addr show dev eth0 2>/dev/null | awk '{print $4}') mac=$(cat /sys/class/net/eth0/address 2>/dev/null)"
+fi
 export L2_DIR=/l2
 [ -f /l1/env ] && . /l1/env
 cd /tmp
@@ -261,6 +282,7 @@ else
 fi
 printf '%s\n' "${env_lines[@]+"${env_lines[@]}"}" >"$run/root/l1/env"
 [ "$interactive" = 0 ] || : >"$run/root/l1/interactive"
+[ ${#hostfwds[@]} = 0 ] || : >"$run/root/l1/net"
 cpio_dir "$run/root" "$run/run.cpio"
 initrd=$run/initrd.cpio
 cat "$base" ${payload:+"$payload"} "$run/run.cpio" >"$initrd"
@@ -272,6 +294,12 @@ qemu_cmd=(timeout -k 10 "$timeout_s" "$QEMU" -accel tcg -cpu max,-xsave -smp 1 -
     -M q35 -nodefaults -no-user-config -display none
     -chardev stdio,id=con,signal=off -serial chardev:con
     -kernel "$VIREO_GUEST_VMLINUZ" -initrd "$initrd" -append "$l1_append" -no-reboot)
+if [ ${#hostfwds[@]} -gt 0 ]; then
+    netdev=user,id=n0,restrict=on
+    for f in "${hostfwds[@]}"; do netdev+=",hostfwd=tcp:127.0.0.1:${f%%:*}-:${f#*:}"; done
+    qemu_cmd+=(-netdev "$netdev" -device virtio-net-pci,netdev=n0,romfile=)
+    log "L1 NIC: ${hostfwds[*]} (host 127.0.0.1:PORT -> L1:PORT)"
+fi
 log "starting L1 (timeout ${timeout_s}s, initrd $(( $(stat -c %s "$initrd") / 1048576 )) MiB)"
 [ -z "$logfile" ] || : >"$logfile"
 t0=$(date +%s.%N)
