@@ -17,6 +17,10 @@
 #                   launch -> marker time (default 0), and the guest's own uptime at the marker
 #   BENCH_CPUS      vCPUs for the benchmark boots (default 1)
 #   E2E_LOGDIR      where per-case logs go (default /tmp/e2e-logs)
+#   VNC_PORT        vnc-console: the port vireo's VNC server listens on (0.0.0.0:VNC_PORT,
+#                   default 5900; on the nested path run.sh forwards a host port to it)
+#   VNC_WAIT        vnc-console: seconds to wait for the viewer's typing after
+#                   E2E-VNC-WAIT (default 180)
 #
 # Output: for each case `E2E-RESULT <vmm>/<case> PASS|FAIL [marker_t=<s>] [rc=<n>] [why=...]`,
 # for benchmarks `E2E-BENCH vmm=<vmm> cpus=<n> n=<n> times=<a,b,..> median=<s> guest_uptime_median=<s>`.
@@ -75,10 +79,26 @@
 #                      writer's round count must grow there (it goes on across the move), then the
 #                      writer is stopped, vda unmounted, `poweroff -f`: exit 0. Then e2fsck -fn on the disk image is
 #                      clean. Facts: E2E-MIG-FACT lines (downtime, total, passes, rounds).
+# VNC case (vireo only; for QEMU it reports `SKIP why=not-applicable`). The viewer is run.sh's,
+# outside: on the nested path it reaches VNC_PORT through run-l1.sh --hostfwd.
+#   vnc-console        vmlinuz, 1 vCPU, scenario vnc, `--vnc 0.0.0.0:$VNC_PORT --vnc-size
+#                      1024x768`, cmdline `console=tty0 consoleblank=0 console=ttyS0 ...`. Once
+#                      the guest prints VIREO-VNC-READY (test pattern on /dev/fb0, shell on tty1)
+#                      this prints `E2E-VNC-WAIT ready=yes port=P size=WxH` (ready=no if it never
+#                      does) and waits up to VNC_WAIT s for TYPED-42 on the serial console: the
+#                      viewer types `echo TYPED-$((6*7)) >/dev/ttyS0` + Enter on the keyboard
+#                      (tty1). 10 s later `poweroff -f` goes to the serial shell. PASS: pattern
+#                      drawn, `efifb: framebuffer at 0xd0000000` and i8042 lines in the guest's
+#                      dmesg, an "AT Translated Set 2 keyboard", TYPED-42, exit 0.
+#                      Also `vnc-shift-keys`: PASS if SHIFTED-48 arrived too (the viewer's second
+#                      line, typed with Shift pressed around shifted keysyms, as most viewers do).
+#                      Facts (E2E-VNC-FACT): ready_s, typed_s, total_s, fb_info, fb_drawn,
+#                      tty1_shell, inputs, and the guest's efifb/i8042/atkbd/serio dmesg lines.
 BASIC_CASES="bzimage-1cpu bzimage-2cpu pvh-1cpu pvh-2cpu serial-input poweroff reboot sigterm-timeout"
 VIRTIO_CASES="blk-fs blk-trim blk-qcow2 blk-qcow2-discard blk-readonly net-ping net-data"
 SNAPSHOT_CASES="snapshot-restore live-migrate"
-ALL_CASES="$BASIC_CASES $VIRTIO_CASES $SNAPSHOT_CASES"
+VNC_CASES="vnc-console"
+ALL_CASES="$BASIC_CASES $VIRTIO_CASES $SNAPSHOT_CASES $VNC_CASES"
 
 if [ "${1:-}" = --exec-vmm ]; then
     # --exec-vmm VMM KERNEL CPUS CMDLINE [DEVICE...]: replace this shell with the VMM.
@@ -144,7 +164,8 @@ mkdir -p "$LOGDIR"
 CASE_TIMEOUT=${CASE_TIMEOUT:-90}
 
 # boot VMM NAME KERNEL CPUS SCENARIO [--type LINE]...: run once, log to $LOGDIR/VMM-NAME.log.
-# $BOOT_DEVS (DEVICE words for --exec-vmm) and $BOOT_TIMEOUT (default $CASE_TIMEOUT) apply.
+# $BOOT_DEVS (DEVICE words for --exec-vmm), $BOOT_TIMEOUT (default $CASE_TIMEOUT) and
+# $BOOT_CMDLINE (words put before the command line's console=ttyS0) apply.
 boot() {
     _vmm=$1 _name=$2 _kernel=$3 _cpus=$4 _scen=$5
     shift 5
@@ -152,7 +173,8 @@ boot() {
     : >"$_log"
     # shellcheck disable=SC2086 # BOOT_DEVS is a word list
     l2-watch --timeout "${BOOT_TIMEOUT:-$CASE_TIMEOUT}" --log "$_log" "$@" -- \
-        sh "$self" --exec-vmm "$_vmm" "$_kernel" "$_cpus" "console=ttyS0 quiet vireo.scenario=$_scen" \
+        sh "$self" --exec-vmm "$_vmm" "$_kernel" "$_cpus" \
+        "${BOOT_CMDLINE:+$BOOT_CMDLINE }console=ttyS0 quiet vireo.scenario=$_scen" \
         ${BOOT_DEVS:-}
 }
 
@@ -651,6 +673,93 @@ live_migrate() {
     fi
 }
 
+# --- vnc-console (vireo only) --------------------------------------------------------------------
+# The viewer is outside (run.sh, on the host): this side boots the guest with a VNC console,
+# announces `E2E-VNC-WAIT ready=yes port=P size=WxH` once the pattern is on the screen, then
+# waits for what the viewer types on the guest's keyboard to show up on the serial console.
+vnc_console() {
+    nv=$1 nc=vnc-console
+    if [ "$nv" != vireo ]; then
+        echo "E2E-RESULT $nv/$nc SKIP why=not-applicable(vireo-only:vnc-console)"
+        return 0
+    fi
+    W=$LOGDIR/$nv-vnc.d
+    rm -rf "$W"
+    mkdir -p "$W"
+    log=$LOGDIR/$nv-$nc.log
+    : >"$log"
+    why='' _rc=''
+    bad() { why="$why$1,"; }
+    nfact() { echo "E2E-VNC-FACT $1=$2"; }
+    up() { cut -d' ' -f1 /proc/uptime; }
+    since() { awk -v a="$1" -v b="$(up)" 'BEGIN { printf "%.1f", b - a }'; }
+    u0=$(up)
+    # l2-watch: the marker is the viewer's typed line; 10 s later (time for the second typed
+    # line) `poweroff -f` goes to the serial shell
+    (
+        export VMM_PIDFILE="$W/pid"
+        export VIREO_EXTRA_ARGS="--vnc 0.0.0.0:${VNC_PORT:-5900} --vnc-size 1024x768"
+        BOOT_CMDLINE="console=tty0 consoleblank=0" \
+            BOOT_TIMEOUT=$((CASE_TIMEOUT * 2 + ${VNC_WAIT:-180} + 20)) \
+            boot "$nv" "$nc" "$K_BZIMAGE" 1 vnc --marker TYPED-42 --type-delay 10 --type 'poweroff -f'
+    ) &
+    bpid=$!
+    n=0
+    while ! grep -q 'VIREO-VNC-READY' "$log" && [ $n -lt $((CASE_TIMEOUT * 2)) ] &&
+        kill -0 "$bpid" 2>/dev/null; do
+        sleep 1
+        n=$((n + 1))
+    done
+    size=$(sed -n 's/^VIREO-FB-INFO .* size=\([0-9]*x[0-9]*\) .*/\1/p' "$log" | head -1)
+    if grep -q 'VIREO-VNC-READY' "$log"; then
+        nfact ready_s "$(since "$u0")"
+        echo "E2E-VNC-WAIT ready=yes port=${VNC_PORT:-5900} size=${size:-none}"
+        n=0
+        while ! grep -q 'TYPED-42' "$log" && [ $n -lt "${VNC_WAIT:-180}" ] &&
+            kill -0 "$bpid" 2>/dev/null; do
+            sleep 1
+            n=$((n + 1))
+        done
+        if grep -q 'TYPED-42' "$log"; then
+            nfact typed_s "$(since "$u0")"
+        else
+            bad "no-TYPED-42-on-serial(viewer-typing-did-not-arrive)"
+        fi
+    else
+        echo "E2E-VNC-WAIT ready=no"
+        bad "no-VIREO-VNC-READY(last:$(grep -v '^L2-' "$log" | tail -1 | cut -c1-120 | one))"
+    fi
+    if ! grep -q 'TYPED-42' "$log"; then # nothing will power it off
+        [ -z "$(cat "$W/pid" 2>/dev/null)" ] || kill -9 "$(cat "$W/pid")" 2>/dev/null
+    fi
+    wait "$bpid"
+    _rc=$(sed -n 's/^L2-EXIT rc=\([0-9]*\).*/\1/p' "$log" | tail -1)
+    nfact total_s "$(since "$u0")"
+    nfact fb_info "$(sed -n 's/^VIREO-FB-INFO \(.*\) t=.*/\1/p' "$log" | head -1 | tr ' ' ,)"
+    nfact fb_drawn "$(sed -n 's/^VIREO-FB-DRAWN \(.*\) t=.*/\1/p; s/^VIREO-FB-ERROR \(.*\) t=.*/error:\1/p' "$log" | head -1 | tr ' ' ,)"
+    nfact tty1_shell "$(sed -n 's/^VIREO-TTY1-SHELL \(.*\) t=.*/\1/p' "$log" | head -1 | tr ' ' ,)"
+    nfact inputs "$(sed -n 's/^VIREO-INPUT name=//p' "$log" | tr '\n' ',' | sed 's/,$//')"
+    grep '^VIREO-DMESG ' "$log" | grep -iE 'efifb|i8042|atkbd|Console: switching|serio' |
+        sed 's/^VIREO-DMESG /E2E-VNC-FACT dmesg: /'
+    grep -q 'VIREO-FB-DRAWN rc=0 ' "$log" || bad "pattern-not-drawn"
+    grep -q 'efifb: framebuffer at 0xd0000000' "$log" || bad "no-efifb-at-0xd0000000"
+    grep -qi 'i8042' "$log" || bad "no-i8042-lines"
+    grep -q 'VIREO-KBD=yes' "$log" || bad "no-AT-keyboard"
+    case $_rc in 0) ;; 124|143) bad timeout ;; *) bad "rc=${_rc:-none}(want:0)" ;; esac
+    if [ -z "$why" ]; then
+        echo "E2E-RESULT $nv/$nc PASS rc=$_rc size=$size"
+    else
+        echo "E2E-RESULT $nv/$nc FAIL rc=${_rc:-none} why=${why%,}"
+    fi
+    # the viewer's second line, typed with Shift pressed around shifted keysyms
+    if grep -q 'SHIFTED-48' "$log"; then
+        echo "E2E-RESULT $nv/vnc-shift-keys PASS"
+    else
+        echo "E2E-RESULT $nv/vnc-shift-keys FAIL why=no-SHIFTED-48-on-serial"
+    fi
+    rm -rf "$W"
+}
+
 run_case() { # run_case VMM CASE
     v=$1 c=$2
     echo "E2E-CASE-BEGIN $v/$c"
@@ -679,6 +788,7 @@ run_case() { # run_case VMM CASE
         blk-*|net-*)  virtio_boot "$v"; virtio_check "$v" "$c" ;;
         snapshot-restore) snapshot_restore "$v" ;;
         live-migrate) live_migrate "$v" ;;
+        vnc-console) vnc_console "$v" ;;
         *) echo "E2E-RESULT $v/$c FAIL why=unknown-case" ;;
     esac
     echo "E2E-CASE-END $v/$c"
