@@ -80,7 +80,7 @@ pub enum DeviceError {
     #[error("PCI BAR allocation failed: {0}")]
     Bar(String),
     /// Creating an eventfd failed.
-    #[error("cannot create an interrupt eventfd: {0}")]
+    #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
     /// The virtio-pci transport could not be created.
     #[error(transparent)]
@@ -152,6 +152,8 @@ pub struct DeviceManager {
     pub pci_config_io: Arc<Mutex<PciConfigIo>>,
     /// The host bridge at 00:00.0.
     pub host_bridge: Arc<Mutex<PciHostBridge>>,
+    /// The virtio-input tablet's event handle, if the VM has one ([`attach::attach_tablet`]).
+    pub tablet: Option<vireo_devices::virtio::input::TabletHandle>,
 }
 
 /// Creates an eventfd and registers it with KVM as the irqfd of `gsi`.
@@ -238,6 +240,7 @@ impl DeviceManager {
             acpi_sleep,
             pci_config_io,
             host_bridge,
+            tablet: None,
         })
     }
 
