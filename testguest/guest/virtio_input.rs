@@ -4,8 +4,8 @@
 //! The status queue is set up (the device needs both) and never used.
 
 use crate::mem::{rd16, rd32, Bump};
-use crate::virtio::{find_nth, Kind, Transport, VResult, VIRTQ_DESC_F_WRITE};
 use crate::virtio::{fail, fail_with};
+use crate::virtio::{find_nth, Kind, Transport, VResult, VIRTQ_DESC_F_WRITE};
 use crate::{parse_u64, put_dec, putc, puts, Args};
 
 /// Event queue index.
