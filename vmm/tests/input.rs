@@ -88,5 +88,15 @@ fn pointer_events_reach_the_guest_in_order() {
         "{text}"
     );
     assert_eq!(tablet.counters().events.load(Ordering::Relaxed), 8);
+    let devices = vireo_vmm::api::devices(&vm);
+    let last = devices.last().expect("devices");
+    assert_eq!(
+        (last.id.as_str(), last.kind.as_str(), last.bdf.as_str()),
+        ("tablet0", "virtio-input", "0000:00:01.0")
+    );
+    assert!(vm
+        .device_counters()
+        .iter()
+        .any(|(name, c)| *name == "virtio-input" && c.contains(&("events", 8))));
     assert_eq!(tablet.counters().malformed.load(Ordering::Relaxed), 0);
 }
