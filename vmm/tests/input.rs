@@ -1,6 +1,6 @@
 //! The virtio-input tablet under real KVM: the test guest's own driver finds
 //! it, reads its name, posts event buffers, and prints the events the host
-//! injects through the VM's `TabletHandle`.
+//! injects through the VM's `TabletHandle` (also while the VM is paused).
 
 mod common;
 
@@ -99,4 +99,43 @@ fn pointer_events_reach_the_guest_in_order() {
         .iter()
         .any(|(name, c)| *name == "virtio-input" && c.contains(&("events", 8))));
     assert_eq!(tablet.counters().malformed.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn events_injected_while_paused_arrive_after_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (vm, out) = tablet_vm(dir.path(), "input-events 6");
+    let tablet = vm.tablet().expect("the VM has a tablet");
+    vm.start().expect("start");
+    out.wait_for("input ready\n", PATIENCE);
+    tablet.pointer(5, 6, 0);
+    out.wait_for("input type=0 code=0 value=0\n", PATIENCE);
+    vm.pause().expect("pause");
+    tablet.pointer(7, 8, 0);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(tablet.pending(), 3, "delivered while paused");
+    vm.resume().expect("resume");
+    assert_eq!(
+        vm.wait(),
+        ExitReason::DebugExit { status: 0 },
+        "{}",
+        out.text()
+    );
+    let text = out.text();
+    let events: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("input type="))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "input type=3 code=0 value=5",
+            "input type=3 code=1 value=6",
+            "input type=0 code=0 value=0",
+            "input type=3 code=0 value=7",
+            "input type=3 code=1 value=8",
+            "input type=0 code=0 value=0",
+        ],
+        "{text}"
+    );
 }
