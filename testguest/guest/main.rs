@@ -576,8 +576,8 @@ fn run_scenario(cmdline: &[u8], mem_size: u64) -> u8 {
         b"blk-bench" => virtio::outcome(virtio_blk::scenario_bench(&mut args, mem_size)),
         b"net-ping" => virtio::outcome(virtio_net::scenario_ping(&mut args)),
         b"net-bench" => virtio::outcome(virtio_net::scenario_bench(&mut args)),
-        b"churn" => virtio::outcome(churn::scenario(&mut args, mem_size)),
         b"input-events" => virtio::outcome(virtio_input::scenario_events(&mut args)),
+        b"churn" => virtio::outcome(churn::scenario(&mut args, mem_size)),
         _ => {
             puts("unknown scenario: ");
             for &b in name {

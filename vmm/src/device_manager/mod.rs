@@ -142,6 +142,8 @@ pub struct DeviceManager {
     pub gsi_router: Arc<GsiRouter>,
     /// virtio-pci functions, in slot order.
     pub virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    /// The virtio-input tablet's event handle, if the VM has one ([`attach::attach_tablet`]).
+    pub tablet: Option<vireo_devices::virtio::input::TabletHandle>,
     /// The i8042 controller.
     pub i8042: Arc<Mutex<I8042>>,
     /// The CMOS RTC.
@@ -152,8 +154,6 @@ pub struct DeviceManager {
     pub pci_config_io: Arc<Mutex<PciConfigIo>>,
     /// The host bridge at 00:00.0.
     pub host_bridge: Arc<Mutex<PciHostBridge>>,
-    /// The virtio-input tablet's event handle, if the VM has one ([`attach::attach_tablet`]).
-    pub tablet: Option<vireo_devices::virtio::input::TabletHandle>,
 }
 
 /// Creates an eventfd and registers it with KVM as the irqfd of `gsi`.
@@ -235,12 +235,12 @@ impl DeviceManager {
             ged,
             gsi_router: Arc::new(GsiRouter::new(vm_fd.clone())),
             virtio: Vec::new(),
+            tablet: None,
             i8042: i8042_dev,
             cmos: cmos_dev,
             acpi_sleep,
             pci_config_io,
             host_bridge,
-            tablet: None,
         })
     }
 

@@ -4,8 +4,8 @@
 //! ```text
 //!  com1 · i8042 · cmos · acpi-sleep · acpi-ged · pci-config-io · pci-host-bridge
 //!  disk0 … diskN · net0 … netN          (virtio-pci, in the spec's order)
-//!  tablet0                               (virtio-input, with a display)
 //! ```
+//! A VM with a virtio-input tablet also has `tablet0`, after the NICs.
 //! Records are matched by id, never by position: a snapshot whose devices differ from the
 //! ones built here (a device missing, one too many, a disk where a NIC was, a disk of another
 //! size) is refused naming the device, before any vCPU exists. The device models' own
