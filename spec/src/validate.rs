@@ -323,7 +323,7 @@ impl VmConfig {
         let side = |s: u32| (MIN_VNC_SIDE..=MAX_VNC_SIDE).contains(&s);
         if !side(vnc.width)
             || !side(vnc.height)
-            || vnc.width % 8 != 0
+            || !vnc.width.is_multiple_of(8)
             || vnc.width * vnc.height > MAX_VNC_PIXELS
         {
             return Err(ConfigError::VncScreenSize {

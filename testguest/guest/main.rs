@@ -13,8 +13,12 @@
 //! - `spew BYTES`: BYTES bytes of a line pattern as fast as the UART takes
 //!   them, then `spew: done BYTES` (serial back-pressure checks).
 //! - `virtio-list`: every virtio-pci device on bus 0 (`virtio slot=…
-//!   type=blk|net bar0=…`, then `blk capacity=… ro=… serial=…` or `net
+//!   type=blk|net|input|other bar0=…`, then `blk capacity=… ro=… serial=…` or `net
 //!   mac=… link=up|down`).
+//! - `input-events COUNT`: the first virtio-input device: `input name=<ID_NAME>`,
+//!   `input ready` once its event queue has buffers, then each event as
+//!   `input type=<t> code=<c> value=<v>` (decimal) until COUNT events, then
+//!   `input done`.
 //! - `blk-rw NTH SECTOR COUNT SEED`: read (`blk-read … fnv=…`), then write a
 //!   pattern, flush, read back and compare (`blk-write … verify=ok`), or on
 //!   a read-only disk report the write's status (`blk-ro write-status=…`).
@@ -56,8 +60,8 @@
 //! Each scenario reports over COM1 and ends by writing a status byte to the
 //! debug exit port (0 = pass; virtio scenarios print `FAIL: <reason>` and
 //! exit 1 on failure). The virtio driver (modern virtio-pci, split
-//! virtqueues, polled) lives in `virtio.rs`, `virtio_blk.rs` and
-//! `virtio_net.rs`; `mem.rs` has the buffer allocators. New scenarios are
+//! virtqueues, polled) lives in `virtio.rs`, `virtio_blk.rs`,
+//! `virtio_net.rs` and `virtio_input.rs`; `mem.rs` has the buffer allocators. New scenarios are
 //! added as a new arm in `run_scenario`.
 
 #![no_std]
@@ -68,6 +72,7 @@ mod fb;
 mod mem;
 mod virtio;
 mod virtio_blk;
+mod virtio_input;
 mod virtio_net;
 
 use core::arch::asm;
@@ -576,6 +581,7 @@ fn run_scenario(cmdline: &[u8], mem_size: u64) -> u8 {
         b"blk-bench" => virtio::outcome(virtio_blk::scenario_bench(&mut args, mem_size)),
         b"net-ping" => virtio::outcome(virtio_net::scenario_ping(&mut args)),
         b"net-bench" => virtio::outcome(virtio_net::scenario_bench(&mut args)),
+        b"input-events" => virtio::outcome(virtio_input::scenario_events(&mut args)),
         b"churn" => virtio::outcome(churn::scenario(&mut args, mem_size)),
         b"fb-pattern" => fb::scenario_pattern(&mut args),
         b"fb-anim" => fb::scenario_anim(&mut args),

@@ -10,8 +10,10 @@
 //! [GAP]`, `echo`, `spew BYTES`, `idle`, `reset`, `pci`, `triple-fault`,
 //! `emulation-failure`, `exit N`,
 //! and, through the guest's own polling virtio 1.2 driver (modern virtio-pci),
-//! `virtio-list`, `blk-rw`, `blk-edge`, `blk-bench`, `net-ping`, `net-bench`
-//! (arguments and output lines are listed in `guest/main.rs`).
+//! `virtio-list`, `blk-rw`, `blk-edge`, `blk-bench`, `net-ping`, `net-bench`,
+//! `input-events COUNT` (prints `input name=…`, `input ready`, then each event
+//! of the first virtio-input device as `input type=… code=… value=…`, then
+//! `input done`) (arguments and output lines are listed in `guest/main.rs`).
 //!
 //! `churn PAGES [EVERY [BLK-SECTORS [LIMIT [RATE]]]]` is for pause/resume,
 //! snapshot/restore and live-migration tests (RATE paces it to RATE MiB/s): it keeps rewriting a working set of PAGES pages

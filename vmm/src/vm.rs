@@ -186,6 +186,12 @@ impl Vm {
         self.rings.as_ref()
     }
 
+    /// The handle that injects pointer events into the VM's virtio-input tablet, if it has
+    /// one.
+    pub fn tablet(&self) -> Option<vireo_devices::virtio::input::TabletHandle> {
+        self.devices.tablet.clone()
+    }
+
     /// The guest's TSC rate in kHz (`KVM_GET_TSC_KHZ` of vCPU 0 when it was created).
     pub fn tsc_khz(&self) -> Option<u32> {
         self.tsc_khz

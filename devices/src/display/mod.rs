@@ -67,7 +67,7 @@ impl Geometry {
         let ok = |s: u32| (MIN_SIDE..=MAX_SIDE).contains(&s);
         if !ok(self.width)
             || !ok(self.height)
-            || self.width % 8 != 0
+            || !self.width.is_multiple_of(8)
             || self.width * self.height > MAX_PIXELS
         {
             return Err(DisplayError::BadGeometry {

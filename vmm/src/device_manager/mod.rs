@@ -80,7 +80,7 @@ pub enum DeviceError {
     #[error("PCI BAR allocation failed: {0}")]
     Bar(String),
     /// Creating an eventfd failed.
-    #[error("cannot create an interrupt eventfd: {0}")]
+    #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
     /// The virtio-pci transport could not be created.
     #[error(transparent)]
@@ -142,6 +142,8 @@ pub struct DeviceManager {
     pub gsi_router: Arc<GsiRouter>,
     /// virtio-pci functions, in slot order.
     pub virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    /// The virtio-input tablet's event handle, if the VM has one ([`attach::attach_tablet`]).
+    pub tablet: Option<vireo_devices::virtio::input::TabletHandle>,
     /// The i8042 controller.
     pub i8042: Arc<Mutex<I8042>>,
     /// The CMOS RTC.
@@ -235,6 +237,7 @@ impl DeviceManager {
             ged,
             gsi_router: Arc::new(GsiRouter::new(vm_fd.clone())),
             virtio: Vec::new(),
+            tablet: None,
             i8042: i8042_dev,
             cmos: cmos_dev,
             acpi_sleep,
