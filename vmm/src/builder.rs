@@ -51,7 +51,6 @@ pub struct VmBuilder {
     config: VmConfig,
     serial_writer: Option<Box<dyn Write + Send>>,
     boot_cpu: Option<InitialCpuState>,
-    tablet: bool,
 }
 
 impl std::fmt::Debug for VmBuilder {
@@ -69,7 +68,6 @@ impl VmBuilder {
             config,
             serial_writer: None,
             boot_cpu: None,
-            tablet: false,
         }
     }
 
@@ -87,14 +85,6 @@ impl VmBuilder {
     /// firmware or unit-test loader can point RIP anywhere in it.
     pub fn initial_cpu_state(mut self, state: InitialCpuState) -> Self {
         self.boot_cpu = Some(state);
-        self
-    }
-
-    /// Adds a virtio-input tablet after the spec's devices; [`Vm::tablet`] returns its
-    /// handle. A stopgap until the spec's display configuration decides this (then a restore
-    /// builds the tablet too; until then a snapshot of a VM with a tablet cannot be restored).
-    pub fn tablet(mut self) -> Self {
-        self.tablet = true;
         self
     }
 
@@ -133,9 +123,6 @@ impl VmBuilder {
             Vec::new(),
             false,
         )?;
-        if self.tablet {
-            attach_tablet(&mut parts.devices, &parts.vm_fd, &parts.memory)?;
-        }
         let supported = kvm.supported_cpuid()?;
         let count = parts.config.vcpus;
         let vcpus = (0..count)

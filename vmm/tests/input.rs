@@ -1,5 +1,5 @@
-//! The virtio-input tablet under real KVM: the test guest's own driver finds
-//! it, reads its name, posts event buffers, and prints the events the host
+//! The virtio-input tablet of a VM with a VNC console, under real KVM: the test guest's own
+//! driver finds it, reads its name, posts event buffers, and prints the events the host
 //! injects through the VM's `TabletHandle` (also while the VM is paused).
 
 mod common;
@@ -7,18 +7,15 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use common::{build_vm, guest_config, Capture, PATIENCE};
-use vireo_vmm::{ExitReason, Vm, VmBuilder};
+use vireo_vmm::{ExitReason, Vm};
 
-/// A 64 MiB test-guest VM with a tablet, running `cmdline`.
+/// A 64 MiB test-guest VM with a VNC console (so a tablet) on a free port, running `cmdline`.
 fn tablet_vm(dir: &std::path::Path, cmdline: &str) -> (Vm, Capture) {
-    let config = guest_config(dir, cmdline, 64);
-    let out = Capture::default();
-    let vm = VmBuilder::new(config)
-        .serial_writer(Box::new(out.clone()))
-        .tablet()
-        .build()
-        .expect("build VM");
-    (vm, out)
+    let mut config = guest_config(dir, cmdline, 64);
+    config.vnc = Some(vireo_spec::VncConfig::new(
+        "127.0.0.1:0".parse().expect("address"),
+    ));
+    build_vm(config)
 }
 
 #[test]
@@ -41,7 +38,7 @@ fn the_guest_lists_the_tablet_as_an_input_device() {
 }
 
 #[test]
-fn a_vm_without_the_hook_has_no_tablet() {
+fn a_vm_without_a_vnc_console_has_no_tablet() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (vm, _out) = build_vm(guest_config(dir.path(), "exit 0", 64));
     assert!(vm.tablet().is_none());
