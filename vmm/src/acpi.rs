@@ -5,8 +5,9 @@
 //!                              ├─► MADT  (one LAPIC per vCPU, IOAPIC, IRQ0→GSI2)
 //!                              └─► MCFG  (PCIe ECAM for bus 0–255)
 //!  DSDT: \_SB.PCI0 (PNP0A08 host bridge, bus/IO/MMIO windows), \_SB.COM1
-//!        (PNP0501, 0x3f8, IRQ 4), \_SB.GED0 (ACPI0013, GSI 5) notifying
-//!        \_SB.PWRB (PNP0C0C power button), \_S5_ (soft off)
+//!        (PNP0501, 0x3f8, IRQ 4), \_SB.RTC_ (PNP0B00), \_SB.PS2K (PNP0303
+//!        keyboard: i8042 ports 0x60 and 0x64, IRQ 1), \_SB.GED0 (ACPI0013,
+//!        GSI 5) notifying \_SB.PWRB (PNP0C0C power button), \_S5_ (soft off)
 //! ```
 //! Power-off goes through the FADT sleep control register (the
 //! `vireo-devices` `AcpiSleep` device at port 0x3c0); reset through the FADT
@@ -31,6 +32,7 @@ use acpi_tables::{Aml, AmlSink};
 use thiserror::Error;
 use vireo_devices::acpi_ged::{EVENT_POWER_BUTTON, GED_EVENT_PORT, GED_IRQ};
 use vireo_devices::acpi_pm::{ACPI_SLEEP_PORT, SLP_TYP_S5};
+use vireo_devices::legacy::i8042::{I8042_KBD_IRQ, I8042_PORT_BASE};
 use vm_memory::{Bytes, GuestAddress};
 use zerocopy::{Immutable, IntoBytes};
 
@@ -88,7 +90,8 @@ fn bytes(t: &dyn Aml) -> Vec<u8> {
     v
 }
 
-/// The DSDT: PCI host bridge, COM1 and the S5 sleep state.
+/// The DSDT: PCI host bridge, COM1, the RTC, the PS/2 keyboard, the power
+/// button with its GED, and the S5 sleep state.
 fn dsdt() -> Sdt {
     let mmio_end = (PCI_ECAM_START - 1) as u32;
     let pci0 = bytes(&Device::new(
@@ -142,6 +145,25 @@ fn dsdt() -> Sdt {
             ),
         ],
     ));
+    // The i8042 keyboard: Linux's i8042 driver finds the controller through
+    // this PNP device (data port, command port, IRQ).
+    let kbd_data = I8042_PORT_BASE as u16;
+    let kbd_command = kbd_data + 4;
+    let ps2k = bytes(&Device::new(
+        "_SB_.PS2K".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0303")),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![
+                    &IO::new(kbd_data, kbd_data, 1, 1),
+                    &IO::new(kbd_command, kbd_command, 1, 1),
+                    &Interrupt::new(true, true, false, false, I8042_KBD_IRQ),
+                ]),
+            ),
+        ],
+    ));
     let ged_port = GED_EVENT_PORT as u32;
     let ged = bytes(&Device::new(
         "_SB_.GED0".into(),
@@ -186,7 +208,7 @@ fn dsdt() -> Sdt {
         &Package::new(vec![&SLP_TYP_S5, &SLP_TYP_S5, &aml::ZERO, &aml::ZERO]),
     ));
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    for part in [pci0, com1, rtc, ged, pwrb, s5] {
+    for part in [pci0, com1, rtc, ps2k, ged, pwrb, s5] {
         sdt.append_slice(&part);
     }
     sdt
@@ -327,6 +349,7 @@ mod tests {
                 assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
                 assert!(dsdt.windows(8).any(|w| w == b"ACPI0013"));
                 assert!(dsdt.windows(4).any(|w| w == b"_EVT"));
+                assert!(dsdt.windows(4).any(|w| w == b"PS2K"));
             }
         }
         assert_eq!(sigs, vec!["FACP", "APIC", "MCFG"]);
@@ -379,6 +402,10 @@ mod tests {
             "PNP0A08",
             "PNP0501",
             "PNP0B00",
+            "Device (PS2K)",
+            "PNP0303",
+            "IO (Decode16,\n                        0x0060,",
+            "IO (Decode16,\n                        0x0064,",
             "ACPI0013",
             "PNP0C0C",
             "Name (_S5,",
