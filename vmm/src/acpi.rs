@@ -402,10 +402,10 @@ mod tests {
             "PNP0A08",
             "PNP0501",
             "PNP0B00",
-            "Device (PS2K)",
-            "PNP0303",
-            "IO (Decode16,\n                        0x0060,",
-            "IO (Decode16,\n                        0x0064,",
+            "Device (_SB.PS2K)",
+            "EisaId (\"PNP0303\")",
+            "IO (Decode16,\n                0x0060,",
+            "IO (Decode16,\n                0x0064,",
             "ACPI0013",
             "PNP0C0C",
             "Name (_S5,",
@@ -419,5 +419,16 @@ mod tests {
                 "'{needle}' missing from the disassembly:\n{dsl}"
             );
         }
+        // The keyboard's interrupt is IRQ 1, edge, active high.
+        let ps2k = dsl
+            .split("Device (_SB.PS2K)")
+            .nth(1)
+            .and_then(|rest| rest.split("Device (").next())
+            .expect("PS2K in the disassembly");
+        assert!(
+            ps2k.contains("Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )")
+                && ps2k.contains("0x00000001,"),
+            "PS2K's interrupt:\n{ps2k}"
+        );
     }
 }

@@ -21,7 +21,8 @@
 //! Key events are queued as whole scancode sequences: one that does not fit
 //! is dropped and counted, never cut. With the command byte's translation
 //! bit set (the default, and what Linux keeps) the guest reads set-1
-//! scancodes, which is what the keyboard emits.
+//! scancodes, which is what the keyboard emits. Not implemented: set-2/3
+//! output for a guest that turns translation off (it still gets set 1).
 //!
 //! Reset: command 0xfe (any "pulse output line" command that pulses line
 //! 0) or writing the output port with bit 0 clear resets the machine, as
