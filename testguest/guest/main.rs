@@ -541,7 +541,11 @@ fn kbd_read(ms: u64) -> Option<u8> {
 /// Prints `v` as two lowercase hex digits.
 fn put_hex2(v: u8) {
     for nib in [v >> 4, v & 0xf] {
-        putc(if nib < 10 { b'0' + nib } else { b'a' + nib - 10 });
+        putc(if nib < 10 {
+            b'0' + nib
+        } else {
+            b'a' + nib - 10
+        });
     }
 }
 
