@@ -1,7 +1,7 @@
 //! ACPI tables for Linux guests, built with the `acpi_tables` crate.
 //!
 //! ```text
-//!  RSDP (0xe_0000) ──► XSDT ──┬─► FADT (hardware-reduced) ──► DSDT
+//!  RSDP (0xe_0000) ──► XSDT ──┬─► FADT (hardware-reduced, 8042 present) ──► DSDT
 //!                              ├─► MADT  (one LAPIC per vCPU, IOAPIC, IRQ0→GSI2)
 //!                              └─► MCFG  (PCIe ECAM for bus 0–255)
 //!  DSDT: \_SB.PCI0 (PNP0A08 host bridge, bus/IO/MMIO windows), \_SB.COM1
@@ -49,6 +49,8 @@ const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// The i8042 command port and its reset command, used as the reset register.
 const RESET_PORT: u64 = 0x64;
 const RESET_VALUE: u8 = 0xfe;
+/// FADT IA-PC boot architecture flag: the platform has an 8042.
+const IAPC_BOOT_ARCH_8042: u16 = 1 << 1;
 
 /// Why the tables could not be written.
 #[derive(Debug, Error)]
@@ -223,6 +225,9 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
         .flag(Flags::ResetRegSup);
     b.sleep_control_reg = io(8, ACPI_SLEEP_PORT);
     b.sleep_status_reg = io(8, ACPI_SLEEP_PORT + 1);
+    // IA-PC boot architecture: an 8042 at 0x60/0x64, so that Linux probes
+    // it even without ACPI PNP (which finds it through \_SB.PS2K).
+    b.iapc_boot_arch = IAPC_BOOT_ARCH_8042.into();
     b.reset_reg = io(8, RESET_PORT);
     b.reset_value = RESET_VALUE;
     bytes(&b.finalize())
@@ -411,6 +416,7 @@ mod tests {
             "Name (_S5,",
             "Notify (\\_SB.PWRB, 0x80)",
             "Hardware Reduced (V5) : 1",
+            "8042 Present on ports 60/64 (V2) : 1",
             "Local Apic ID : 01",
             "Base Address : 00000000E0000000",
         ] {
