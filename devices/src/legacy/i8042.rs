@@ -21,8 +21,9 @@
 //! Key events are queued as whole scancode sequences: one that does not fit
 //! is dropped and counted, never cut. With the command byte's translation
 //! bit set (the default, and what Linux keeps) the guest reads set-1
-//! scancodes, which is what the keyboard emits. Not implemented: set-2/3
-//! output for a guest that turns translation off (it still gets set 1).
+//! scancodes. A guest that turns translation off reads the selected set
+//! untranslated: set 1 as is, set 2 converted ([`keymap::to_set2`]); set 3
+//! is not implemented and gets set-2 codes too.
 //!
 //! Reset: command 0xfe (any "pulse output line" command that pulses line
 //! 0) or writing the output port with bit 0 clear resets the machine, as
@@ -282,13 +283,20 @@ impl I8042 {
         }
     }
 
-    /// Queues one key event's scancodes (see [`keymap::scancodes`]), whole or
-    /// not at all; returns whether they were queued.
+    /// Queues one key event's set-1 scancodes (see [`keymap::scancodes`]),
+    /// whole or not at all; returns whether they were queued. With
+    /// translation off and set 2 (or 3) selected they are sent as set 2.
     pub fn queue_scancodes(&mut self, codes: &Scancodes) -> bool {
         if !self.keyboard_enabled() {
             return false;
         }
-        self.push_keyboard(codes.as_slice())
+        if self.translating() || self.scancode_set == 1 {
+            return self.push_keyboard(codes.as_slice());
+        }
+        match keymap::to_set2(codes) {
+            Some(set2) => self.push_keyboard(set2.as_slice()),
+            None => false,
+        }
     }
 
     /// Whether key events reach the guest: the keyboard scans (0xf4, not
@@ -792,6 +800,20 @@ pub(crate) mod tests {
         kbd(&mut dev, KBD_SCANCODE_SET);
         assert_eq!(kbd(&mut dev, 0), [KBD_ACK, 2]);
         assert_eq!(kbd(&mut dev, 0x42), [KBD_RESEND], "unknown command");
+    }
+
+    #[test]
+    fn translation_off_sends_the_selected_set() {
+        let (mut dev, _rec, _evt) = controller();
+        command(&mut dev, CMD_WRITE_CTR, &[CTR_KBD_INT | CTR_SYS], 0);
+        assert!(dev.key_event(Key::Keysym(u32::from(b'a')), true));
+        assert!(dev.key_event(Key::Keysym(u32::from(b'a')), false));
+        assert!(dev.key_event(Key::Scancode(0xc8), false)); // Up released
+        assert_eq!(drain(&mut dev), [0x1c, 0xf0, 0x1c, 0xe0, 0xf0, 0x75]);
+        kbd(&mut dev, KBD_SCANCODE_SET);
+        assert_eq!(kbd(&mut dev, 1), [KBD_ACK]);
+        assert!(dev.key_event(Key::Scancode(0xc8), false));
+        assert_eq!(drain(&mut dev), [0xe0, 0xc8], "set 1 untranslated");
     }
 
     #[test]

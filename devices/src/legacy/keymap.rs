@@ -7,6 +7,9 @@
 //! `e0 48`). A key's break code is its make code with bit 7 set, after the
 //! same prefix.
 //!
+//! A guest that turns the controller's translation off reads set 2
+//! instead: [`to_set2`] converts (same keys, break codes as `f0` + make).
+//!
 //! X11 keysyms ([`Key::Keysym`], what RFB viewers send) are mapped for a US
 //! layout, one table row per keysym: a shifted symbol maps to the key that
 //! carries it (`!` is the `1` key, `:` the `;` key, `A` the `a` key). The
@@ -14,14 +17,17 @@
 
 use crate::display::Key;
 
-/// Longest byte sequence one key event produces (`e0` prefix + code).
-pub const MAX_SEQUENCE: usize = 2;
+/// Longest byte sequence one key event produces (`e0 f0 code`, a set-2
+/// extended break).
+pub const MAX_SEQUENCE: usize = 3;
 
 /// Bit of a keycode that marks an `0xe0`-prefixed key (and, in a scancode
 /// byte, a break code).
 const EXTENDED: u8 = 0x80;
 /// The prefix byte of the extended keys.
 const PREFIX_E0: u8 = 0xe0;
+/// The set-2 break prefix.
+const PREFIX_BREAK2: u8 = 0xf0;
 
 /// The scancode bytes of one key event (at most [`MAX_SEQUENCE`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,15 +233,65 @@ pub fn keycode_scancodes(code: u8, down: bool) -> Option<Scancodes> {
     let last = if down { make } else { make | EXTENDED };
     Some(if code & EXTENDED != 0 {
         Scancodes {
-            bytes: [PREFIX_E0, last],
+            bytes: [PREFIX_E0, last, 0],
             len: 2,
         }
     } else {
         Scancodes {
-            bytes: [last, 0],
+            bytes: [last, 0, 0],
             len: 1,
         }
     })
+}
+
+/// Set-1 make code → set-2 make code, for 0x00..=0x5d (0: no such key).
+static SET1_TO_SET2: [u8; 0x5e] = [
+    0x00, 0x76, 0x16, 0x1e, 0x26, 0x25, 0x2e, 0x36, // -, Esc, 1–6
+    0x3d, 0x3e, 0x46, 0x45, 0x4e, 0x55, 0x66, 0x0d, // 7–0, - =, BS, Tab
+    0x15, 0x1d, 0x24, 0x2d, 0x2c, 0x35, 0x3c, 0x43, // q w e r t y u i
+    0x44, 0x4d, 0x54, 0x5b, 0x5a, 0x14, 0x1c, 0x1b, // o p [ ], Enter, Ctrl, a s
+    0x23, 0x2b, 0x34, 0x33, 0x3b, 0x42, 0x4b, 0x4c, // d f g h j k l ;
+    0x52, 0x0e, 0x12, 0x5d, 0x1a, 0x22, 0x21, 0x2a, // ' `, LShift, \, z x c v
+    0x32, 0x31, 0x3a, 0x41, 0x49, 0x4a, 0x59, 0x7c, // b n m , . /, RShift, KP*
+    0x11, 0x29, 0x58, 0x05, 0x06, 0x04, 0x0c, 0x03, // Alt, space, Caps, F1–F5
+    0x0b, 0x83, 0x0a, 0x01, 0x09, 0x77, 0x7e, 0x6c, // F6–F10, Num, Scroll, KP7
+    0x75, 0x7d, 0x7b, 0x6b, 0x73, 0x74, 0x79, 0x69, // KP8 KP9 KP- KP4 KP5 KP6 KP+ KP1
+    0x72, 0x7a, 0x70, 0x71, 0x84, 0x00, 0x61, 0x78, // KP2 KP3 KP0 KP., SysRq, -, 102nd, F11
+    0x07, 0x00, 0x00, 0x1f, 0x27, 0x2f, // F12, -, -, LWin, RWin, Menu (e0-prefixed)
+];
+
+/// The set-2 bytes of the same key event as the set-1 `codes` (as made by
+/// [`keycode_scancodes`]): `[e0] code` for a make, `[e0] f0 code` for a
+/// break. `None` for a key set 2 has no code for here.
+pub fn to_set2(codes: &Scancodes) -> Option<Scancodes> {
+    let (extended, last) = match codes.as_slice() {
+        [PREFIX_E0, last] => (true, *last),
+        [last] => (false, *last),
+        _ => return None,
+    };
+    let down = last & EXTENDED == 0;
+    let code = *SET1_TO_SET2.get(usize::from(last & !EXTENDED))?;
+    if code == 0 {
+        return None;
+    }
+    let mut out = Scancodes {
+        bytes: [0; MAX_SEQUENCE],
+        len: 0,
+    };
+    let mut push = |b: u8| {
+        if let Some(slot) = out.bytes.get_mut(out.len) {
+            *slot = b;
+            out.len += 1;
+        }
+    };
+    if extended {
+        push(PREFIX_E0);
+    }
+    if !down {
+        push(PREFIX_BREAK2);
+    }
+    push(code);
+    Some(out)
 }
 
 /// The set-1 bytes for `key` going down or up: keysyms through the US table,
@@ -320,6 +376,36 @@ mod tests {
         assert_eq!(bytes(Key::Scancode(0x1e), false), [0x9e]);
         assert_eq!(bytes(Key::Scancode(0xc8), true), [0xe0, 0x48]);
         assert_eq!(bytes(Key::Scancode(0xc8), false), [0xe0, 0xc8]);
+    }
+
+    fn set2(key: Key, down: bool) -> Vec<u8> {
+        scancodes(key, down)
+            .and_then(|s| to_set2(&s))
+            .map(|s| s.as_slice().to_vec())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn set2_codes_and_break_prefixes() {
+        assert_eq!(set2(Key::Keysym(u32::from(b'a')), true), [0x1c]);
+        assert_eq!(set2(Key::Keysym(u32::from(b'a')), false), [0xf0, 0x1c]);
+        assert_eq!(set2(Key::Keysym(0xff1b), true), [0x76], "Escape");
+        assert_eq!(set2(Key::Keysym(0xffc4), true), [0x83], "F7");
+        assert_eq!(set2(Key::Keysym(0xffc9), true), [0x07], "F12");
+        assert_eq!(set2(Key::Keysym(0xff52), true), [0xe0, 0x75], "Up");
+        assert_eq!(set2(Key::Keysym(0xff52), false), [0xe0, 0xf0, 0x75]);
+        assert_eq!(set2(Key::Keysym(0xffeb), true), [0xe0, 0x1f], "Super_L");
+        assert!(set2(Key::Scancode(0x55), true).is_empty(), "no such key");
+        assert!(set2(Key::Scancode(0x7f), true).is_empty(), "past the table");
+    }
+
+    /// No two set-1 keys share a set-2 code.
+    #[test]
+    fn set2_table_is_one_to_one() {
+        let mut seen = std::collections::HashSet::new();
+        for &c in SET1_TO_SET2.iter().filter(|&&c| c != 0) {
+            assert!(seen.insert(c), "{c:#x} twice");
+        }
     }
 
     #[test]
