@@ -22,8 +22,8 @@
 //! is dropped and counted, never cut. With the command byte's translation
 //! bit set (the default, and what Linux keeps) the guest reads set-1
 //! scancodes. A guest that turns translation off reads the selected set
-//! untranslated: set 1 as is, set 2 converted ([`keymap::to_set2`]); set 3
-//! is not implemented and gets set-2 codes too.
+//! untranslated: set 1 as is, set 2 converted ([`keymap::to_set2`]). Set 3
+//! is refused (resend), so atkbd stays with set 2.
 //!
 //! Reset: command 0xfe (any "pulse output line" command that pulses line
 //! 0) or writing the output port with bit 0 clear resets the machine, as
@@ -177,7 +177,7 @@ pub(super) enum KeyboardArg {
     Leds,
     /// 0xf3: typematic rate and delay.
     Typematic,
-    /// 0xf0: 0 = report the set, 1–3 = select it.
+    /// 0xf0: 0 = report the set, 1 or 2 = select it (3 is refused).
     ScancodeSet,
 }
 
@@ -225,7 +225,7 @@ pub struct I8042 {
     pub(super) leds: u8,
     /// Typematic rate/delay byte.
     pub(super) typematic: u8,
-    /// Selected scancode set (1–3).
+    /// Selected scancode set (1 or 2).
     pub(super) scancode_set: u8,
     /// Keyboard bytes (replies and scancodes) waiting for the guest.
     pub(super) queue: VecDeque<u8>,
@@ -285,7 +285,7 @@ impl I8042 {
 
     /// Queues one key event's set-1 scancodes (see [`keymap::scancodes`]),
     /// whole or not at all; returns whether they were queued. With
-    /// translation off and set 2 (or 3) selected they are sent as set 2.
+    /// translation off and set 2 selected they are sent as set 2.
     pub fn queue_scancodes(&mut self, codes: &Scancodes) -> bool {
         if !self.keyboard_enabled() {
             return false;
@@ -469,7 +469,7 @@ impl I8042 {
                         let set = self.reported_set();
                         self.push_keyboard(&[KBD_ACK, set]);
                     }
-                    1..=3 => {
+                    1 | 2 => {
                         self.scancode_set = byte;
                         self.push_keyboard(&[KBD_ACK]);
                     }
@@ -530,14 +530,13 @@ impl I8042 {
 
     /// The answer to "get scancode set": the set number, passed through the
     /// controller's set-2 → set-1 translation when it is on (1 → 0x43,
-    /// 2 → 0x41, 3 → 0x3f), which is what atkbd expects to see.
+    /// 2 → 0x41), which is what atkbd expects to see.
     fn reported_set(&self) -> u8 {
         if !self.translating() {
             return self.scancode_set;
         }
         match self.scancode_set {
             1 => 0x43,
-            3 => 0x3f,
             _ => 0x41,
         }
     }
@@ -793,6 +792,8 @@ pub(crate) mod tests {
         assert_eq!(kbd(&mut dev, 0), [KBD_ACK, 0x43], "set 1, translated");
         kbd(&mut dev, KBD_SCANCODE_SET);
         assert_eq!(kbd(&mut dev, 7), [KBD_RESEND], "no set 7");
+        kbd(&mut dev, KBD_SCANCODE_SET);
+        assert_eq!(kbd(&mut dev, 3), [KBD_RESEND], "set 3 is refused");
         assert_eq!(kbd(&mut dev, KBD_DEFAULTS), [KBD_ACK]);
         // Translation off: raw answers.
         command(&mut dev, CMD_WRITE_CTR, &[CTR_KBD_INT | CTR_SYS], 0);

@@ -139,7 +139,7 @@ pub struct I8042State {
     pub leds: u8,
     /// Typematic rate/delay (bits 0–6).
     pub typematic: u8,
-    /// Scancode set (1–3).
+    /// Scancode set (1 or 2).
     pub scancode_set: u8,
     /// Keyboard bytes the guest has not read (at most 64).
     pub output: Vec<u8>,
@@ -229,7 +229,7 @@ impl I8042 {
         if state.typematic & 0x80 != 0 {
             return invalid(format!("typematic byte {:#04x}", state.typematic));
         }
-        if !(1..=3).contains(&state.scancode_set) {
+        if !(1..=2).contains(&state.scancode_set) {
             return invalid(format!("scancode set {}", state.scancode_set));
         }
         self.ctr = state.command_byte;
@@ -410,6 +410,10 @@ mod tests {
             },
             I8042State {
                 scancode_set: 0,
+                ..good.clone()
+            },
+            I8042State {
+                scancode_set: 3,
                 ..good.clone()
             },
         ];
