@@ -104,7 +104,7 @@ const INTERFACE_TEST_PASSED: u8 = 0x00;
 /// with pull-ups looks like.
 const AUX_TEST_CLOCK_HIGH: u8 = 0x02;
 /// Output port at power-on: reset line high (not in reset), A20 on.
-const OUTPUT_PORT_DEFAULT: u8 = 0x03;
+pub(super) const OUTPUT_PORT_DEFAULT: u8 = 0x03;
 /// Output port bit 0: the (active low) reset line.
 const OUTPUT_PORT_RESET: u8 = 0x01;
 

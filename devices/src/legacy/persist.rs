@@ -154,7 +154,7 @@ impl Default for I8042State {
             last_write_command: false,
             pending_command: None,
             controller_reply: None,
-            output_port: 0x03,
+            output_port: i8042::OUTPUT_PORT_DEFAULT,
             scanning: true,
             pending_keyboard_command: None,
             leds: 0,
