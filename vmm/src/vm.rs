@@ -228,6 +228,13 @@ impl Vm {
             .store(paused, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The VM's PS/2 keyboard: a cloneable handle any thread (a viewer's
+    /// input thread) can send key events through. Events reach the guest
+    /// only while its keyboard is enabled; a full queue drops them whole.
+    pub fn keyboard(&self) -> vireo_devices::legacy::KeyboardInput {
+        vireo_devices::legacy::KeyboardInput::new(self.devices.i8042.clone())
+    }
+
     /// The configuration this VM was built from.
     pub fn config(&self) -> &VmConfig {
         &self.config
