@@ -294,7 +294,8 @@ fn start_vnc(
         u16::try_from(vnc.width).unwrap_or(u16::MAX),
         u16::try_from(vnc.height).unwrap_or(u16::MAX),
     );
-    let input = Arc::new(VmInput::new(devices.i8042.clone(), tablet, w, h));
+    let keyboard = vireo_devices::legacy::KeyboardInput::new(devices.i8042.clone());
+    let input = Arc::new(VmInput::new(keyboard, tablet, w, h));
     Ok(VncConsole::start(vm_fd.clone(), framebuffer, vnc, input)?)
 }
 

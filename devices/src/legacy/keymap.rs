@@ -12,8 +12,10 @@
 //!
 //! X11 keysyms ([`Key::Keysym`], what RFB viewers send) are mapped for a US
 //! layout, one table row per keysym: a shifted symbol maps to the key that
-//! carries it (`!` is the `1` key, `:` the `;` key, `A` the `a` key). The
-//! VMM never synthesises Shift: a viewer sends its own Shift events.
+//! carries it (`!` is the `1` key, `:` the `;` key, `A` the `a` key).
+//! [`keysym_needs_shift`] tells which of them the US layout types with Shift,
+//! so the VMM's input router can press Shift for a viewer that sends `A`
+//! without it (as vncdotool does, and as QEMU's VNC server accepts).
 
 use crate::display::Key;
 
@@ -41,6 +43,21 @@ impl Scancodes {
     pub fn as_slice(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
+}
+
+/// The left Shift keysym (`XK_Shift_L`).
+pub const KEYSYM_SHIFT_L: u32 = 0xffe1;
+/// The right Shift keysym (`XK_Shift_R`).
+pub const KEYSYM_SHIFT_R: u32 = 0xffe2;
+/// The left Shift key's keycode.
+pub const KEYCODE_SHIFT_L: u8 = 0x2a;
+
+/// Whether the US layout types the printable ASCII keysym `keysym` with Shift held
+/// (`Some(true)`: `A`, `!`, `:` …), without (`Some(false)`: `a`, `1`, `;`, space …), or
+/// `None` for every other keysym (Return, arrows, modifiers: Shift does not matter).
+pub fn keysym_needs_shift(keysym: u32) -> Option<bool> {
+    let c = char::from_u32(keysym).filter(|c| c.is_ascii_graphic() || *c == ' ')?;
+    Some(c.is_ascii_uppercase() || "~!@#$%^&*()_+{}|:\"<>?".contains(c))
 }
 
 /// X11 keysym → keycode (QEMU numbering, see the module doc), sorted by
