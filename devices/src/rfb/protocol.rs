@@ -590,3 +590,305 @@ pub fn refusal(reason: &str) -> Vec<u8> {
     push_reason(&mut out, reason);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::display::Rect;
+
+    fn v(s: &[u8; 12]) -> Result<ProtocolVersion, ProtocolError> {
+        ProtocolVersion::parse(s)
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(v(b"RFB 003.003\n"), Ok(ProtocolVersion::V3_3));
+        assert_eq!(v(b"RFB 003.005\n"), Ok(ProtocolVersion::V3_3));
+        assert_eq!(v(b"RFB 003.007\n"), Ok(ProtocolVersion::V3_7));
+        assert_eq!(v(b"RFB 003.008\n"), Ok(ProtocolVersion::V3_8));
+        assert_eq!(v(b"RFB 003.889\n"), Ok(ProtocolVersion::V3_8));
+        assert_eq!(v(b"RFB 003.010\n"), Ok(ProtocolVersion::V3_3));
+        for bad in [
+            b"RFB 004.000\n",
+            b"RFB 003.002\n",
+            b"GET / HTTP/1",
+            b"RFB 003.00+\n",
+            b"RFB 003.008 ",
+            b"RFB 0x3.008\n",
+        ] {
+            assert!(
+                matches!(v(bad), Err(ProtocolError::BadVersion(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    fn init() -> ServerInit {
+        ServerInit {
+            width: 640,
+            height: 480,
+            name: "vm".into(),
+        }
+    }
+
+    /// Drives a handshake with all of `input` at once.
+    fn run(hs: &mut Handshake, input: &[u8]) -> (Result<usize, ProtocolError>, Vec<u8>) {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        loop {
+            match hs.step(&input[pos..], &mut out) {
+                Ok(Some(n)) => pos += n,
+                Ok(None) => return (Ok(pos), out),
+                Err(e) => return (Err(e), out),
+            }
+        }
+    }
+
+    #[test]
+    fn handshake_none_38_37_33() {
+        let si = init().to_bytes();
+        assert_eq!(&si[..4], &[2, 128, 1, 224]);
+        assert_eq!(&si[4..20], &PixelFormat::SERVER.to_bytes());
+        assert_eq!(&si[20..], &[0, 0, 0, 2, b'v', b'm']);
+
+        let mut hs = Handshake::new(Security::None, init());
+        let (r, out) = run(&mut hs, b"RFB 003.008\n\x01\x01");
+        assert_eq!(r, Ok(14));
+        assert!(hs.is_done());
+        let mut want = vec![1, 1, 0, 0, 0, 0];
+        want.extend_from_slice(&si);
+        assert_eq!(out, want);
+
+        let mut hs = Handshake::new(Security::None, init());
+        let (r, out) = run(&mut hs, b"RFB 003.007\n\x01\x00");
+        assert_eq!(r, Ok(14));
+        let mut want = vec![1, 1];
+        want.extend_from_slice(&si);
+        assert_eq!(out, want);
+
+        let mut hs = Handshake::new(Security::None, init());
+        let (r, out) = run(&mut hs, b"RFB 003.003\n\x00");
+        assert_eq!(r, Ok(13));
+        assert_eq!(hs.version(), Some(ProtocolVersion::V3_3));
+        let mut want = vec![0, 0, 0, 1];
+        want.extend_from_slice(&si);
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn handshake_needs_more_bytes_one_at_a_time() {
+        let input = b"RFB 003.008\n\x01\x01";
+        let mut hs = Handshake::new(Security::None, init());
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for &b in input {
+            buf.push(b);
+            while let Some(n) = hs.step(&buf, &mut out).expect("valid") {
+                buf.drain(..n);
+            }
+        }
+        assert!(hs.is_done());
+    }
+
+    #[test]
+    fn handshake_vnc_auth() {
+        let challenge = [7u8; 16];
+        let sec = Security::VncAuth {
+            password: b"pw".to_vec(),
+            challenge,
+        };
+        let good = auth::response(b"pw", &challenge);
+
+        let mut hs = Handshake::new(sec.clone(), init());
+        let mut input = b"RFB 003.008\n\x02".to_vec();
+        input.extend_from_slice(&good);
+        input.push(1);
+        let (r, out) = run(&mut hs, &input);
+        assert_eq!(r, Ok(input.len()));
+        assert_eq!(&out[..2], &[1, 2]);
+        assert_eq!(&out[2..18], &challenge);
+        assert_eq!(&out[18..22], &[0, 0, 0, 0]);
+
+        // Wrong password: failed + reason in 3.8, no reason in 3.3.
+        let mut hs = Handshake::new(sec.clone(), init());
+        let mut input = b"RFB 003.008\n\x02".to_vec();
+        input.extend_from_slice(&[0u8; 16]);
+        let (r, out) = run(&mut hs, &input);
+        assert_eq!(r, Err(ProtocolError::AuthFailed));
+        assert_eq!(&out[18..22], &[0, 0, 0, 1]);
+        assert!(out.len() > 26);
+        let mut hs = Handshake::new(sec, init());
+        let mut input = b"RFB 003.003\n".to_vec();
+        input.extend_from_slice(&[0u8; 16]);
+        let (r, out) = run(&mut hs, &input);
+        assert_eq!(r, Err(ProtocolError::AuthFailed));
+        assert_eq!(&out[..4], &[0, 0, 0, 2]);
+        assert_eq!(&out[20..], &[0, 0, 0, 1]);
+        // After an error nothing more is consumed.
+        assert_eq!(hs.step(b"x", &mut Vec::new()), Ok(None));
+    }
+
+    #[test]
+    fn handshake_bad_security_type_and_version() {
+        let mut hs = Handshake::new(Security::None, init());
+        let (r, out) = run(&mut hs, b"RFB 003.008\n\x02");
+        assert_eq!(
+            r,
+            Err(ProtocolError::BadSecurityType {
+                offered: 1,
+                got: 2
+            })
+        );
+        assert_eq!(&out[2..6], &[0, 0, 0, 1]);
+        let mut hs = Handshake::new(Security::None, init());
+        let (r, _) = run(&mut hs, b"HELLO WORLD!");
+        assert!(matches!(r, Err(ProtocolError::BadVersion(_))));
+    }
+
+    fn parse(b: &[u8]) -> Result<Option<(ClientMessage, usize)>, ProtocolError> {
+        ClientMessage::parse(b)
+    }
+
+    /// Every proper prefix of a valid message asks for more bytes.
+    fn all_prefixes_need_more(b: &[u8]) {
+        for n in 0..b.len() {
+            assert_eq!(parse(&b[..n]), Ok(None), "prefix {n} of {b:?}");
+        }
+    }
+
+    #[test]
+    fn messages() {
+        let mut spf = vec![0, 0, 0, 0];
+        spf.extend_from_slice(&PixelFormat::SERVER.to_bytes());
+        let cases: Vec<(Vec<u8>, ClientMessage)> = vec![
+            (spf, ClientMessage::SetPixelFormat(PixelFormat::SERVER)),
+            (
+                vec![2, 0, 0, 2, 0, 0, 0, 16, 0xff, 0xff, 0xfe, 0xfe],
+                ClientMessage::SetEncodings(vec![16, -258]),
+            ),
+            (
+                vec![3, 1, 0, 1, 0, 2, 0, 3, 0, 4],
+                ClientMessage::FramebufferUpdateRequest {
+                    incremental: true,
+                    rect: Rect {
+                        x: 1,
+                        y: 2,
+                        w: 3,
+                        h: 4,
+                    },
+                },
+            ),
+            (
+                vec![4, 1, 0, 0, 0, 0, 0, 0x61],
+                ClientMessage::KeyEvent {
+                    down: true,
+                    keysym: 0x61,
+                },
+            ),
+            (
+                vec![5, 1, 0, 10, 0, 20],
+                ClientMessage::PointerEvent {
+                    buttons: 1,
+                    x: 10,
+                    y: 20,
+                },
+            ),
+            (
+                vec![6, 0, 0, 0, 0, 0, 0, 5],
+                ClientMessage::ClientCutText { len: 5 },
+            ),
+            (
+                vec![255, 0, 0, 1, 0, 0, 0, 0x61, 0, 0, 0, 0x1e],
+                ClientMessage::QemuKeyEvent {
+                    down: true,
+                    keysym: 0x61,
+                    keycode: 0x1e,
+                },
+            ),
+        ];
+        for (bytes, msg) in cases {
+            all_prefixes_need_more(&bytes);
+            let mut more = bytes.clone();
+            more.extend_from_slice(&[3, 0]);
+            assert_eq!(parse(&more), Ok(Some((msg, bytes.len()))));
+        }
+    }
+
+    #[test]
+    fn bad_messages() {
+        assert_eq!(parse(&[1]), Err(ProtocolError::UnknownMessage(1)));
+        assert_eq!(parse(&[7, 0, 0]), Err(ProtocolError::UnknownMessage(7)));
+        assert_eq!(parse(&[255, 1]), Err(ProtocolError::UnknownQemuMessage(1)));
+        assert_eq!(
+            parse(&[2, 0, 0x04, 0x01]),
+            Err(ProtocolError::TooManyEncodings(1025))
+        );
+        assert_eq!(
+            parse(&[6, 0, 0, 0, 0, 0x10, 0, 1]),
+            Err(ProtocolError::CutTextTooLong((1 << 20) + 1))
+        );
+        assert_eq!(
+            parse(&[6, 0, 0, 0, 0, 0x10, 0, 0]),
+            Ok(Some((ClientMessage::ClientCutText { len: 1 << 20 }, 8)))
+        );
+    }
+
+    #[test]
+    fn pixel_formats() {
+        let ok = PixelFormat::SERVER.to_bytes();
+        assert_eq!(PixelFormat::parse(&ok), Ok(PixelFormat::SERVER));
+        // rgb565 big-endian
+        let mut b = ok;
+        b[..4].copy_from_slice(&[16, 16, 1, 1]);
+        b[4..10].copy_from_slice(&[0, 31, 0, 63, 0, 31]);
+        b[10..13].copy_from_slice(&[11, 5, 0]);
+        assert!(PixelFormat::parse(&b).is_ok());
+        // bgr233
+        let mut b = ok;
+        b[..4].copy_from_slice(&[8, 8, 0, 1]);
+        b[4..10].copy_from_slice(&[0, 7, 0, 7, 0, 3]);
+        b[10..13].copy_from_slice(&[0, 3, 6]);
+        assert!(PixelFormat::parse(&b).is_ok());
+
+        let with = |f: &dyn Fn(&mut [u8; 16])| {
+            let mut b = ok;
+            f(&mut b);
+            PixelFormat::parse(&b)
+        };
+        assert_eq!(with(&|b| b[3] = 0), Err(ProtocolError::ColourMapNotSupported));
+        assert!(matches!(
+            with(&|b| b[0] = 24),
+            Err(ProtocolError::BadPixelFormat(_))
+        ));
+        assert!(matches!(
+            with(&|b| b[4..6].copy_from_slice(&[0, 0])),
+            Err(ProtocolError::BadPixelFormat(_))
+        ));
+        assert!(matches!(
+            with(&|b| b[10] = 32),
+            Err(ProtocolError::BadPixelFormat(_))
+        ));
+        assert!(matches!(
+            with(&|b| {
+                b[0] = 8;
+                b[4..6].copy_from_slice(&[1, 0]);
+                b[10..13].copy_from_slice(&[0, 0, 0]);
+            }),
+            Err(ProtocolError::BadPixelFormat(_))
+        ));
+        let mut msg = vec![0, 0, 0, 0];
+        msg.extend_from_slice(&{
+            let mut b = ok;
+            b[3] = 0;
+            b
+        });
+        assert_eq!(parse(&msg), Err(ProtocolError::ColourMapNotSupported));
+    }
+
+    #[test]
+    fn refusal_is_a_38_failure() {
+        let r = refusal("busy");
+        assert_eq!(&r[..12], SERVER_VERSION);
+        assert_eq!(&r[12..], &[0, 0, 0, 0, 4, b'b', b'u', b's', b'y']);
+    }
+}
