@@ -238,7 +238,10 @@ fn check_full_update(f: &Fixture, password: Option<&[u8]>) {
     let mut fb = vec![0u8; (W * H * 4) as usize];
     let rects = v.read_update(&mut fb);
     assert!(!rects.is_empty());
-    assert!(fb == f.display.pixels(), "full update differs from the display");
+    assert!(
+        fb == f.display.pixels(),
+        "full update differs from the display"
+    );
 }
 
 #[test]
@@ -283,7 +286,9 @@ fn hostile_clients_then_a_good_one() {
     // Impossible true-colour pixel format (shift outside the pixel).
     let mut v = Viewer::connect(f.addr);
     v.handshake(None);
-    v.send(&[0, 0, 0, 0, 16, 16, 0, 1, 0, 31, 0, 63, 0, 31, 40, 5, 0, 0, 0, 0]);
+    v.send(&[
+        0, 0, 0, 0, 16, 16, 0, 1, 0, 31, 0, 63, 0, 31, 40, 5, 0, 0, 0, 0,
+    ]);
     v.expect_closed();
 
     // Update requests outside the screen: an empty update, and the viewer
@@ -362,7 +367,11 @@ fn hostile_clients_then_a_good_one() {
     check_full_update(&f, None);
     let end = Instant::now() + IO_TIMEOUT;
     while f.server.clients() != 0 {
-        assert!(Instant::now() < end, "clients() stays at {}", f.server.clients());
+        assert!(
+            Instant::now() < end,
+            "clients() stays at {}",
+            f.server.clients()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     f.server.stop();
@@ -498,7 +507,8 @@ fn unix_listener_and_partial_incremental() {
     assert_eq!(&b[..2], &[1, 1]);
     assert_eq!(&b[26..], b"vireo");
     // An incremental request for a corner gets only that corner.
-    s.write_all(&[3, 1, 0, 10, 0, 10, 0, 5, 0, 5]).expect("request");
+    s.write_all(&[3, 1, 0, 10, 0, 10, 0, 5, 0, 5])
+        .expect("request");
     let mut h = [0u8; 16];
     s.read_exact(&mut h).expect("update");
     assert_eq!(&h[..4], &[0, 0, 0, 1]);
@@ -580,7 +590,11 @@ fn captures_match(f: &Fixture, password: Option<&str>) {
     }
     let want = f.display.pixels();
     for p in &shots {
-        assert!(png_as_bgrx(p) == want, "{} differs from the display", p.display());
+        assert!(
+            png_as_bgrx(p) == want,
+            "{} differs from the display",
+            p.display()
+        );
     }
 }
 
@@ -601,10 +615,12 @@ fn vncdotool_captures_with_password() {
         .arg(format!("127.0.0.1::{}", f.addr.port()))
         .arg("-p")
         .arg("nope")
-        .args(["capture", "/dev/null"])
-        .status()
+        .args(["capture", "/tmp/vireo-rfb-never-written.png"])
+        .output()
         .expect("run vncdo");
-    assert!(!st.success());
+    let stderr = String::from_utf8_lossy(&st.stderr);
+    assert!(!st.status.success(), "{stderr}");
+    assert!(stderr.contains("authentication failed"), "{stderr}");
 }
 
 #[test]
@@ -628,12 +644,14 @@ fn vncdotool_keys_and_pointer() {
         run_vncdo(f.addr, None, &["move", "10", "20", "click", "1"]),
         "move click",
     );
-    let ev = f
-        .input
-        .wait_for("click", |e| e.len() > want.len() && e.ends_with(&[Event::Pointer(10, 20, 0)]));
+    let ev = f.input.wait_for("click", |e| {
+        e.len() > want.len() && e.ends_with(&[Event::Pointer(10, 20, 0)])
+    });
     let pointer: Vec<_> = ev[want.len()..].to_vec();
     assert!(pointer.contains(&Event::Pointer(10, 20, 1)), "{pointer:?}");
-    assert!(pointer.iter().all(|p| matches!(p, Event::Pointer(10, 20, _))));
+    assert!(pointer
+        .iter()
+        .all(|p| matches!(p, Event::Pointer(10, 20, _))));
 }
 
 /// ZRLE through a real decoder: vncdotool's client class set to ask for
@@ -647,10 +665,15 @@ fn vncdotool_zrle_capture() {
     let script = format!(
         "from vncdotool import api, rfb, client\n\
          client.VNCDoToolClient.encoding = rfb.Encoding.ZRLE\n\
+         n = [0]\n\
+         orig = rfb.RFBClient._handleDecodeZRLE\n\
+         def counted(self, *a, **k):\n    n[0] += 1\n    return orig(self, *a, **k)\n\
+         rfb.RFBClient._handleDecodeZRLE = counted\n\
          c = api.connect('127.0.0.1::{}')\n\
          c.captureScreen('{}')\n\
          c.disconnect()\n\
-         api.shutdown()\n",
+         api.shutdown()\n\
+         assert n[0] > 0, 'no ZRLE rectangle decoded'\n",
         f.addr.port(),
         shot.display()
     );
@@ -660,5 +683,40 @@ fn vncdotool_zrle_capture() {
         .status()
         .expect("python3");
     assert!(st.success(), "vncdotool ZRLE capture failed");
-    assert!(png_as_bgrx(&shot) == f.display.pixels(), "ZRLE capture differs");
+    assert!(
+        png_as_bgrx(&shot) == f.display.pixels(),
+        "ZRLE capture differs"
+    );
+}
+
+#[test]
+fn rgb565_big_endian_pixels_are_translated() {
+    let f = start(None, 16);
+    let mut v = Viewer::connect(f.addr);
+    v.handshake(None);
+    // 16 bpp, depth 16, big-endian, true colour, 31/63/31 at 11/5/0.
+    v.send(&[
+        0, 0, 0, 0, 16, 16, 1, 1, 0, 31, 0, 63, 0, 31, 11, 5, 0, 0, 0, 0,
+    ]);
+    v.set_encodings(&[0]);
+    v.request(false, 3, 4, 2, 1);
+    let h = v.read_n(16);
+    assert_eq!(&h[..4], &[0, 0, 0, 1]);
+    assert_eq!(&h[4..16], &[0, 3, 0, 4, 0, 2, 0, 1, 0, 0, 0, 0]);
+    let got = v.read_n(4);
+    let all = f.display.pixels();
+    for (i, x) in [3u32, 4].into_iter().enumerate() {
+        let at = ((4 * W + x) * 4) as usize;
+        let (b, g, r) = (
+            u32::from(all[at]),
+            u32::from(all[at + 1]),
+            u32::from(all[at + 2]),
+        );
+        let want = ((r * 31 / 255) << 11) | ((g * 63 / 255) << 5) | (b * 31 / 255);
+        assert_eq!(
+            u16::from_be_bytes([got[2 * i], got[2 * i + 1]]),
+            want as u16,
+            "pixel {x}"
+        );
+    }
 }

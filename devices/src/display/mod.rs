@@ -62,7 +62,7 @@ impl Geometry {
     /// Checks the limits ([`MIN_SIDE`]..=[`MAX_SIDE`], width a multiple of 8).
     pub fn validate(&self) -> Result<(), DisplayError> {
         let ok = |s: u32| (MIN_SIDE..=MAX_SIDE).contains(&s);
-        if !ok(self.width) || !ok(self.height) || self.width % 8 != 0 {
+        if !ok(self.width) || !ok(self.height) || !self.width.is_multiple_of(8) {
             return Err(DisplayError::BadGeometry {
                 width: self.width,
                 height: self.height,

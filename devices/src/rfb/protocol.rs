@@ -734,10 +734,7 @@ mod tests {
         let (r, out) = run(&mut hs, b"RFB 003.008\n\x02");
         assert_eq!(
             r,
-            Err(ProtocolError::BadSecurityType {
-                offered: 1,
-                got: 2
-            })
+            Err(ProtocolError::BadSecurityType { offered: 1, got: 2 })
         );
         assert_eq!(&out[2..6], &[0, 0, 0, 1]);
         let mut hs = Handshake::new(Security::None, init());
@@ -855,7 +852,10 @@ mod tests {
             f(&mut b);
             PixelFormat::parse(&b)
         };
-        assert_eq!(with(&|b| b[3] = 0), Err(ProtocolError::ColourMapNotSupported));
+        assert_eq!(
+            with(&|b| b[3] = 0),
+            Err(ProtocolError::ColourMapNotSupported)
+        );
         assert!(matches!(
             with(&|b| b[0] = 24),
             Err(ProtocolError::BadPixelFormat(_))
