@@ -63,6 +63,12 @@ mod tests {
         assert_eq!(response(b"secret", &challenge), expected);
         assert!(verify(b"secret", &challenge, &expected));
         assert!(!verify(b"secreT", &challenge, &expected));
+        // The fuzz seeds' vector (fuzz/seedgen/src/rfb.rs), also from pycryptodome.
+        let fuzz = [
+            0x2c, 0xa2, 0x43, 0x64, 0xf2, 0x3c, 0x48, 0x11, 0x2c, 0xa2, 0x43, 0x64, 0xf2, 0x3c,
+            0x48, 0x11,
+        ];
+        assert_eq!(response(b"fuzz", &[0x5a; 16]), fuzz);
         // Only the first 8 bytes of a password count.
         assert_eq!(
             response(b"12345678", &challenge),
