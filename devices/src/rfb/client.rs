@@ -269,10 +269,12 @@ pub(crate) fn serve(shared: &Arc<ServerShared>, mut stream: Stream) -> Result<()
             }
         }
     }
-    stream.write_all(&out)?;
-    stream.set_read_timeout(None)?;
+    // Counted before ServerInit goes out, so a viewer that has read it is
+    // already in `clients()`.
     shared.authenticated.fetch_add(1, Ordering::SeqCst);
     let _counted = Counted(&shared.authenticated);
+    stream.write_all(&out)?;
+    stream.set_read_timeout(None)?;
     buf.drain(..pos);
 
     let link = Arc::new(Link {
