@@ -14,7 +14,7 @@
 //! [`encode`] Raw/ZRLE updates, `client` the two threads of one viewer.
 //! Security: type None when no password is configured, else VNC
 //! Authentication (DES challenge-response; a wrong password costs that
-//! connection [`client::AUTH_FAILURE_DELAY`] before it is told and closed).
+//! connection [`AUTH_FAILURE_DELAY`] before it is told and closed).
 //! The desktop is always shared. Devices never open sockets: the VMM binds
 //! the listener and reads the password, then hands them in.
 
