@@ -18,7 +18,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::auth;
 use super::encode::{self, Encoder, Encodings};
@@ -29,7 +29,8 @@ use super::protocol::{
 use super::{RfbError, ServerShared};
 use crate::display::{Geometry, Key, Rect};
 
-/// How long a viewer may take over each read of its handshake.
+/// How long a viewer may take over its whole handshake (version to
+/// ClientInit), so a slow connection cannot hold a slot for long.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection that gave a wrong password waits before it is told
 /// and closed (slows brute force down without blocking anyone else).
@@ -210,7 +211,7 @@ impl Drop for Counted<'_> {
 /// stops; returns why it ended (`Ok` for a clean close).
 pub(crate) fn serve(shared: &Arc<ServerShared>, mut stream: Stream) -> Result<(), RfbError> {
     stream.write_all(SERVER_VERSION)?;
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let security = match &shared.config.password {
         Some(password) => Security::VncAuth {
             password: password.clone(),
@@ -237,7 +238,23 @@ pub(crate) fn serve(shared: &Arc<ServerShared>, mut stream: Stream) -> Result<()
                 out.clear();
                 buf.drain(..pos);
                 pos = 0;
-                let n = stream.read(&mut chunk)?;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(RfbError::HandshakeTimeout);
+                }
+                stream.set_read_timeout(Some(left))?;
+                let n = match stream.read(&mut chunk) {
+                    Ok(n) => n,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        return Err(RfbError::HandshakeTimeout)
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 if n == 0 {
                     return Err(RfbError::ClosedInHandshake);
                 }
@@ -252,10 +269,12 @@ pub(crate) fn serve(shared: &Arc<ServerShared>, mut stream: Stream) -> Result<()
             }
         }
     }
-    stream.write_all(&out)?;
-    stream.set_read_timeout(None)?;
+    // Counted before ServerInit goes out, so a viewer that has read it is
+    // already in `clients()`.
     shared.authenticated.fetch_add(1, Ordering::SeqCst);
     let _counted = Counted(&shared.authenticated);
+    stream.write_all(&out)?;
+    stream.set_read_timeout(None)?;
     buf.drain(..pos);
 
     let link = Arc::new(Link {

@@ -169,3 +169,80 @@ impl Encoder {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::display::Geometry;
+
+    #[test]
+    fn preference_order_between_raw_and_zrle() {
+        assert_eq!(Encodings::from_list(&[]), Encodings::default());
+        let e = Encodings::from_list(&[5, 16, 0, -258]);
+        assert_eq!(e.pixels, Encoding::Zrle);
+        assert!(e.qemu_ext_key && !e.desktop_size);
+        let e = Encodings::from_list(&[0, 16, -223]);
+        assert_eq!(e.pixels, Encoding::Raw);
+        assert!(e.desktop_size && !e.qemu_ext_key);
+        assert_eq!(Encodings::from_list(&[7, 1]).pixels, Encoding::Raw);
+    }
+
+    #[test]
+    fn bands_cover_the_rect() {
+        let r = Rect {
+            x: 3,
+            y: 5,
+            w: 10,
+            h: 130,
+        };
+        let b: Vec<Rect> = bands(r).collect();
+        assert_eq!(b.len(), 3);
+        assert_eq!(b[2].y, 5 + 128);
+        assert_eq!(b[2].h, 2);
+        assert_eq!(b.iter().map(|b| u32::from(b.h)).sum::<u32>(), 130);
+    }
+
+    #[test]
+    fn raw_and_zrle_rects() {
+        let d = Display::new(Geometry {
+            width: 64,
+            height: 64,
+        })
+        .expect("display");
+        d.load(&[0x11, 0x22, 0x33, 0].repeat(64 * 64));
+        let mut enc = Encoder::new();
+        let mut out = Vec::new();
+        let r = Rect {
+            x: 1,
+            y: 2,
+            w: 2,
+            h: 1,
+        };
+        assert!(enc
+            .encode(&d, r, &PixelFormat::SERVER, Encoding::Raw, &mut out)
+            .expect("raw"));
+        assert_eq!(
+            out,
+            [0, 1, 0, 2, 0, 2, 0, 1, 0, 0, 0, 0, 0x11, 0x22, 0x33, 0, 0x11, 0x22, 0x33, 0]
+        );
+        out.clear();
+        assert!(enc
+            .encode(&d, r, &PixelFormat::SERVER, Encoding::Zrle, &mut out)
+            .expect("zrle"));
+        assert_eq!(&out[8..12], &ENCODING_ZRLE.to_be_bytes());
+        let len = u32::from_be_bytes([out[12], out[13], out[14], out[15]]) as usize;
+        assert_eq!(out.len(), 16 + len);
+        // Off the screen: an empty Raw rect keeps the announced count true.
+        out.clear();
+        let off = Rect {
+            x: 100,
+            y: 0,
+            w: 5,
+            h: 5,
+        };
+        assert!(!enc
+            .encode(&d, off, &PixelFormat::SERVER, Encoding::Raw, &mut out)
+            .expect("raw"));
+        assert_eq!(out, [0, 100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+}

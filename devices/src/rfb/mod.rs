@@ -14,7 +14,7 @@
 //! [`encode`] Raw/ZRLE updates, `client` the two threads of one viewer.
 //! Security: type None when no password is configured, else VNC
 //! Authentication (DES challenge-response; a wrong password costs that
-//! connection [`client::AUTH_FAILURE_DELAY`] before it is told and closed).
+//! connection [`AUTH_FAILURE_DELAY`] before it is told and closed).
 //! The desktop is always shared. Devices never open sockets: the VMM binds
 //! the listener and reads the password, then hands them in.
 
@@ -48,8 +48,8 @@ pub enum RfbListener {
     Unix(std::os::unix::net::UnixListener),
 }
 
-/// How the server greets viewers.
-#[derive(Debug, Clone)]
+/// How the server greets viewers. Its `Debug` output hides the password.
+#[derive(Clone)]
 pub struct RfbConfig {
     /// VNC password (only the first 8 bytes count); `None`: no
     /// authentication (security type None).
@@ -59,6 +59,16 @@ pub struct RfbConfig {
     /// Most simultaneous connections (authenticated or handshaking); more
     /// are refused with a reason and closed.
     pub max_clients: usize,
+}
+
+impl std::fmt::Debug for RfbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RfbConfig")
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("name", &self.name)
+            .field("max_clients", &self.max_clients)
+            .finish()
+    }
 }
 
 impl Default for RfbConfig {
@@ -74,12 +84,15 @@ impl Default for RfbConfig {
 /// Every way a viewer's connection can end other than a clean close.
 #[derive(Debug, thiserror::Error)]
 pub enum RfbError {
-    /// The socket failed (including a handshake read timing out).
+    /// The socket failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     /// The viewer broke the protocol or failed authentication.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// The viewer did not finish its handshake within [`HANDSHAKE_TIMEOUT`].
+    #[error("handshake not finished within {HANDSHAKE_TIMEOUT:?}")]
+    HandshakeTimeout,
     /// The viewer hung up before finishing the handshake.
     #[error("connection closed during the handshake")]
     ClosedInHandshake,
@@ -92,7 +105,6 @@ pub enum RfbError {
 }
 
 /// State shared by the accept thread and every viewer's threads.
-#[derive(Debug)]
 pub(crate) struct ServerShared {
     display: Arc<Display>,
     input: Arc<dyn InputSink>,
@@ -104,9 +116,12 @@ pub(crate) struct ServerShared {
     refusing: AtomicUsize,
 }
 
-impl std::fmt::Debug for dyn InputSink {
+impl std::fmt::Debug for ServerShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InputSink")
+        f.debug_struct("ServerShared")
+            .field("display", &self.display)
+            .field("clients", &self.authenticated.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
     }
 }
 
