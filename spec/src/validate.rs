@@ -10,8 +10,8 @@ use std::fmt;
 use std::path::Path;
 
 use crate::config::{DirtyLogMode, SerialConfig, VmConfig, SPEC_VERSION};
-use crate::vnc::{VncConfig, VncListen, MAX_VNC_PIXELS, MAX_VNC_SIDE, MIN_VNC_SIDE};
 use crate::tap::check_tap_name;
+use crate::vnc::{VncConfig, VncListen, MAX_VNC_PIXELS, MAX_VNC_SIDE, MIN_VNC_SIDE};
 
 /// Most vCPUs a VM can have: xAPIC IDs are one byte and 0xff is the broadcast ID.
 pub const MAX_VCPUS: u8 = 254;

@@ -31,8 +31,8 @@ use crate::kvm::KvmContext;
 use crate::lifecycle::Lifecycle;
 use crate::memory::{self, GuestMemory};
 use crate::vm::{Vm, VmError};
-use crate::vstate::dirty_ring::{self, DirtyRings};
 use crate::vnc::{VmInput, VncConsole};
+use crate::vstate::dirty_ring::{self, DirtyRings};
 use crate::vstate::vcpu::{self, Buses, SharedVcpu};
 
 /// Platform facts the payload decided at cold boot, which a restore cannot re-derive (it
@@ -114,7 +114,7 @@ impl VmBuilder {
             debug_exit: plan.debug_exit,
             acpi: plan.is_linux(),
         };
-        let mut parts = create_devices(
+        let parts = create_devices(
             platform,
             memory,
             config,

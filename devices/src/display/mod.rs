@@ -409,7 +409,14 @@ mod tests {
     #[test]
     fn geometry_limits() {
         assert!(g().validate().is_ok());
-        for (w, h) in [(0, 100), (100, 100), (8192, 64), (64, 5000), (63, 64), (4096, 4096)] {
+        for (w, h) in [
+            (0, 100),
+            (100, 100),
+            (8192, 64),
+            (64, 5000),
+            (63, 64),
+            (4096, 4096),
+        ] {
             assert!(Geometry {
                 width: w,
                 height: h

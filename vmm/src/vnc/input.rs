@@ -49,7 +49,10 @@ impl InputSink for VmInput {
             self.keyboard.key(key, down);
             return;
         };
-        let mut held = self.shift.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = self
+            .shift
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let bit = match sym {
             KEYSYM_SHIFT_L => 1,
             KEYSYM_SHIFT_R => 2,
