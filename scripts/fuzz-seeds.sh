@@ -15,6 +15,8 @@
 #   virtio_blk_request,   well-formed descriptor chains and register sequences in each
 #   virtio_net_chain,     target's input format (fuzz/seedgen)
 #   virtio_pci_registers
+#   rfb_client            VNC viewer byte streams (vncdotool-like, QEMU-aware, 3.3/3.7/3.8,
+#                         VNC auth, refused ones) in the target's input format (fuzz/seedgen)
 #   api_request           control API requests as curl and `vireo remote` send them, each
 #                         endpoint, with bodies, and a few refused ones
 #   launch_spec           launch specs as `vireo run` builds them, the controller renders them and
@@ -57,6 +59,7 @@ rm -rf "$out"
 mkdir -p "$out"
 "$seedgen" virtio "$out"
 "$seedgen" kernel "$out/kernel_image"
+"$seedgen" rfb "$out/rfb_client"
 
 # Launch specs: the README's example, what the controller renders for a VMI (disks of every
 # volume kind, NICs with and without a MAC, the pod's sockets), each serial mode, the bounds.

@@ -1,6 +1,8 @@
 //! Helpers for Vireo's whole-VM benchmarks: finding the `vireo` binary,
-//! reading a process's memory use, summarising samples, and a throwaway PKI
-//! for TLS live migrations.
+//! reading a process's memory use, summarising samples, a throwaway PKI
+//! for TLS live migrations, and a minimal VNC viewer ([`rfb_client`]).
+
+pub mod rfb_client;
 
 use std::path::{Path, PathBuf};
 

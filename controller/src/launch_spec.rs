@@ -45,6 +45,8 @@ pub fn vmi_field(field: Field, prefix: &str) -> String {
         Field::DiskPath(i) => format!("{devices}.disks[{i}]"),
         Field::NetTap(i) => format!("{devices}.interfaces[{i}]"),
         Field::NetMac(i) => format!("{devices}.interfaces[{i}].macAddress"),
+        // KubeVirt's switch for the VNC display (the controller renders no `vnc` yet).
+        Field::Vnc => format!("{devices}.autoattachGraphicsDevice"),
         // Set by the controller itself, never from the VMI.
         Field::Version | Field::SerialPath | Field::ApiSocket => prefix.to_owned(),
     }

@@ -30,6 +30,7 @@ pub mod irq;
 pub mod legacy;
 pub mod pci;
 pub mod persist;
+pub mod rfb;
 pub mod virtio;
 
 #[cfg(test)]

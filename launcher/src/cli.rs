@@ -348,7 +348,8 @@ pub struct RunArgs {
 
 /// Parses `--vnc`.
 fn parse_vnc_listen(s: &str) -> Result<VncListen, String> {
-    s.parse().map_err(|e: vireo_spec::VncListenError| e.to_string())
+    s.parse()
+        .map_err(|e: vireo_spec::VncListenError| e.to_string())
 }
 
 /// Parses `WIDTHxHEIGHT`.

@@ -50,9 +50,9 @@ pub enum ApiVmState {
 /// same spec): `disk0`, `disk1`, … and `net0`, … in the launch spec's order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceInfo {
-    /// `disk<N>` or `net<N>`, N counting the spec's disks or NICs from 0.
+    /// `disk<N>` or `net<N>`, N counting the spec's disks or NICs from 0, or `tablet0`.
     pub id: String,
-    /// The device model, e.g. `virtio-blk`, `virtio-net`.
+    /// The device model, e.g. `virtio-blk`, `virtio-net`, `virtio-input`.
     pub kind: String,
     /// PCI address, `0000:00:SS.0`.
     pub bdf: String,

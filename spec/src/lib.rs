@@ -35,8 +35,8 @@ pub use validate::{
     MAX_SOCKET_PATH_LEN, MAX_VCPUS, MIN_MEMORY_MIB,
 };
 pub use vnc::{
-    VncConfig, VncListen, VncListenError, DEFAULT_VNC_HEIGHT, DEFAULT_VNC_WIDTH, MAX_VNC_PIXELS, MAX_VNC_SIDE,
-    MIN_VNC_SIDE,
+    VncConfig, VncListen, VncListenError, DEFAULT_VNC_HEIGHT, DEFAULT_VNC_WIDTH, MAX_VNC_PIXELS,
+    MAX_VNC_SIDE, MIN_VNC_SIDE,
 };
 
 #[cfg(test)]

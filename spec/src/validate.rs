@@ -10,8 +10,8 @@ use std::fmt;
 use std::path::Path;
 
 use crate::config::{DirtyLogMode, SerialConfig, VmConfig, SPEC_VERSION};
-use crate::vnc::{VncConfig, VncListen, MAX_VNC_PIXELS, MAX_VNC_SIDE, MIN_VNC_SIDE};
 use crate::tap::check_tap_name;
+use crate::vnc::{VncConfig, VncListen, MAX_VNC_PIXELS, MAX_VNC_SIDE, MIN_VNC_SIDE};
 
 /// Most vCPUs a VM can have: xAPIC IDs are one byte and 0xff is the broadcast ID.
 pub const MAX_VCPUS: u8 = 254;
@@ -323,7 +323,7 @@ impl VmConfig {
         let side = |s: u32| (MIN_VNC_SIDE..=MAX_VNC_SIDE).contains(&s);
         if !side(vnc.width)
             || !side(vnc.height)
-            || vnc.width % 8 != 0
+            || !vnc.width.is_multiple_of(8)
             || vnc.width * vnc.height > MAX_VNC_PIXELS
         {
             return Err(ConfigError::VncScreenSize {

@@ -106,7 +106,9 @@ impl FromStr for VncListen {
         if let Ok(port) = port_only.parse::<u16>() {
             return Ok(VncListen::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
         }
-        s.parse::<SocketAddr>().map(VncListen::Tcp).map_err(|_| err())
+        s.parse::<SocketAddr>()
+            .map(VncListen::Tcp)
+            .map_err(|_| err())
     }
 }
 

@@ -10,11 +10,19 @@
 //! - `hello`, `count N [GAP]`, `echo`, `idle`, `reset`, `pci`,
 //!   `triple-fault`, `emulation-failure`, `exit N`: CPU, serial, MMIO, PCI
 //!   and VM-exit checks.
+//! - `kbd COUNT`: sets the i8042 up (flush, self test, keyboard enable),
+//!   prints `kbd ready`, then polls and prints `kbd scancode=0x1e` (two hex
+//!   digits) per byte the keyboard sends until COUNT were read, then `kbd
+//!   done` (the host injects key events).
 //! - `spew BYTES`: BYTES bytes of a line pattern as fast as the UART takes
 //!   them, then `spew: done BYTES` (serial back-pressure checks).
 //! - `virtio-list`: every virtio-pci device on bus 0 (`virtio slot=…
-//!   type=blk|net bar0=…`, then `blk capacity=… ro=… serial=…` or `net
+//!   type=blk|net|input|other bar0=…`, then `blk capacity=… ro=… serial=…` or `net
 //!   mac=… link=up|down`).
+//! - `input-events COUNT`: the first virtio-input device: `input name=<ID_NAME>`,
+//!   `input ready` once its event queue has buffers, then each event as
+//!   `input type=<t> code=<c> value=<v>` (decimal) until COUNT events, then
+//!   `input done`.
 //! - `blk-rw NTH SECTOR COUNT SEED`: read (`blk-read … fnv=…`), then write a
 //!   pattern, flush, read back and compare (`blk-write … verify=ok`), or on
 //!   a read-only disk report the write's status (`blk-ro write-status=…`).
@@ -56,8 +64,8 @@
 //! Each scenario reports over COM1 and ends by writing a status byte to the
 //! debug exit port (0 = pass; virtio scenarios print `FAIL: <reason>` and
 //! exit 1 on failure). The virtio driver (modern virtio-pci, split
-//! virtqueues, polled) lives in `virtio.rs`, `virtio_blk.rs` and
-//! `virtio_net.rs`; `mem.rs` has the buffer allocators. New scenarios are
+//! virtqueues, polled) lives in `virtio.rs`, `virtio_blk.rs`,
+//! `virtio_net.rs` and `virtio_input.rs`; `mem.rs` has the buffer allocators. New scenarios are
 //! added as a new arm in `run_scenario`.
 
 #![no_std]
@@ -68,6 +76,7 @@ mod fb;
 mod mem;
 mod virtio;
 mod virtio_blk;
+mod virtio_input;
 mod virtio_net;
 
 use core::arch::asm;
@@ -523,6 +532,60 @@ fn scenario_reset() -> ! {
     exit(1)
 }
 
+const KBD_DATA: u16 = 0x60;
+const KBD_STATUS: u16 = 0x64;
+
+/// The next byte from the i8042's output buffer, if one arrives within
+/// `ms` milliseconds.
+fn kbd_read(ms: u64) -> Option<u8> {
+    let deadline = Deadline::after_ms(ms);
+    while inb(KBD_STATUS) & 0x01 == 0 {
+        if deadline.expired() {
+            return None;
+        }
+        core::hint::spin_loop();
+    }
+    Some(inb(KBD_DATA))
+}
+
+/// Prints `v` as two lowercase hex digits.
+fn put_hex2(v: u8) {
+    for nib in [v >> 4, v & 0xf] {
+        putc(if nib < 10 {
+            b'0' + nib
+        } else {
+            b'a' + nib - 10
+        });
+    }
+}
+
+/// Sets the i8042 up (flush, controller self test, keyboard enable) and
+/// prints each byte the keyboard sends until `count` were read.
+fn scenario_kbd(count: u64) -> u8 {
+    while kbd_read(0).is_some() {}
+    outb(KBD_STATUS, 0xaa);
+    if kbd_read(1000) != Some(0x55) {
+        puts("kbd FAIL: controller self test\n");
+        return 1;
+    }
+    outb(KBD_DATA, 0xf4);
+    if kbd_read(1000) != Some(0xfa) {
+        puts("kbd FAIL: keyboard enable not acknowledged\n");
+        return 1;
+    }
+    puts("kbd ready\n");
+    for _ in 0..count {
+        while inb(KBD_STATUS) & 0x01 == 0 {
+            core::hint::spin_loop();
+        }
+        puts("kbd scancode=0x");
+        put_hex2(inb(KBD_DATA));
+        putc(b'\n');
+    }
+    puts("kbd done\n");
+    0
+}
+
 fn scenario_triple_fault() -> ! {
     puts("triple-fault: ud2 with no IDT\n");
     // SAFETY: deliberately raises #UD; with no IDT this escalates to a
@@ -569,6 +632,7 @@ fn run_scenario(cmdline: &[u8], mem_size: u64) -> u8 {
         b"pci" => scenario_pci(),
         b"triple-fault" => scenario_triple_fault(),
         b"emulation-failure" => scenario_emulation_failure(),
+        b"kbd" => scenario_kbd(parse_u64(args.next(), 1)),
         b"exit" => parse_u64(args.next(), 0) as u8,
         b"virtio-list" => virtio::scenario_list(),
         b"blk-rw" => virtio::outcome(virtio_blk::scenario_rw(&mut args)),
@@ -576,6 +640,7 @@ fn run_scenario(cmdline: &[u8], mem_size: u64) -> u8 {
         b"blk-bench" => virtio::outcome(virtio_blk::scenario_bench(&mut args, mem_size)),
         b"net-ping" => virtio::outcome(virtio_net::scenario_ping(&mut args)),
         b"net-bench" => virtio::outcome(virtio_net::scenario_bench(&mut args)),
+        b"input-events" => virtio::outcome(virtio_input::scenario_events(&mut args)),
         b"churn" => virtio::outcome(churn::scenario(&mut args, mem_size)),
         b"fb-pattern" => fb::scenario_pattern(&mut args),
         b"fb-anim" => fb::scenario_anim(&mut args),

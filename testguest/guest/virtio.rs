@@ -66,6 +66,7 @@ pub const PCI_VENDOR_VIRTIO: u16 = 0x1af4;
 /// Modern device IDs are 0x1040 + the virtio device type.
 pub const PCI_DEVICE_VIRTIO_NET: u16 = 0x1041;
 pub const PCI_DEVICE_VIRTIO_BLK: u16 = 0x1042;
+pub const PCI_DEVICE_VIRTIO_INPUT: u16 = 0x1052;
 
 mod pci {
     pub const VENDOR_ID: usize = 0x00;
@@ -113,6 +114,7 @@ fn cfg_write16(slot: u8, reg: usize, v: u16) {
 pub enum Kind {
     Blk,
     Net,
+    Input,
     /// A virtio device this driver does not know (its PCI device ID).
     Other(u16),
 }
@@ -125,6 +127,7 @@ pub fn probe_slot(slot: u8) -> Option<Kind> {
     Some(match cfg_read16(slot, pci::DEVICE_ID) {
         PCI_DEVICE_VIRTIO_BLK => Kind::Blk,
         PCI_DEVICE_VIRTIO_NET => Kind::Net,
+        PCI_DEVICE_VIRTIO_INPUT => Kind::Input,
         other => Kind::Other(other),
     })
 }
@@ -143,6 +146,7 @@ pub fn find_nth(kind: Kind, nth: u64) -> VResult<u8> {
     Err(fail_with(
         match kind {
             Kind::Blk => "no such virtio-blk device, found",
+            Kind::Input => "no such virtio-input device, found",
             _ => "no such virtio-net device, found",
         },
         seen,
@@ -552,6 +556,19 @@ impl Transport {
     pub fn driver_ok(&self) -> VResult<()> {
         self.add_status(status::DRIVER_OK);
         self.check_health()
+    }
+
+    /// Writes byte `off` of the device configuration (virtio-input's
+    /// `select` / `subsel`).
+    pub fn write_config_u8(&self, off: usize, v: u8) -> VResult<()> {
+        if off >= self.device_len as usize {
+            return Err(fail_with(
+                "device configuration write past its end, offset",
+                off as u64,
+            ));
+        }
+        wr8(self.device + off, v);
+        Ok(())
     }
 
     /// Reads device configuration with `f`, retrying while the config
@@ -974,6 +991,7 @@ pub fn scenario_list() -> u8 {
         puts(match kind {
             Kind::Blk => "blk",
             Kind::Net => "net",
+            Kind::Input => "input",
             Kind::Other(_) => "other",
         });
         puts(" bar0=");
@@ -986,7 +1004,7 @@ pub fn scenario_list() -> u8 {
         let r = match kind {
             Kind::Blk => crate::virtio_blk::list_one(slot, &mut arena),
             Kind::Net => crate::virtio_net::list_one(slot),
-            Kind::Other(_) => Ok(()),
+            Kind::Input | Kind::Other(_) => Ok(()),
         };
         if let Err(e) = r {
             status = e.report();

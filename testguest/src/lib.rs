@@ -3,15 +3,18 @@
 //! It is a small freestanding x86_64 ELF (source in `guest/main.rs`) that the
 //! VMM starts directly in ring 3 through its user-mode boot protocol, because
 //! on hosts whose KVM emulates guest ring 0 (PVM) a ring-3 guest still runs
-//! natively. It drives real devices (UART, i8042, MMIO) and reports over
-//! serial, ending with a status byte on the debug exit port.
+//! natively. It drives real devices (UART, i8042 and its keyboard, MMIO)
+//! and reports over serial, ending with a status byte on the debug exit port.
 //!
 //! The scenario is chosen by the kernel command line: `hello`, `count N
 //! [GAP]`, `echo`, `spew BYTES`, `idle`, `reset`, `pci`, `triple-fault`,
-//! `emulation-failure`, `exit N`,
+//! `emulation-failure`, `exit N`, `kbd COUNT` (prints each byte the i8042
+//! keyboard sends after `kbd ready`, for key-injection tests),
 //! and, through the guest's own polling virtio 1.2 driver (modern virtio-pci),
-//! `virtio-list`, `blk-rw`, `blk-edge`, `blk-bench`, `net-ping`, `net-bench`
-//! (arguments and output lines are listed in `guest/main.rs`).
+//! `virtio-list`, `blk-rw`, `blk-edge`, `blk-bench`, `net-ping`, `net-bench`,
+//! `input-events COUNT` (prints `input name=…`, `input ready`, then each event
+//! of the first virtio-input device as `input type=… code=… value=…`, then
+//! `input done`) (arguments and output lines are listed in `guest/main.rs`).
 //!
 //! `churn PAGES [EVERY [BLK-SECTORS [LIMIT [RATE]]]]` is for pause/resume,
 //! snapshot/restore and live-migration tests (RATE paces it to RATE MiB/s): it keeps rewriting a working set of PAGES pages

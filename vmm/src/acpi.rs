@@ -1,12 +1,13 @@
 //! ACPI tables for Linux guests, built with the `acpi_tables` crate.
 //!
 //! ```text
-//!  RSDP (0xe_0000) ──► XSDT ──┬─► FADT (hardware-reduced) ──► DSDT
+//!  RSDP (0xe_0000) ──► XSDT ──┬─► FADT (hardware-reduced, 8042 present) ──► DSDT
 //!                              ├─► MADT  (one LAPIC per vCPU, IOAPIC, IRQ0→GSI2)
 //!                              └─► MCFG  (PCIe ECAM for bus 0–255)
 //!  DSDT: \_SB.PCI0 (PNP0A08 host bridge, bus/IO/MMIO windows), \_SB.COM1
-//!        (PNP0501, 0x3f8, IRQ 4), \_SB.GED0 (ACPI0013, GSI 5) notifying
-//!        \_SB.PWRB (PNP0C0C power button), \_S5_ (soft off)
+//!        (PNP0501, 0x3f8, IRQ 4), \_SB.RTC_ (PNP0B00), \_SB.PS2K (PNP0303
+//!        keyboard: i8042 ports 0x60 and 0x64, IRQ 1), \_SB.GED0 (ACPI0013,
+//!        GSI 5) notifying \_SB.PWRB (PNP0C0C power button), \_S5_ (soft off)
 //! ```
 //! Power-off goes through the FADT sleep control register (the
 //! `vireo-devices` `AcpiSleep` device at port 0x3c0); reset through the FADT
@@ -31,6 +32,7 @@ use acpi_tables::{Aml, AmlSink};
 use thiserror::Error;
 use vireo_devices::acpi_ged::{EVENT_POWER_BUTTON, GED_EVENT_PORT, GED_IRQ};
 use vireo_devices::acpi_pm::{ACPI_SLEEP_PORT, SLP_TYP_S5};
+use vireo_devices::legacy::i8042::{I8042_KBD_IRQ, I8042_PORT_BASE};
 use vm_memory::{Bytes, GuestAddress};
 use zerocopy::{Immutable, IntoBytes};
 
@@ -47,6 +49,8 @@ const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// The i8042 command port and its reset command, used as the reset register.
 const RESET_PORT: u64 = 0x64;
 const RESET_VALUE: u8 = 0xfe;
+/// FADT IA-PC boot architecture flag: the platform has an 8042.
+const IAPC_BOOT_ARCH_8042: u16 = 1 << 1;
 
 /// Why the tables could not be written.
 #[derive(Debug, Error)]
@@ -88,7 +92,8 @@ fn bytes(t: &dyn Aml) -> Vec<u8> {
     v
 }
 
-/// The DSDT: PCI host bridge, COM1 and the S5 sleep state.
+/// The DSDT: PCI host bridge, COM1, the RTC, the PS/2 keyboard, the power
+/// button with its GED, and the S5 sleep state.
 fn dsdt() -> Sdt {
     let mmio_end = (PCI_ECAM_START - 1) as u32;
     let pci0 = bytes(&Device::new(
@@ -142,6 +147,25 @@ fn dsdt() -> Sdt {
             ),
         ],
     ));
+    // The i8042 keyboard: Linux's i8042 driver finds the controller through
+    // this PNP device (data port, command port, IRQ).
+    let kbd_data = I8042_PORT_BASE as u16;
+    let kbd_command = kbd_data + 4;
+    let ps2k = bytes(&Device::new(
+        "_SB_.PS2K".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0303")),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![
+                    &IO::new(kbd_data, kbd_data, 1, 1),
+                    &IO::new(kbd_command, kbd_command, 1, 1),
+                    &Interrupt::new(true, true, false, false, I8042_KBD_IRQ),
+                ]),
+            ),
+        ],
+    ));
     let ged_port = GED_EVENT_PORT as u32;
     let ged = bytes(&Device::new(
         "_SB_.GED0".into(),
@@ -186,7 +210,7 @@ fn dsdt() -> Sdt {
         &Package::new(vec![&SLP_TYP_S5, &SLP_TYP_S5, &aml::ZERO, &aml::ZERO]),
     ));
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    for part in [pci0, com1, rtc, ged, pwrb, s5] {
+    for part in [pci0, com1, rtc, ps2k, ged, pwrb, s5] {
         sdt.append_slice(&part);
     }
     sdt
@@ -201,6 +225,9 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
         .flag(Flags::ResetRegSup);
     b.sleep_control_reg = io(8, ACPI_SLEEP_PORT);
     b.sleep_status_reg = io(8, ACPI_SLEEP_PORT + 1);
+    // IA-PC boot architecture: an 8042 at 0x60/0x64, so that Linux probes
+    // it even without ACPI PNP (which finds it through \_SB.PS2K).
+    b.iapc_boot_arch = IAPC_BOOT_ARCH_8042.into();
     b.reset_reg = io(8, RESET_PORT);
     b.reset_value = RESET_VALUE;
     bytes(&b.finalize())
@@ -327,6 +354,7 @@ mod tests {
                 assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
                 assert!(dsdt.windows(8).any(|w| w == b"ACPI0013"));
                 assert!(dsdt.windows(4).any(|w| w == b"_EVT"));
+                assert!(dsdt.windows(4).any(|w| w == b"PS2K"));
             }
         }
         assert_eq!(sigs, vec!["FACP", "APIC", "MCFG"]);
@@ -379,11 +407,16 @@ mod tests {
             "PNP0A08",
             "PNP0501",
             "PNP0B00",
+            "Device (_SB.PS2K)",
+            "EisaId (\"PNP0303\")",
+            "IO (Decode16,\n                0x0060,",
+            "IO (Decode16,\n                0x0064,",
             "ACPI0013",
             "PNP0C0C",
             "Name (_S5,",
             "Notify (\\_SB.PWRB, 0x80)",
             "Hardware Reduced (V5) : 1",
+            "8042 Present on ports 60/64 (V2) : 1",
             "Local Apic ID : 01",
             "Base Address : 00000000E0000000",
         ] {
@@ -392,5 +425,16 @@ mod tests {
                 "'{needle}' missing from the disassembly:\n{dsl}"
             );
         }
+        // The keyboard's interrupt is IRQ 1, edge, active high.
+        let ps2k = dsl
+            .split("Device (_SB.PS2K)")
+            .nth(1)
+            .and_then(|rest| rest.split("Device (").next())
+            .expect("PS2K in the disassembly");
+        assert!(
+            ps2k.contains("Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )")
+                && ps2k.contains("0x00000001,"),
+            "PS2K's interrupt:\n{ps2k}"
+        );
     }
 }

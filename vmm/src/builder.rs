@@ -31,8 +31,8 @@ use crate::kvm::KvmContext;
 use crate::lifecycle::Lifecycle;
 use crate::memory::{self, GuestMemory};
 use crate::vm::{Vm, VmError};
-use crate::vstate::dirty_ring::{self, DirtyRings};
 use crate::vnc::{VmInput, VncConsole};
+use crate::vstate::dirty_ring::{self, DirtyRings};
 use crate::vstate::vcpu::{self, Buses, SharedVcpu};
 
 /// Platform facts the payload decided at cold boot, which a restore cannot re-derive (it
@@ -294,7 +294,8 @@ fn start_vnc(
         u16::try_from(vnc.width).unwrap_or(u16::MAX),
         u16::try_from(vnc.height).unwrap_or(u16::MAX),
     );
-    let input = Arc::new(VmInput::new(devices.i8042.clone(), tablet, w, h));
+    let keyboard = vireo_devices::legacy::KeyboardInput::new(devices.i8042.clone());
+    let input = Arc::new(VmInput::new(keyboard, tablet, w, h));
     Ok(VncConsole::start(vm_fd.clone(), framebuffer, vnc, input)?)
 }
 

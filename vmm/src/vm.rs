@@ -186,6 +186,12 @@ impl Vm {
         self.rings.as_ref()
     }
 
+    /// The handle that injects pointer events into the VM's virtio-input tablet, if it has
+    /// one.
+    pub fn tablet(&self) -> Option<vireo_devices::virtio::input::TabletHandle> {
+        self.devices.tablet.clone()
+    }
+
     /// The guest's TSC rate in kHz (`KVM_GET_TSC_KHZ` of vCPU 0 when it was created).
     pub fn tsc_khz(&self) -> Option<u32> {
         self.tsc_khz
@@ -220,6 +226,13 @@ impl Vm {
     pub(crate) fn set_start_paused(&self, paused: bool) {
         self.start_paused
             .store(paused, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The VM's PS/2 keyboard: a cloneable handle any thread (a viewer's
+    /// input thread) can send key events through. Events reach the guest
+    /// only while its keyboard is enabled; a full queue drops them whole.
+    pub fn keyboard(&self) -> vireo_devices::legacy::KeyboardInput {
+        vireo_devices::legacy::KeyboardInput::new(self.devices.i8042.clone())
     }
 
     /// The configuration this VM was built from.

@@ -67,7 +67,7 @@ impl Geometry {
         let ok = |s: u32| (MIN_SIDE..=MAX_SIDE).contains(&s);
         if !ok(self.width)
             || !ok(self.height)
-            || self.width % 8 != 0
+            || !self.width.is_multiple_of(8)
             || self.width * self.height > MAX_PIXELS
         {
             return Err(DisplayError::BadGeometry {
@@ -409,7 +409,14 @@ mod tests {
     #[test]
     fn geometry_limits() {
         assert!(g().validate().is_ok());
-        for (w, h) in [(0, 100), (100, 100), (8192, 64), (64, 5000), (63, 64), (4096, 4096)] {
+        for (w, h) in [
+            (0, 100),
+            (100, 100),
+            (8192, 64),
+            (64, 5000),
+            (63, 64),
+            (4096, 4096),
+        ] {
             assert!(Geometry {
                 width: w,
                 height: h

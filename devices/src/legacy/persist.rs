@@ -2,7 +2,8 @@
 //! CMOS.
 //!
 //! What is not state: the UART's output writer and interrupt line, the
-//! i8042's exit handler, and the CMOS clock (the time registers always show
+//! i8042's exit handler and interrupt line (and what its data port reads
+//! when nothing is waiting), and the CMOS clock (the time registers always show
 //! the host's current time, so a restored guest sees the wall clock move on,
 //! as after a suspend). The VMM rebuilds those when it builds the devices.
 
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 
+use super::i8042::{self, ControllerWrite, KeyboardArg};
 use super::{Cmos, Serial8250, I8042};
 use crate::persist::PersistError;
 
@@ -113,20 +115,136 @@ impl Serial8250 {
     }
 }
 
-/// The i8042's state. It has none today; fields added later take defaults
-/// (an idle controller), so this is extensible.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The i8042's state: the controller's registers, the keyboard's settings
+/// and the bytes the guest has not read. Every field has a default (the
+/// power-on state), so snapshots taken before a field existed still load.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct I8042State {}
+pub struct I8042State {
+    /// The controller command byte (bit 7 reserved, must be clear).
+    pub command_byte: u8,
+    /// Status bit 3: the last write went to the command port.
+    pub last_write_command: bool,
+    /// A controller command waiting for its data byte (0x60, 0xd1–0xd4).
+    pub pending_command: Option<u8>,
+    /// An unread controller reply.
+    pub controller_reply: Option<u8>,
+    /// The output port.
+    pub output_port: u8,
+    /// The keyboard is scanning (enabled with 0xf4).
+    pub scanning: bool,
+    /// A keyboard command waiting for its argument (0xed, 0xf0, 0xf3).
+    pub pending_keyboard_command: Option<u8>,
+    /// Keyboard LEDs (bits 0–2).
+    pub leds: u8,
+    /// Typematic rate/delay (bits 0–6).
+    pub typematic: u8,
+    /// Scancode set (1 or 2).
+    pub scancode_set: u8,
+    /// Keyboard bytes the guest has not read (at most 64).
+    pub output: Vec<u8>,
+    /// Key events dropped on a full queue.
+    pub dropped_events: u64,
+}
+
+impl Default for I8042State {
+    fn default() -> Self {
+        Self {
+            command_byte: i8042::CTR_DEFAULT,
+            last_write_command: false,
+            pending_command: None,
+            controller_reply: None,
+            output_port: i8042::OUTPUT_PORT_DEFAULT,
+            scanning: true,
+            pending_keyboard_command: None,
+            leds: 0,
+            typematic: i8042::TYPEMATIC_DEFAULT,
+            scancode_set: i8042::SCANCODE_SET_DEFAULT,
+            output: Vec::new(),
+            dropped_events: 0,
+        }
+    }
+}
 
 impl I8042 {
     /// The controller's state.
     pub fn save(&self) -> I8042State {
-        I8042State {}
+        I8042State {
+            command_byte: self.ctr,
+            last_write_command: self.last_write_command,
+            pending_command: self.pending.map(ControllerWrite::command),
+            controller_reply: self.reply,
+            output_port: self.output_port,
+            scanning: self.scanning,
+            pending_keyboard_command: self.kbd_pending.map(KeyboardArg::command),
+            leds: self.leds,
+            typematic: self.typematic,
+            scancode_set: self.scancode_set,
+            output: self.queue.iter().copied().collect(),
+            dropped_events: self.dropped,
+        }
     }
 
-    /// Applies `state` (nothing to apply today).
-    pub fn restore(&mut self, _state: &I8042State) -> Result<(), PersistError> {
+    /// Applies `state`, keeping this controller's exit handler and IRQ line;
+    /// raises IRQ 1 if output is waiting and the command byte enables it.
+    /// Refuses (leaving the controller as it was) a state no guest could
+    /// have produced.
+    pub fn restore(&mut self, state: &I8042State) -> Result<(), PersistError> {
+        const DEVICE: &str = "i8042";
+        let invalid = |what: String| Err(PersistError::invalid(DEVICE, what));
+        if state.output.len() > i8042::OUTPUT_QUEUE_SIZE {
+            return invalid(format!(
+                "{} queued bytes, the queue holds {}",
+                state.output.len(),
+                i8042::OUTPUT_QUEUE_SIZE
+            ));
+        }
+        if state.command_byte & 0x80 != 0 {
+            return invalid(format!(
+                "command byte {:#04x} has the reserved bit set",
+                state.command_byte
+            ));
+        }
+        let pending = match state.pending_command {
+            None => None,
+            Some(c) => match ControllerWrite::from_command(c) {
+                Some(p) => Some(p),
+                None => return invalid(format!("{c:#04x} is not a command awaiting data")),
+            },
+        };
+        let kbd_pending = match state.pending_keyboard_command {
+            None => None,
+            Some(c) => match KeyboardArg::from_command(c) {
+                Some(p) => Some(p),
+                None => {
+                    return invalid(format!(
+                        "{c:#04x} is not a keyboard command awaiting an argument"
+                    ))
+                }
+            },
+        };
+        if state.leds & !0x07 != 0 {
+            return invalid(format!("LED byte {:#04x}", state.leds));
+        }
+        if state.typematic & 0x80 != 0 {
+            return invalid(format!("typematic byte {:#04x}", state.typematic));
+        }
+        if !(1..=2).contains(&state.scancode_set) {
+            return invalid(format!("scancode set {}", state.scancode_set));
+        }
+        self.ctr = state.command_byte;
+        self.last_write_command = state.last_write_command;
+        self.pending = pending;
+        self.reply = state.controller_reply;
+        self.output_port = state.output_port;
+        self.scanning = state.scanning;
+        self.kbd_pending = kbd_pending;
+        self.leds = state.leds;
+        self.typematic = state.typematic;
+        self.scancode_set = state.scancode_set;
+        self.queue = state.output.iter().copied().collect();
+        self.dropped = state.dropped_events;
+        self.interrupt_if_ready();
         Ok(())
     }
 }
@@ -175,8 +293,7 @@ impl Cmos {
 mod tests {
     use super::*;
     use crate::test_util::{json_round_trip, uart};
-    use crate::{BusDevice, ExitHandler, GuestExitRequest};
-    use std::sync::Arc;
+    use crate::BusDevice;
 
     #[test]
     fn serial_state_round_trips_with_pending_input() {
@@ -221,19 +338,98 @@ mod tests {
         assert_eq!(out.bytes(), b"k", "still usable");
     }
 
-    struct NoExit;
-    impl ExitHandler for NoExit {
-        fn request_exit(&self, _: GuestExitRequest) {}
+    #[test]
+    fn i8042_state_round_trips_with_pending_output() {
+        use crate::display::Key;
+        use crate::legacy::i8042::tests::{controller, drain, irqs};
+        let (mut a, _rec, _evt) = controller();
+        a.write(4, &[0x60]);
+        a.write(0, &[0x45]); // command byte, keyboard interrupt on
+        a.write(0, &[0xed]); // set LEDs, argument still to come
+        a.read(0, &mut [0u8]); // its ack
+        assert!(a.key_event(Key::Scancode(0xc8), true));
+        a.write(4, &[0x20]); // a controller reply left unread
+        let state = json_round_trip(&a.save());
+        assert_eq!(state, a.save());
+        assert_eq!(state.output, [0xe0, 0x48]);
+        assert_eq!(state.pending_keyboard_command, Some(0xed));
+
+        let (mut b, _rec, evt) = controller();
+        irqs(&evt);
+        b.restore(&state).expect("restore");
+        assert_eq!(b.save(), state);
+        assert_eq!(irqs(&evt), 1, "waiting output raises IRQ 1");
+        assert_eq!(drain(&mut b), [0x45, 0xe0, 0x48]);
+        b.write(0, &[0x04]); // the LED argument
+        assert_eq!(drain(&mut b), [0xfa]);
+        assert_eq!(b.leds(), 0x04);
     }
 
     #[test]
-    fn i8042_state_round_trips_and_accepts_unknown_fields() {
-        let mut dev = I8042::new(Arc::new(NoExit));
-        let state = json_round_trip(&dev.save());
-        dev.restore(&state).expect("restore");
+    fn i8042_old_snapshots_load_as_power_on_state() {
+        use crate::legacy::i8042::tests::controller;
+        let old: I8042State = serde_json::from_str("{}").expect("empty state");
+        let (mut dev, _rec, _evt) = controller();
+        let fresh = dev.save();
+        assert_eq!(old, fresh);
+        dev.restore(&old).expect("restore");
         let later: I8042State =
-            serde_json::from_str(r#"{"output_buffer": 7}"#).expect("unknown fields are ignored");
+            serde_json::from_str(r#"{"future_field": 7}"#).expect("unknown fields are ignored");
         assert_eq!(later, I8042State::default());
+    }
+
+    #[test]
+    fn i8042_rejects_impossible_state() {
+        use crate::legacy::i8042::tests::controller;
+        let (mut dev, _rec, _evt) = controller();
+        let good = dev.save();
+        let bad: Vec<I8042State> = vec![
+            I8042State {
+                output: vec![0; 65],
+                ..good.clone()
+            },
+            I8042State {
+                command_byte: 0x80,
+                ..good.clone()
+            },
+            I8042State {
+                pending_command: Some(0x20),
+                ..good.clone()
+            },
+            I8042State {
+                pending_keyboard_command: Some(0xf4),
+                ..good.clone()
+            },
+            I8042State {
+                leds: 0x08,
+                ..good.clone()
+            },
+            I8042State {
+                typematic: 0x80,
+                ..good.clone()
+            },
+            I8042State {
+                scancode_set: 0,
+                ..good.clone()
+            },
+            I8042State {
+                scancode_set: 3,
+                ..good.clone()
+            },
+        ];
+        for state in bad {
+            assert!(
+                matches!(
+                    dev.restore(&state),
+                    Err(PersistError::Invalid {
+                        device: "i8042",
+                        ..
+                    })
+                ),
+                "{state:?}"
+            );
+            assert_eq!(dev.save(), good, "left as it was");
+        }
     }
 
     fn fixed() -> u64 {

@@ -6,7 +6,7 @@
 //!      │ notify write ──ioeventfd──► queue EventFd ───────►│ device worker thread
 //!      ◄──── MSI-X vector ◄── irqfd ◄── Interrupt::signal_used ◄──┘  (block/worker.rs, net/worker.rs)
 //! ```
-//! A [`VirtioDevice`] is a device model (virtio-blk, virtio-net): its feature
+//! A [`VirtioDevice`] is a device model (virtio-blk, virtio-net, virtio-input): its feature
 //! bits, configuration space and queue processing. The transport owns the
 //! guest-visible registers and hands the device its queues, already
 //! configured by the driver, when the driver sets `DRIVER_OK`. Every
@@ -16,6 +16,7 @@
 
 pub mod block;
 pub mod chain;
+pub mod input;
 pub mod interrupt;
 pub mod msix;
 pub mod net;
@@ -42,6 +43,8 @@ pub type GuestMemory = vm_memory::GuestMemoryMmap<vireo_block::DirtyBitmap>;
 pub const TYPE_NET: u16 = 1;
 /// Device type of a block device.
 pub const TYPE_BLOCK: u16 = 2;
+/// Device type of an input device.
+pub const TYPE_INPUT: u16 = input::TYPE_INPUT;
 
 /// Device status bits (virtio 1.2 §2.1).
 pub mod status {
@@ -190,7 +193,7 @@ pub enum ActivateError {
 
 /// A virtio device model, driven by a transport.
 pub trait VirtioDevice: Send {
-    /// The virtio device type ([`TYPE_BLOCK`], [`TYPE_NET`]).
+    /// The virtio device type ([`TYPE_BLOCK`], [`TYPE_NET`], [`TYPE_INPUT`]).
     fn device_type(&self) -> u16;
     /// A short name for logs (`virtio-blk`).
     fn name(&self) -> &'static str;

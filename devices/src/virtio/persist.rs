@@ -52,6 +52,7 @@ use crate::pci::persist::PciConfigSpaceState;
 use crate::persist::PersistError;
 
 pub use super::block::persist::BlockState;
+pub use super::input::persist::InputState;
 pub use super::net::persist::NetState;
 
 /// The device model's own state, by model.
@@ -61,6 +62,8 @@ pub enum VirtioDeviceState {
     Block(BlockState),
     /// A virtio-net device.
     Net(NetState),
+    /// A virtio-input device.
+    Input(InputState),
 }
 
 impl VirtioDeviceState {
@@ -69,6 +72,7 @@ impl VirtioDeviceState {
         match self {
             Self::Block(_) => "virtio-blk",
             Self::Net(_) => "virtio-net",
+            Self::Input(_) => "virtio-input",
         }
     }
 }
@@ -566,5 +570,8 @@ mod tests {
         });
         assert_eq!(json(&net), net);
         assert_eq!(net.kind(), "virtio-net");
+        let input = VirtioDeviceState::Input(InputState::default());
+        assert_eq!(json(&input), input);
+        assert_eq!(input.kind(), "virtio-input");
     }
 }

@@ -8,6 +8,7 @@
 //! seedgen virtio DIR          DIR/{virtio_blk_request,virtio_net_chain,virtio_pci_registers}/
 //! seedgen kernel DIR          DIR/ synthetic bzImage and ELF kernels (kernel_image)
 //! seedgen strip-elf IN OUT    IN without section headers, symbols and strings
+//! seedgen rfb DIR             DIR/ viewer byte streams (rfb_client)
 //! seedgen qcow2 MAX SMALL LARGE IMAGE...
 //!                             each qcow2 IMAGE (made by qemu-img, see scripts/fuzz-seeds.sh) as
 //!                             qcow2_open inputs: a 16-byte request script + the image bytes,
@@ -24,6 +25,7 @@
 mod kernel;
 mod pci;
 mod qcow2;
+mod rfb;
 mod virtq;
 
 use std::path::{Path, PathBuf};
@@ -44,7 +46,7 @@ pub fn write_all(dir: &Path, seeds: &[Seed]) {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: seedgen virtio DIR | seedgen kernel DIR | seedgen strip-elf IN OUT\n       \
+        "usage: seedgen virtio DIR | seedgen kernel DIR | seedgen rfb DIR | seedgen strip-elf IN OUT\n       \
          seedgen qcow2 MAX_LEN SMALL_DIR LARGE_DIR IMAGE..."
     );
     ExitCode::from(2)
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
             write_all(&dir.join("virtio_pci_registers"), &pci::seeds());
         }
         ["kernel", dir] => write_all(Path::new(dir), &kernel::seeds()),
+        ["rfb", dir] => write_all(Path::new(dir), &rfb::seeds()),
         ["strip-elf", input, output] => {
             let elf = std::fs::read(input).unwrap_or_else(|e| panic!("read {input}: {e}"));
             std::fs::write(output, kernel::strip(&elf))

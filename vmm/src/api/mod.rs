@@ -417,13 +417,15 @@ pub fn api_state(state: VmState) -> ApiVmState {
 }
 
 /// The VM's PCI devices with their stable ids: disks first, then NICs, each in spec order,
-/// from slot 1 (as `device_manager::attach` places them).
+/// then the tablet if the VM has one, from slot 1 (as `device_manager::attach` places them).
 pub fn devices(vm: &Vm) -> Vec<DeviceInfo> {
     let config = vm.config();
     let disks = (0..config.disks.len()).map(|i| (SpecDevice::Disk.id(i), "virtio-blk"));
     let nets = (0..config.nets.len()).map(|i| (SpecDevice::Net.id(i), "virtio-net"));
+    let tablet = vm.tablet().map(|_| ("tablet0".to_owned(), "virtio-input"));
     disks
         .chain(nets)
+        .chain(tablet)
         .zip(1u32..)
         .map(|((id, kind), slot)| DeviceInfo {
             id,

@@ -1,6 +1,8 @@
 //! Turns the launch spec's disks and NICs into virtio devices: opens each
 //! image with the `block` crate and each tap with the `net` crate, then adds
 //! the device to the PCI bus (disks first, each list in order, from slot 1).
+//! A VM with a display also gets a virtio-input tablet ([`attach_tablet`]),
+//! after them.
 
 use std::sync::Arc;
 
@@ -8,6 +10,7 @@ use kvm_ioctls::VmFd;
 use tracing::info;
 use vireo_block::{open_disk, OpenOptions};
 use vireo_devices::virtio::block::VirtioBlock;
+use vireo_devices::virtio::input::{TabletHandle, VirtioInput};
 use vireo_devices::virtio::net::VirtioNet;
 use vireo_devices::virtio::GuestMemory;
 use vireo_net::{MacAddr, Tap};
@@ -64,4 +67,19 @@ pub fn attach_devices(
         dm.add_virtio(vm, Box::new(VirtioNet::new(tap, mac, index)), mem)?;
     }
     Ok(())
+}
+
+/// Adds a virtio-input tablet to `dm` (in the next free slot) and returns the handle that
+/// injects pointer events into it (the VNC server's). Its id in saved state is `tablet0`.
+pub fn attach_tablet(
+    dm: &mut DeviceManager,
+    vm: &VmFd,
+    mem: &GuestMemory,
+) -> Result<TabletHandle, DeviceError> {
+    let dev = VirtioInput::new_tablet(0).map_err(DeviceError::EventFd)?;
+    let handle = dev.handle();
+    let slot = dm.add_virtio(vm, Box::new(dev), mem)?;
+    info!(slot, "virtio-input tablet attached");
+    dm.tablet = Some(handle.clone());
+    Ok(handle)
 }

@@ -1,7 +1,8 @@
 //! Builds the platform devices and places them on the port-I/O and MMIO buses.
 //!
 //! Legacy devices on port I/O: COM1 (IRQ 4 through an irqfd into the
-//! in-kernel IOAPIC), the i8042 reset line, the CMOS RTC, the ACPI sleep registers for
+//! in-kernel IOAPIC), the i8042 PS/2 controller and keyboard (IRQ 1, and the
+//! reset line), the CMOS RTC, the ACPI sleep registers for
 //! guests booted with ACPI, and — only for payloads whose boot protocol
 //! defines it — the debug exit port. The MMIO bus is empty
 //! but for the PCIe ECAM window; unclaimed MMIO reads return all-ones. The PCI
@@ -80,7 +81,7 @@ pub enum DeviceError {
     #[error("PCI BAR allocation failed: {0}")]
     Bar(String),
     /// Creating an eventfd failed.
-    #[error("cannot create an interrupt eventfd: {0}")]
+    #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
     /// The virtio-pci transport could not be created.
     #[error(transparent)]
@@ -142,7 +143,10 @@ pub struct DeviceManager {
     pub gsi_router: Arc<GsiRouter>,
     /// virtio-pci functions, in slot order.
     pub virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
-    /// The i8042 controller.
+    /// The virtio-input tablet's event handle, if the VM has one ([`attach::attach_tablet`]).
+    pub tablet: Option<vireo_devices::virtio::input::TabletHandle>,
+    /// The i8042 controller and its keyboard (fed by
+    /// [`vireo_devices::legacy::KeyboardInput`]).
     pub i8042: Arc<Mutex<I8042>>,
     /// The CMOS RTC.
     pub cmos: Arc<Mutex<Cmos>>,
@@ -184,7 +188,10 @@ impl DeviceManager {
             serial::COM1_PORT_BASE,
             serial::SERIAL_PORT_SIZE,
         )?;
-        let i8042_dev = Arc::new(Mutex::new(I8042::new(exit.clone())));
+        let i8042_dev = Arc::new(Mutex::new(I8042::new(
+            exit.clone(),
+            irq_line(vm, i8042::I8042_KBD_IRQ)?,
+        )));
         pio.insert(
             i8042_dev.clone(),
             i8042::I8042_PORT_BASE,
@@ -235,6 +242,7 @@ impl DeviceManager {
             ged,
             gsi_router: Arc::new(GsiRouter::new(vm_fd.clone())),
             virtio: Vec::new(),
+            tablet: None,
             i8042: i8042_dev,
             cmos: cmos_dev,
             acpi_sleep,

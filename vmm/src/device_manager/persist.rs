@@ -6,6 +6,7 @@
 //!  disk0 … diskN · net0 … netN          (virtio-pci, in the spec's order)
 //!  display                              (a VM with a VNC console: the framebuffer's pixels)
 //! ```
+//! A VM with a virtio-input tablet also has `tablet0`, after the NICs.
 //! Records are matched by id, never by position: a snapshot whose devices differ from the
 //! ones built here (a device missing, one too many, a disk where a NIC was, a disk of another
 //! size) is refused naming the device, before any vCPU exists. The device models' own
@@ -100,18 +101,26 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The virtio devices with their ids: `disk<N>` and `net<N>`, counting each kind in slot order.
+/// The virtio devices with their ids: `disk<N>`, `net<N>` and `tablet<N>`, counting each kind
+/// in slot order.
 fn virtio_ids(dm: &DeviceManager) -> Vec<(String, &Arc<Mutex<VirtioPciDevice>>)> {
-    let (mut disks, mut nets) = (0, 0);
+    let (mut disks, mut nets, mut tablets) = (0, 0, 0);
     dm.virtio
         .iter()
         .map(|d| {
-            let id = if lock(d).name() == "virtio-blk" {
-                disks += 1;
-                SpecDevice::Disk.id(disks - 1)
-            } else {
-                nets += 1;
-                SpecDevice::Net.id(nets - 1)
+            let id = match lock(d).name() {
+                "virtio-blk" => {
+                    disks += 1;
+                    SpecDevice::Disk.id(disks - 1)
+                }
+                "virtio-input" => {
+                    tablets += 1;
+                    format!("tablet{}", tablets - 1)
+                }
+                _ => {
+                    nets += 1;
+                    SpecDevice::Net.id(nets - 1)
+                }
             };
             (id, d)
         })

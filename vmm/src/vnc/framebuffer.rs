@@ -8,9 +8,9 @@
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
-use vm_memory::mmap::MmapRegion;
-use vm_memory::{Bytes, VolatileMemory};
 use vireo_devices::display::{Geometry, PAGE_SIZE};
+use vm_memory::mmap::MmapRegion;
+use vm_memory::VolatileMemory;
 
 use super::VncError;
 use crate::arch::x86_64::layout::{FRAMEBUFFER_ADDR, FRAMEBUFFER_MAX_SIZE, FRAMEBUFFER_SLOT};
@@ -102,9 +102,9 @@ impl Framebuffer {
     /// Writes `pixels` at the start of the framebuffer (a restored or received screen).
     pub fn write(&self, pixels: &[u8]) {
         let len = pixels.len().min(self.len());
-        let _ = self
-            .region
-            .write_slice(&pixels[..len], vm_memory::MemoryRegionAddress(0));
+        if let Ok(slice) = self.region.get_slice(0, len) {
+            slice.copy_from(&pixels[..len]);
+        }
     }
 
     /// Pages in the slot.

@@ -26,8 +26,8 @@ use kvm_ioctls::VmFd;
 use tracing::{info, warn};
 use vireo_devices::display::persist::DisplayState;
 use vireo_devices::display::{Display, Geometry, InputSink};
-use vireo_devices::PersistError;
 use vireo_devices::rfb::{RfbConfig, RfbListener, RfbServer};
+use vireo_devices::PersistError;
 use vireo_spec::{VncConfig, VncListen};
 
 pub use framebuffer::Framebuffer;
@@ -178,7 +178,8 @@ impl VncConsole {
                 return Err(VncError::Listen { address, source: e });
             }
         };
-        info!(%address, width = display.geometry().width, height = display.geometry().height, "VNC server listening");
+        let g = display.geometry();
+        info!(%address, width = g.width, height = g.height, "VNC server listening");
         Ok(Self {
             framebuffer,
             display,
