@@ -753,7 +753,7 @@ vnc_console() {
     fi
     # the viewer's second line, typed with Shift pressed around shifted keysyms
     if grep -q 'SHIFTED-48' "$log"; then
-        echo "E2E-RESULT $nv/vnc-shift-keys PASS"
+        echo "E2E-RESULT $nv/vnc-shift-keys PASS typed=SHIFTED-48"
     else
         echo "E2E-RESULT $nv/vnc-shift-keys FAIL why=no-SHIFTED-48-on-serial"
     fi

@@ -41,7 +41,8 @@
 #       (Shift_L 0xffe1 down, the shifted keysym, both up: what --force-caps and most viewers do)
 # and cases.sh judges what reached the serial console: vireo/vnc-console (TYPED-42 + the guest's
 # framebuffer and keyboard facts) and vireo/vnc-shift-keys (SHIFTED-48). Captures are kept as
-# LOG-vnc-a.png and LOG-vnc-b.png next to the log.
+# LOG-vnc-a.png and LOG-vnc-b.png next to the log, with LOG-vnc-typed.png (taken after the typing,
+# not judged).
 #
 # The last line is `N passed, N failed` (`, N skipped` added when a case does not apply to a VMM,
 # e.g. qemu/snapshot-restore); exit status 0 iff nothing failed (a case with no result,
@@ -208,6 +209,10 @@ vnc_viewer() {
     t1=$(date +%s.%N)
     vfact "type rc=$rc secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')" \
         "out=$(tr '\n' ' ' <"$work/vnc-type.out" | cut -c1-200 | tr ' ' _)"
+    # for the record (not judged): the screen with the typed lines, before the guest powers off
+    timeout 40 vncdo --nocursor -t 30 -s "127.0.0.1::$port" pause 1 capture "$shots-typed.png" \
+        >/dev/null 2>&1
+    vfact "typed_capture rc=$? file=$(basename "$shots")-typed.png"
 }
 
 start=$(date +%s)
