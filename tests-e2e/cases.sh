@@ -17,8 +17,10 @@
 #                   launch -> marker time (default 0), and the guest's own uptime at the marker
 #   BENCH_CPUS      vCPUs for the benchmark boots (default 1)
 #   E2E_LOGDIR      where per-case logs go (default /tmp/e2e-logs)
-#   VNC_PORT        vnc-console: the port vireo's VNC server listens on (0.0.0.0:VNC_PORT,
-#                   default 5900; on the nested path run.sh forwards a host port to it)
+#   VNC_PORT        vnc-console: the port vireo's VNC server listens on (default 5900; on the
+#                   nested path run.sh forwards a host port to it)
+#   VNC_ADDR        vnc-console: the address it listens on (default 0.0.0.0: in L1 the forwarded
+#                   connections arrive on eth0; run.sh's direct path uses 127.0.0.1)
 #   VNC_WAIT        vnc-console: seconds to wait for the viewer's typing after
 #                   E2E-VNC-WAIT (default 180)
 #
@@ -81,7 +83,7 @@
 #                      clean. Facts: E2E-MIG-FACT lines (downtime, total, passes, rounds).
 # VNC case (vireo only; for QEMU it reports `SKIP why=not-applicable`). The viewer is run.sh's,
 # outside: on the nested path it reaches VNC_PORT through run-l1.sh --hostfwd.
-#   vnc-console        vmlinuz, 1 vCPU, scenario vnc, `--vnc 0.0.0.0:$VNC_PORT --vnc-size
+#   vnc-console        vmlinuz, 1 vCPU, scenario vnc, `--vnc $VNC_ADDR:$VNC_PORT --vnc-size
 #                      1024x768`, cmdline `console=tty0 consoleblank=0 console=ttyS0 ...`. Once
 #                      the guest prints VIREO-VNC-READY (test pattern on /dev/fb0, shell on tty1)
 #                      this prints `E2E-VNC-WAIT ready=yes port=P size=WxH` (ready=no if it never
@@ -698,7 +700,7 @@ vnc_console() {
     # line) `poweroff -f` goes to the serial shell
     (
         export VMM_PIDFILE="$W/pid"
-        export VIREO_EXTRA_ARGS="--vnc 0.0.0.0:${VNC_PORT:-5900} --vnc-size 1024x768"
+        export VIREO_EXTRA_ARGS="--vnc ${VNC_ADDR:-0.0.0.0}:${VNC_PORT:-5900} --vnc-size 1024x768"
         BOOT_CMDLINE="console=tty0 consoleblank=0" \
             BOOT_TIMEOUT=$((CASE_TIMEOUT * 2 + ${VNC_WAIT:-180} + 20)) \
             boot "$nv" "$nc" "$K_BZIMAGE" 1 vnc --marker TYPED-42 --type-delay 10 --type 'poweroff -f'

@@ -31,7 +31,7 @@
 # vnc-console: the guest (scenario vnc) shows a test pattern on vireo's VNC console and has a
 # shell on tty1. This script is the viewer, a real VNC client (vncdotool's `vncdo`) on the host:
 # on the nested path it gives L1 a NIC with a forwarded port (run-l1.sh --hostfwd FREEPORT:5900;
-# vireo listens on 0.0.0.0:5900 in L1), on the direct path vireo listens on 0.0.0.0:FREEPORT.
+# vireo listens on 0.0.0.0:5900 in L1), on the direct path vireo listens on 127.0.0.1:FREEPORT.
 # When the log shows `E2E-VNC-WAIT ready=yes`, it takes two captures at once (two clients) and
 # compares both with the pattern pixel for pixel (scripts/guest/fb-pattern.py check; once more
 # after 3 s if that fails): result vireo/vnc-capture. Then one vncdo run types
@@ -225,7 +225,7 @@ if [ "$path" = direct ]; then
         export PATH="$repo/scripts/nested:$PATH:/usr/sbin:/sbin"
         export E2E_VMMS="$vmms" E2E_CASES="$cases" CASE_TIMEOUT="$case_timeout"
         export BENCH_N="$bench" BENCH_CPUS="$bench_cpus" E2E_LOGDIR="$work/logs"
-        export VIREO="$vireo" QEMU=qemu-system-x86_64 VNC_PORT="${vnc_l2_port:-5900}"
+        export VIREO="$vireo" QEMU=qemu-system-x86_64 VNC_PORT="${vnc_l2_port:-5900}" VNC_ADDR=127.0.0.1
         export K_BZIMAGE="$VIREO_GUEST_VMLINUZ" K_PVH="$VIREO_GUEST_VMLINUX" INITRD="$VIREO_GUEST_INITRAMFS"
         sh "$here/cases.sh"
     ) 2>&1 | tee "$logfile"
