@@ -303,8 +303,12 @@ struct Bench {
 
 /// The first frame `i` in `from..=last` that has `colour`: frames only go forward, so a
 /// colour seen after frame `from` must be that of `from` or a later one (colours are 21-bit
-/// hashes and repeat now and then, hence no lookup table). Panics if there is none.
+/// hashes and repeat now and then, hence no lookup table). The screen is black before the
+/// first frame (frame 0). Panics if there is none.
 fn frame_at_or_after(from: u64, colour: u32, last: u64) -> u64 {
+    if from == 0 && colour == 0 {
+        return 0;
+    }
     (from.max(1)..=last)
         .find(|&i| frame_color(i) == colour)
         .unwrap_or_else(|| panic!("colour {colour:#08x} is no frame the guest drew from {from} on"))
