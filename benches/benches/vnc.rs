@@ -764,7 +764,7 @@ fn main() {
         v[2] / v[1]
     );
     println!(
-        "   (the stuck viewer had {:.2} MiB unread in its socket at the end, median; the server's send queue holds more)",
+        "   (the stuck viewer had {:.2} MiB unread in its own socket at the end, median over runs)",
         mib(median(&mut unread))
     );
     println!(
