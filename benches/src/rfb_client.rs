@@ -161,6 +161,22 @@ impl RfbClient {
         self.conn.write_all(&m)
     }
 
+    /// Bytes the server has sent that this viewer has not read yet (`FIONREAD` on the
+    /// socket): how far a viewer that stopped reading is behind.
+    pub fn unread_bytes(&self) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let fd = match &self.conn {
+            Conn::Tcp(s) => s.as_raw_fd(),
+            Conn::Unix(s) => s.as_raw_fd(),
+        };
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through the pointer, which is valid.
+        if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     fn read_vec(&mut self, n: usize) -> io::Result<Vec<u8>> {
         let mut v = vec![0u8; n];
         self.conn.read_exact(&mut v)?;
@@ -201,7 +217,13 @@ impl RfbClient {
                 ZRLE => {
                     let len = self.read_vec(4)?;
                     let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-                    io::copy(&mut (&mut self.conn).take(len as u64), &mut io::sink())?;
+                    let got = io::copy(&mut (&mut self.conn).take(len as u64), &mut io::sink())?;
+                    if got != len as u64 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("ZRLE rectangle cut short: {got} of {len} bytes"),
+                        ));
+                    }
                     update.bytes += 4 + len;
                 }
                 DESKTOP_SIZE => {

@@ -78,6 +78,11 @@ pub struct HostArgs {
     /// Another tap for a NIC: `ID=TAP` with ID `net0`, … (repeatable). The guest keeps its MAC.
     #[arg(long = "net", value_name = "ID=TAP", value_parser = parse_override)]
     pub nets: Vec<(String, String)>,
+    /// Where the VM's VNC console listens here, instead of the address it had (`HOST:PORT`,
+    /// `:PORT`, `PORT` or `unix:PATH`): a VM moved on the same host needs another address than
+    /// its source, which holds its own until the switch.
+    #[arg(long, value_name = "ADDR", value_parser = parse_vnc_listen)]
+    pub vnc: Option<VncListen>,
     /// Leave the VM paused (resume it with `vireo remote … resume`).
     #[arg(long)]
     pub paused: bool,
@@ -391,7 +396,7 @@ pub struct LaunchArgs {
 #[derive(Debug)]
 pub enum RunPlan {
     /// Boot the VM these flags describe.
-    Boot(VmConfig),
+    Boot(Box<VmConfig>),
     /// Serve the API on this socket and wait for a `vm.restore`.
     AwaitRestore(PathBuf),
 }
@@ -419,7 +424,7 @@ impl RunArgs {
             return Ok((RunPlan::AwaitRestore(socket), timeout));
         };
         Ok((
-            RunPlan::Boot(VmConfig {
+            RunPlan::Boot(Box::new(VmConfig {
                 version: vireo_vmm::config::SPEC_VERSION,
                 vcpus: self.cpus,
                 memory_mib: self.memory,
@@ -435,7 +440,7 @@ impl RunArgs {
                 memory_backing: self.memory_backing,
                 dirty_log: self.dirty_log,
                 vnc,
-            }),
+            })),
             timeout,
         ))
     }

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     logging::init();
     let result = match cli.command {
         Command::Run(args) => args.into_plan().and_then(|(plan, timeout)| match plan {
-            cli::RunPlan::Boot(config) => run::run_vm(config, timeout),
+            cli::RunPlan::Boot(config) => run::run_vm(*config, timeout),
             cli::RunPlan::AwaitRestore(socket) => run::await_restore(&socket, timeout),
         }),
         Command::Restore(args) => run::restore_vm(args),

@@ -89,6 +89,7 @@ fn host_options(host: &HostArgs, memory: MemoryRestore) -> RestoreOptions {
         nets: host.nets.clone(),
         api_socket: host.api_socket.clone(),
         serial_writer: None,
+        vnc: host.vnc.clone(),
     }
 }
 

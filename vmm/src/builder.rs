@@ -104,10 +104,16 @@ impl VmBuilder {
         }
         info!(format = ?plan.format, vcpus = config.vcpus, memory_mib = config.memory_mib, "payload loaded");
         if let Some(vnc) = &config.vnc {
-            if plan.format == boot::KernelFormat::BzImage {
-                boot::linux::announce_framebuffer(&memory, vnc.width, vnc.height)?;
-            } else {
-                info!(format = ?plan.format, "no screen_info for this boot protocol: the guest sees no framebuffer unless told its address (VNC still serves it)");
+            match plan.format {
+                boot::KernelFormat::BzImage => {
+                    boot::linux::announce_framebuffer(&memory, vnc.width, vnc.height)?;
+                }
+                boot::KernelFormat::Elf => tracing::warn!(
+                    "an ELF vmlinux boots without screen_info: the guest is not told about the \
+                     VNC framebuffer and shows nothing (boot the bzImage for a screen)"
+                ),
+                // The ring-3 test guest draws at the documented address.
+                boot::KernelFormat::UserModeElf => {}
             }
         }
         let flags = PlatformFlags {

@@ -196,6 +196,24 @@ fn the_screen_survives_snapshot_and_restore() {
     vm.snapshot(&snap).expect("snapshot");
     vm.shutdown();
     drop(vm);
+    // A restore onto another address (a unix socket) first, then one on the saved address
+    // (loopback, a free port) for the viewers.
+    let sock = dir.path().join("vnc.sock");
+    let opts = vireo_vmm::snapshot::RestoreOptions {
+        serial_writer: Some(Box::new(common::Capture::default())),
+        vnc: Some(format!("unix:{}", sock.display()).parse().expect("address")),
+        ..Default::default()
+    };
+    let on_unix = vireo_vmm::snapshot::restore(&snap, opts).expect("restore");
+    assert_eq!(
+        on_unix.vnc_address(),
+        Some(format!("unix:{}", sock.display()))
+    );
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(
+        &std::fs::metadata(&sock).expect("socket").file_type()
+    ));
+    wait_for_screen(&on_unix, want);
+    drop(on_unix);
     let opts = vireo_vmm::snapshot::RestoreOptions {
         serial_writer: Some(Box::new(common::Capture::default())),
         ..Default::default()
@@ -291,4 +309,31 @@ fn pointer_moves_and_clicks_in_a_viewer_reach_the_guest_as_tablet_events() {
         "{}",
         out.text()
     );
+}
+
+#[test]
+fn the_screen_moves_with_a_live_migration() {
+    use vireo_vmm::migration::{self, transport, ReceiveOptions, SendMigrationConfig};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (vm, out) = build_vm(vnc_config(dir.path(), &format!("fb-pattern {W} {H} 11")));
+    vm.start().expect("start");
+    out.wait_for("fb drawn", PATIENCE);
+    let want = |x, y| pattern(x, y, 11);
+    wait_for_screen(&vm, want);
+    let url = format!("unix:{}", dir.path().join("mig.sock").display());
+    let listener = transport::listen(&url.parse().expect("url"), None).expect("listen");
+    let target = std::thread::spawn(move || {
+        let conn = listener.accept()?;
+        let mut opts = ReceiveOptions::default();
+        opts.host.serial_writer = Some(Box::new(common::Capture::default()));
+        migration::receive(conn, opts)
+    });
+    vm.migrate(&SendMigrationConfig::to(&url)).expect("migrate");
+    assert_eq!(vm.wait(), vireo_vmm::ExitReason::Migrated);
+    let moved = target.join().expect("target thread").expect("received");
+    // The target serves the same screen on its own (new) port.
+    wait_for_screen(&moved, want);
+    let address = moved.vnc_address().expect("VNC address");
+    capture_twice(&address, dir.path(), &want);
+    moved.shutdown();
 }

@@ -420,6 +420,27 @@ mod tests {
     use crate::memory::{create_guest_memory, MIB};
 
     #[test]
+    fn the_framebuffer_is_announced_as_an_efi_framebuffer() {
+        let mem = create_guest_memory(64 * MIB).expect("mem");
+        announce_framebuffer(&mem, 1024, 768).expect("announce");
+        let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).expect("read");
+        let si = params.screen_info;
+        assert_eq!(si.orig_video_isVGA, 0x70);
+        assert_eq!({ si.lfb_base }, 0xd000_0000);
+        assert_eq!(
+            ({ si.lfb_width }, { si.lfb_height }, { si.lfb_depth }),
+            (1024, 768, 32)
+        );
+        assert_eq!({ si.lfb_linelength }, 4096);
+        assert_eq!({ si.lfb_size }, 4096 * 768);
+        assert_eq!((si.red_pos, si.green_pos, si.blue_pos), (16, 8, 0));
+        assert!(
+            announce_framebuffer(&mem, 70_000, 768).is_err(),
+            "too wide for screen_info"
+        );
+    }
+
+    #[test]
     fn initramfs_goes_as_high_as_allowed_and_too_large_is_an_error() {
         let mem = create_guest_memory(64 * MIB).expect("mem");
         let dir = tempfile::tempdir().expect("dir");

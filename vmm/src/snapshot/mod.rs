@@ -111,6 +111,9 @@ pub enum SnapshotError {
     /// The state and the spec disagree.
     #[error("the snapshot is inconsistent: {0}")]
     Mismatch(String),
+    /// A VNC address was given for a VM without a VNC console.
+    #[error("the VM has no VNC console to listen for")]
+    NoVnc,
     /// An override names a device the snapshot does not have.
     #[error("no {kind} {id} in the snapshot")]
     UnknownOverride {
@@ -269,6 +272,10 @@ pub struct RestoreOptions {
     pub api_socket: Option<PathBuf>,
     /// Send COM1 output here instead of the console (for embedders and tests).
     pub serial_writer: Option<Box<dyn std::io::Write + Send>>,
+    /// Where this process's VNC console listens instead of the saved spec's address (a VM
+    /// received on the same host needs another address than its source, which still holds
+    /// the saved one until the switch; port 0 picks a free one).
+    pub vnc: Option<vireo_spec::VncListen>,
 }
 
 impl std::fmt::Debug for RestoreOptions {
@@ -280,6 +287,7 @@ impl std::fmt::Debug for RestoreOptions {
             .field("disks", &self.disks)
             .field("nets", &self.nets)
             .field("api_socket", &self.api_socket)
+            .field("vnc", &self.vnc)
             .finish_non_exhaustive()
     }
 }
@@ -341,6 +349,9 @@ pub(crate) fn apply_overrides(
     config.api_socket = opts.api_socket.clone();
     if let Some(serial) = &opts.serial {
         config.serial = serial.clone();
+    }
+    if let Some(listen) = &opts.vnc {
+        config.vnc.as_mut().ok_or(SnapshotError::NoVnc)?.listen = listen.clone();
     }
     let unknown = |kind: SpecDevice, id: &str| SnapshotError::UnknownOverride {
         kind: match kind {
