@@ -91,7 +91,8 @@
 #                      viewer types `echo TYPED-$((6*7)) >/dev/ttyS0` + Enter on the keyboard
 #                      (tty1). 10 s later `poweroff -f` goes to the serial shell. PASS: pattern
 #                      drawn, `efifb: framebuffer at 0xd0000000` and i8042 lines in the guest's
-#                      dmesg, an "AT Translated Set 2 keyboard", TYPED-42, exit 0.
+#                      dmesg, an "AT Translated Set 2 keyboard" and the "Vireo Tablet" (virtio-
+#                      input) among the input devices, TYPED-42, exit 0.
 #                      Also `vnc-shift-keys`: PASS if SHIFTED-48 arrived too (the viewer's second
 #                      line, typed with Shift pressed around shifted keysyms, as most viewers do).
 #                      Facts (E2E-VNC-FACT): ready_s, typed_s, total_s, fb_info, fb_drawn,
@@ -747,6 +748,7 @@ vnc_console() {
     grep -q 'efifb: framebuffer at 0xd0000000' "$log" || bad "no-efifb-at-0xd0000000"
     grep -qi 'i8042' "$log" || bad "no-i8042-lines"
     grep -q 'VIREO-KBD=yes' "$log" || bad "no-AT-keyboard"
+    grep -q 'VIREO-INPUT name=Vireo_Tablet' "$log" || bad "no-Vireo-Tablet-input-device"
     case $_rc in 0) ;; 124|143) bad timeout ;; *) bad "rc=${_rc:-none}(want:0)" ;; esac
     if [ -z "$why" ]; then
         echo "E2E-RESULT $nv/$nc PASS rc=$_rc size=$size"

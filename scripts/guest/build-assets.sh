@@ -11,7 +11,7 @@
 # Outputs in ${VIREO_CACHE:-$HOME/.cache/vireo}/guest/:
 #   vmlinuz             Debian's cloud kernel (bzImage, Linux boot protocol)
 #   vmlinux             ELF extracted from the bzImage (LZ4 payload), with a PVH entry note
-#   initramfs.cpio.gz   busybox-static + virtio modules; /init prints
+#   initramfs.cpio.gz   busybox-static + virtio modules (blk, net, input + evdev); /init prints
 #                       `VIREO-GUEST-READY scenario=<name> uptime=<guest seconds>` and runs
 #                       the scenario named by `vireo.scenario=` on the kernel command line:
 #                         shell     interactive busybox sh on the console (the default)
@@ -45,7 +45,7 @@ set -euo pipefail
 CACHE_ROOT=${VIREO_CACHE:-$HOME/.cache/vireo}
 DIR=$CACHE_ROOT/guest
 # Bump when the initramfs layout or /init changes, so caches are rebuilt.
-ASSET_FORMAT=9
+ASSET_FORMAT=10
 
 print_dir=0
 force=0
@@ -174,7 +174,7 @@ else
     for applet in $("$ird/bin/busybox" --list); do
         [ -e "$ird/bin/$applet" ] || ln -s busybox "$ird/bin/$applet"
     done
-    modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net"
+    modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net virtio_input evdev"
     : >"$ird/etc/modules-load-order"
     for m in $modules; do
         src=$(find "$kroot/lib/modules/$kver/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" \) | head -1)
