@@ -30,7 +30,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vireo_benches::{api_request, median, vireo_binary, write_pki};
+use vireo_benches::{api_request, median, runs, vireo_binary, write_pki};
 
 const RUNS: usize = 10;
 const TARGET_IDLE_DOWNTIME_MS: f64 = 20.0;
@@ -42,15 +42,6 @@ const CLOUD_HYPERVISOR_LOCAL_MS: f64 = 50.0;
 const CHURN_EVERY: u64 = 16384;
 /// How long any one step (a start, a migration, an exit) may take before the run fails.
 const PATIENCE: Duration = Duration::from_secs(120);
-
-/// RUNS, or `$VIREO_BENCH_RUNS` when set (for a quick try).
-fn runs() -> usize {
-    std::env::var("VIREO_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(RUNS)
-}
 
 /// A `vireo` process that is killed (and reaped) when dropped, also on a panic, so that no
 /// VM outlives a failed run.
@@ -388,7 +379,7 @@ fn main() {
         std::process::exit(1);
     });
     let started = Instant::now();
-    let runs = runs();
+    let runs = runs(RUNS);
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().to_path_buf();
     let elf = dir.join("guest.elf");

@@ -48,7 +48,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vireo_benches::rfb_client::{RfbClient, Update, RAW, ZRLE};
-use vireo_benches::{api_request, median, vireo_binary};
+use vireo_benches::{api_request, median, runs, vireo_binary};
+use vireo_testguest::fb_colors::{frame_color, pattern};
 
 const RUNS: usize = 5;
 const W: u16 = 1024;
@@ -72,35 +73,6 @@ const LATENCY_GAP_MS: u64 = 100;
 const STUCK_FRAMES: u64 = 10_000;
 /// How long any one step (a start, a line, an exit) may take before the run fails.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// RUNS, or `$VIREO_BENCH_RUNS` when set (for a quick try).
-fn runs() -> usize {
-    std::env::var("VIREO_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(RUNS)
-}
-
-/// The test guest's `frame_color(i)` (testguest/guest/fb.rs), as 0x00rrggbb.
-fn frame_color(i: u64) -> u32 {
-    let mut x = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    ((x as u32) & 0x00ff_ffff) | 0x0001_0101
-}
-
-/// The test guest's `pattern(x, y, seed)` (testguest/guest/fb.rs), as 0x00rrggbb.
-fn pattern(x: u32, y: u32, seed: u32) -> u32 {
-    let r = (x.wrapping_mul(3).wrapping_add(y).wrapping_add(seed)) & 0xff;
-    let g = (y
-        .wrapping_mul(5)
-        .wrapping_add(x >> 2)
-        .wrapping_add(seed.wrapping_mul(7)))
-        & 0xff;
-    let b = ((x ^ y).wrapping_add(seed.wrapping_mul(13))) & 0xff;
-    (r << 16) | (g << 8) | b
-}
 
 /// Pixel `i` of a Raw rectangle (server format: B, G, R, X in memory) as 0x00rrggbb.
 fn pixel(pixels: &[u8], i: usize) -> u32 {
@@ -629,7 +601,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let guest = dir.path().join("guest.elf");
     vireo_testguest::write_to(&guest).expect("write guest");
-    let runs = runs();
+    let runs = runs(RUNS);
     let bench = Bench {
         vireo,
         dir: dir.path().to_owned(),

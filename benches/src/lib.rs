@@ -120,3 +120,13 @@ pub fn api_request(socket: &Path, method: &str, path: &str, body: &str) -> (u16,
         .to_owned();
     (code, body)
 }
+
+/// The number of runs a benchmark makes: `default`, or `$VIREO_BENCH_RUNS` when it is set to a
+/// positive number (for a quick try).
+pub fn runs(default: usize) -> usize {
+    std::env::var("VIREO_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}

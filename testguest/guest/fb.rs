@@ -3,34 +3,19 @@
 //! 16/8/0, stride = width × 4), so tests can compare what viewers capture with what the
 //! guest drew.
 //!
-//! - `fb-pattern WIDTH HEIGHT SEED`: draws [`pattern`] over the whole screen, prints
+//! - `fb-pattern WIDTH HEIGHT SEED`: draws `fb_colors::pattern` over the whole screen, prints
 //!   `fb drawn w=… h=… seed=…`, then idles (the test stops the VM).
-//! - `fb-anim WIDTH HEIGHT FRAMES GAP-MS`: fills the whole screen with [`frame_color`]`(i)`
+//! - `fb-anim WIDTH HEIGHT FRAMES GAP-MS`: fills the whole screen with `fb_colors::frame_color(i)`
 //!   for i = 1..=FRAMES, GAP-MS milliseconds apart (0: as fast as it can); with a gap it prints
 //!   `fb frame=<i> color=0x<16 hex digits>` after each fill, without one every 64th; then
 //!   `fb anim done frames=<n> us=<elapsed microseconds>` and exits 0.
 
+use crate::fb_colors::{frame_color, pattern};
 use crate::{put_dec, put_hex16, puts, tsc_hz, Args, Deadline};
 
 
 /// Guest-physical (and, identity-mapped, virtual) address of the framebuffer.
 pub const FB_ADDR: usize = 0xd000_0000;
-
-/// The colour of pixel (`x`, `y`) of the `fb-pattern` picture for `seed` (0x00rrggbb).
-pub fn pattern(x: u32, y: u32, seed: u32) -> u32 {
-    let r = (x.wrapping_mul(3).wrapping_add(y).wrapping_add(seed)) & 0xff;
-    let g = (y.wrapping_mul(5).wrapping_add(x >> 2).wrapping_add(seed.wrapping_mul(7))) & 0xff;
-    let b = ((x ^ y).wrapping_add(seed.wrapping_mul(13))) & 0xff;
-    (r << 16) | (g << 8) | b
-}
-
-/// The colour of frame `i` of `fb-anim` (0x00rrggbb, never black).
-pub fn frame_color(i: u64) -> u32 {
-    let mut x = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    ((x as u32) & 0x00ff_ffff) | 0x0001_0101
-}
 
 fn fill(width: u32, height: u32, mut colour: impl FnMut(u32, u32) -> u32) {
     let fb = FB_ADDR as *mut u32;

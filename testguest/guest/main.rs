@@ -73,6 +73,7 @@
 
 mod churn;
 mod fb;
+mod fb_colors;
 mod mem;
 mod virtio;
 mod virtio_blk;

@@ -29,6 +29,10 @@
 //! iteration, and counts received payloads `churn-rx` + BE u64 sequence
 //! number.
 
+/// The colours of the framebuffer scenarios (`fb-pattern`, `fb-anim`): the guest's own code.
+#[path = "../guest/fb_colors.rs"]
+pub mod fb_colors;
+
 use std::io;
 use std::path::Path;
 

@@ -11,21 +11,10 @@ use std::time::{Duration, Instant};
 
 use common::{build_vm, guest_config, PATIENCE};
 use vireo_spec::VncConfig;
+use vireo_testguest::fb_colors::pattern;
 
 const W: u32 = 320;
 const H: u32 = 200;
-
-/// The colour the guest's `fb-pattern` draws at (`x`, `y`) (testguest/guest/fb.rs).
-fn pattern(x: u32, y: u32, seed: u32) -> u32 {
-    let r = (x.wrapping_mul(3).wrapping_add(y).wrapping_add(seed)) & 0xff;
-    let g = (y
-        .wrapping_mul(5)
-        .wrapping_add(x >> 2)
-        .wrapping_add(seed.wrapping_mul(7)))
-        & 0xff;
-    let b = ((x ^ y).wrapping_add(seed.wrapping_mul(13))) & 0xff;
-    (r << 16) | (g << 8) | b
-}
 
 /// A config running the test guest with `cmdline` and a VNC console on a free loopback port.
 fn vnc_config(dir: &Path, cmdline: &str) -> vireo_vmm::VmConfig {
