@@ -6,7 +6,7 @@
 //! file that decodes; whatever the checksum says, the body (located by the header's layout) is
 //! decoded as a `VmSnapshot`, and each device record that decodes is applied to a freshly built
 //! device of its kind (serial, i8042, CMOS, ACPI, PCI, a virtio-blk transport over a small raw
-//! disk with a stand-in MSI sink), which must refuse bad state with an error, never a panic,
+//! disk and a virtio-input tablet, each with a stand-in MSI sink, a 64x64 display), which must refuse bad state with an error, never a panic,
 //! and route only vectors that exist.
 
 #![no_main]
@@ -18,10 +18,12 @@ use std::sync::{Arc, Mutex};
 use libfuzzer_sys::fuzz_target;
 use vireo_devices::acpi_ged::AcpiGed;
 use vireo_devices::acpi_pm::AcpiSleep;
+use vireo_devices::display::{Display, Geometry};
 use vireo_devices::legacy::{Cmos, Serial8250, I8042};
 use vireo_devices::pci::{PciConfigIo, PciHostBridge, PciRoot};
 use vireo_devices::virtio::block::VirtioBlock;
-use vireo_devices::virtio::{GuestMemory, VirtioPciDevice};
+use vireo_devices::virtio::input::VirtioInput;
+use vireo_devices::virtio::{GuestMemory, VirtioDevice, VirtioPciDevice};
 use vireo_devices::{ExitHandler, GuestExitRequest, IrqLine};
 use vireo_vmm::device_manager::persist::DeviceState;
 use vireo_vmm::snapshot::{format, VmSnapshot};
@@ -53,7 +55,7 @@ fn apply(state: &DeviceState) {
             let _ = Serial8250::new(irq(), Box::new(std::io::sink())).restore(s);
         }
         DeviceState::I8042(s) => {
-            let _ = I8042::new(Arc::new(NoExit)).restore(s);
+            let _ = I8042::new(Arc::new(NoExit), irq()).restore(s);
         }
         DeviceState::Cmos(s) => {
             let _ = Cmos::default().restore(s);
@@ -74,14 +76,28 @@ fn apply(state: &DeviceState) {
         DeviceState::Virtio(s) => {
             let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 64 * 1024)]).expect("memory");
             let blk = VirtioBlock::new(common::raw_disk("snapshot"), 0);
-            if let Ok(mut dev) = VirtioPciDevice::new(
-                Box::new(blk),
-                mem,
-                0xc000_0000,
-                Arc::new(common::TwoVectors::default()),
-            ) {
-                let _ = dev.restore(s, true);
-                dev.reset();
+            let tablet = VirtioInput::new_tablet(0).expect("tablet");
+            let models: [Box<dyn VirtioDevice>; 2] = [Box::new(blk), Box::new(tablet)];
+            for model in models {
+                if let Ok(mut dev) = VirtioPciDevice::new(
+                    model,
+                    mem.clone(),
+                    0xc000_0000,
+                    Arc::new(common::TwoVectors::default()),
+                ) {
+                    let _ = dev.restore(s, true);
+                    dev.reset();
+                }
+            }
+        }
+        DeviceState::Display(s) => {
+            let _ = s.pixels();
+            let geometry = Geometry {
+                width: 64,
+                height: 64,
+            };
+            if let Ok(display) = Display::new(geometry) {
+                let _ = display.restore(s);
             }
         }
     }

@@ -43,15 +43,17 @@ impl DisplayState {
 
     /// The frame, checked to be exactly one frame of this state's size.
     pub fn pixels(&self) -> Result<Vec<u8>, PersistError> {
-        let want = Geometry {
-            width: self.width,
-            height: self.height,
-        }
-        .frame_bytes();
         let invalid = |reason: String| PersistError::Invalid {
             device: "display",
             reason,
         };
+        let geometry = Geometry {
+            width: self.width,
+            height: self.height,
+        };
+        // Sizes come from a file: check them before allocating a frame.
+        geometry.validate().map_err(|e| invalid(e.to_string()))?;
+        let want = geometry.frame_bytes();
         let mut out = Vec::with_capacity(want);
         flate2::read::ZlibDecoder::new(&self.pixels_deflated[..])
             .take(want as u64 + 1)
@@ -122,8 +124,11 @@ mod tests {
         };
         assert!(d2.restore(&short).is_err());
         let mut long = DisplayState::new(g, &[]);
-        long.width = 32;
+        long.height = 32;
         assert!(long.pixels().is_err(), "a frame longer than its size says");
+        let mut huge = DisplayState::new(g, &[]);
+        (huge.width, huge.height) = (u32::MAX, u32::MAX);
+        assert!(huge.pixels().is_err(), "refused before any allocation");
         let other = Display::new(Geometry {
             width: 128,
             height: 64,
