@@ -240,16 +240,28 @@ impl DirtyRings {
 
     /// Called by vCPU `index`'s thread on `KVM_EXIT_DIRTY_RING_FULL`: harvests its ring so
     /// it can run again.
+    ///
+    /// The pages are recorded only after `KVM_RESET_DIRTY_RINGS` has re-protected them: a
+    /// bit recorded first could be taken by a concurrent [`DirtyRings::take`] whose page is
+    /// then read while still writable, and a guest write between that read and this reset
+    /// would leave no entry behind (lost on a migration's target).
     pub fn on_ring_full(&self, index: u8) {
+        let mut harvested = Vec::new();
         if let Some(ring) = self.rings.get(usize::from(index)) {
-            ring.harvest(|slot, offset| self.record(slot, offset));
+            harvested.reserve(ring.entries as usize);
+            ring.harvest(|slot, offset| harvested.push((slot, offset)));
         }
         self.reset();
+        for (slot, offset) in harvested {
+            self.record(slot, offset);
+        }
         self.full_exits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Harvests every ring and returns the dirty pages since the last call, one bitmap per
-    /// slot (bit `n` of word `w`: page `64w + n`), clearing them.
+    /// slot (bit `n` of word `w`: page `64w + n`), clearing them. Every page returned has
+    /// been re-protected (its next write makes a new entry) before this returns, so reading
+    /// its contents afterwards misses no write. One caller at a time (the migration).
     pub fn take(&self) -> Vec<Vec<u64>> {
         for ring in &self.rings {
             ring.harvest(|slot, offset| self.record(slot, offset));
