@@ -240,7 +240,12 @@ fn killing_the_target_mid_pass_leaves_the_source_running_and_a_second_migration_
     // The target (its console in t2.serial) verifies two sweeps of the working set.
     let t2_serial = fx.path("t2.serial");
     wait_until("two sweeps on the target", Duration::from_secs(60), || {
-        read(&t2_serial).matches("churn i=").count() >= 2
+        let text = read(&t2_serial);
+        assert!(
+            !text.contains("MISMATCH") && !text.contains("FAIL"),
+            "{text}"
+        );
+        text.matches("churn i=").count() >= 2
     });
     let text = read(&t2_serial);
     assert!(
