@@ -208,7 +208,11 @@ mod tests {
             assert!(matches!(e, KvmError::NotPresent(_)), "{e:?}");
             assert!(e.to_string().starts_with("/dev/kvm does not exist"), "{e}");
         }
-        let e = open_error(kvm_ioctls::Error::new(libc::EMFILE), Path::new("/x/kvm"), false);
+        let e = open_error(
+            kvm_ioctls::Error::new(libc::EMFILE),
+            Path::new("/x/kvm"),
+            false,
+        );
         assert!(matches!(e, KvmError::Open { .. }), "{e:?}");
         assert!(e.to_string().starts_with("cannot open /x/kvm: "), "{e}");
     }
