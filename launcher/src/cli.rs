@@ -39,6 +39,17 @@ pub enum Command {
     /// Receive a VM by live migration (`vireo remote … send-migration URL` on the source)
     /// and run it until it stops.
     Receive(ReceiveArgs),
+    /// Prove this node can run VMs: open the KVM device, boot the built-in test guest and
+    /// print `kvm=1 run=ok cpu=… ms=…` (exit 0) or `kvm=0 run=fail reason=…` (exit 1).
+    Preflight(PreflightArgs),
+}
+
+/// Flags of `vireo preflight`.
+#[derive(Debug, Args)]
+pub struct PreflightArgs {
+    /// Give up (and fail) if the test guest has not exited after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub timeout: u64,
 }
 
 /// Flags of `vireo receive`.

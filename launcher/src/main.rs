@@ -7,18 +7,22 @@
 //! - `vireo restore --source DIR` restores a snapshot and runs it; `vireo run --api-socket
 //!   PATH` without `--kernel` waits for a `vm.restore` through the API;
 //! - `vireo receive --listen URL` receives a VM by live migration and runs it;
-//! - `vireo remote --api-socket PATH ACTION` talks to a running vireo's control API.
+//! - `vireo remote --api-socket PATH ACTION` talks to a running vireo's control API;
+//! - `vireo preflight` boots the built-in test guest to prove this node can run VMs.
 //!
 //! Logs go to stderr through `tracing` (filter with `VIREO_LOG`, default
 //! `info`); the guest's serial console owns stdout. The exit status says how
-//! the VM ended: see [`exit_code`].
+//! the VM ended: see [`exit_code`]. `vireo run`, `launch` and `preflight` also say it in one
+//! line in the container's termination-message file: see [`termination`].
 
 mod cli;
 mod exit_code;
 mod kube;
 mod logging;
+mod preflight;
 mod remote;
 mod run;
+mod termination;
 
 use std::process::ExitCode;
 
@@ -27,45 +31,77 @@ use vireo_spec::ExitStatus;
 
 use cli::{Cli, Command};
 
+/// How a command ended.
+enum Ending {
+    /// A VM (or the wait for one) ended with this status.
+    Status(ExitStatus),
+    /// A command with its own report line, which is also the termination message.
+    Reported(ExitStatus, String),
+    /// A command that delegates or talks to another process, with that process's code.
+    Code(ExitCode),
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return cli::report_usage_error(e),
     };
     logging::init();
+    // The commands a launcher container runs say how they ended in its termination message.
+    let tells_kubernetes = matches!(
+        cli.command,
+        Command::Run(_) | Command::Launch(_) | Command::Preflight(_)
+    );
     let result = match cli.command {
-        Command::Run(args) => args.into_plan().and_then(|(plan, timeout)| match plan {
-            cli::RunPlan::Boot(config) => run::run_vm(*config, timeout),
-            cli::RunPlan::AwaitRestore(socket) => run::await_restore(&socket, timeout),
-        }),
-        Command::Restore(args) => run::restore_vm(args),
-        Command::Receive(args) => run::receive_vm(args),
-        Command::Launch(args) => match run::migration_role() {
-            Err(e) => Err(e),
-            Ok(Some(run::MigrationRole::Target)) => {
-                logging::error_line(&format!(
-                    "vireo: error: {}",
-                    ExitStatus::MigrationTargetUnsupported.description()
-                ));
-                logging::error_line(
-                    "vireo: this launcher was started with VIREO_MIGRATION_ROLE=target; it does \
-                     not boot a second copy of the VM on the same disks",
-                );
-                return exit_code::code(ExitStatus::MigrationTargetUnsupported);
-            }
-            Ok(None) => {
-                run::load_spec(&args.spec).and_then(|c| run::run_vm(c, args.shutdown_timeout))
-            }
-        },
-        Command::Vm(args) => kube::delegate(&args.args),
-        Command::Remote(args) => remote::run(&args.api_socket, args.action),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            logging::error_line(&format!("vireo: error: {}", render_error(&e)));
-            exit_code::code(ExitStatus::VmmError)
+        Command::Run(args) => args
+            .into_plan()
+            .and_then(|(plan, timeout)| match plan {
+                cli::RunPlan::Boot(config) => run::run_vm(*config, timeout),
+                cli::RunPlan::AwaitRestore(socket) => run::await_restore(&socket, timeout),
+            })
+            .map(Ending::Status),
+        Command::Restore(args) => run::restore_vm(args).map(Ending::Status),
+        Command::Receive(args) => run::receive_vm(args).map(Ending::Status),
+        Command::Launch(args) => launch(&args).map(Ending::Status),
+        Command::Preflight(args) => {
+            let report = preflight::run(args.timeout);
+            Ok(Ending::Reported(report.status, report.line))
         }
+        Command::Vm(args) => kube::delegate(&args.args).map(Ending::Code),
+        Command::Remote(args) => remote::run(&args.api_socket, args.action).map(Ending::Code),
+    };
+    let (status, message) = match result {
+        Ok(Ending::Code(code)) => return code,
+        Ok(Ending::Status(status)) => (status, termination::for_status(status)),
+        Ok(Ending::Reported(status, line)) => (status, line),
+        Err(e) => {
+            let text = render_error(&e);
+            logging::error_line(&format!("vireo: error: {text}"));
+            (ExitStatus::VmmError, termination::for_error(&text))
+        }
+    };
+    if tells_kubernetes {
+        termination::write(&message);
+    }
+    exit_code::code(status)
+}
+
+/// `vireo launch`: runs the launch spec's VM, or refuses a live-migration target role.
+fn launch(args: &cli::LaunchArgs) -> anyhow::Result<ExitStatus> {
+    match run::migration_role() {
+        Err(e) => Err(e),
+        Ok(Some(run::MigrationRole::Target)) => {
+            logging::error_line(&format!(
+                "vireo: error: {}",
+                ExitStatus::MigrationTargetUnsupported.description()
+            ));
+            logging::error_line(
+                "vireo: this launcher was started with VIREO_MIGRATION_ROLE=target; it does \
+                     not boot a second copy of the VM on the same disks",
+            );
+            Ok(ExitStatus::MigrationTargetUnsupported)
+        }
+        Ok(None) => run::load_spec(&args.spec).and_then(|c| run::run_vm(c, args.shutdown_timeout)),
     }
 }
 

@@ -12,7 +12,6 @@
 //! before stopping the VM, and the callback sets the same `forced` flag as the signals).
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,8 +67,8 @@ pub fn migration_role() -> Result<Option<MigrationRole>> {
 /// (a `vm.shutdown` answers after the console flush, which may take up to 1 s).
 const API_GRACE: Duration = Duration::from_secs(3);
 
-/// Builds, starts and waits for the VM; returns the exit status.
-pub fn run_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitCode> {
+/// Builds, starts and waits for the VM; returns how it ended.
+pub fn run_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitStatus> {
     let api_socket = config.api_socket.clone();
     let vm = Arc::new(VmBuilder::new(config).build()?);
     run_built(vm, api_socket.as_deref(), shutdown_timeout)
@@ -94,7 +93,7 @@ fn host_options(host: &HostArgs, memory: MemoryRestore) -> RestoreOptions {
 }
 
 /// Restores the VM of `vireo restore`, starts it (paused with `--paused`) and waits for it.
-pub fn restore_vm(args: RestoreArgs) -> Result<ExitCode> {
+pub fn restore_vm(args: RestoreArgs) -> Result<ExitStatus> {
     let memory = if args.prefault {
         MemoryRestore::Eager
     } else {
@@ -113,7 +112,7 @@ pub fn restore_vm(args: RestoreArgs) -> Result<ExitCode> {
 /// `vireo receive`: listens, receives one VM by live migration (already started when it
 /// arrives), then supervises it like any other. SIGTERM, SIGINT or SIGHUP before the source
 /// connects end the wait (exit 0, socket removed).
-pub fn receive_vm(args: ReceiveArgs) -> Result<ExitCode> {
+pub fn receive_vm(args: ReceiveArgs) -> Result<ExitStatus> {
     let url: migration::MigrationUrl = args.listen.parse()?;
     // Handlers first: a signal sent once the listening socket exists is never fatal.
     let signals = install_signals()?;
@@ -153,7 +152,7 @@ pub fn receive_vm(args: ReceiveArgs) -> Result<ExitCode> {
         Ok(c) => c,
         Err(_) if signalled.load(Ordering::SeqCst) => {
             info!("stopped before any source connected");
-            return Ok(ExitCode::SUCCESS);
+            return Ok(ExitStatus::PowerOff);
         }
         Err(e) => return Err(e).context("cannot accept the migration"),
     };
@@ -175,7 +174,7 @@ pub fn receive_vm(args: ReceiveArgs) -> Result<ExitCode> {
 
 /// `vireo run --api-socket PATH` without a payload: serves the API, waits for `vm.restore`
 /// (which restores and starts the VM) and then runs the VM like any other.
-pub fn await_restore(socket: &Path, shutdown_timeout: u64) -> Result<ExitCode> {
+pub fn await_restore(socket: &Path, shutdown_timeout: u64) -> Result<ExitStatus> {
     let forced = Arc::new(AtomicBool::new(false));
     // Until a VM exists, SIGTERM, SIGINT and SIGHUP end the wait as vmm.shutdown does (and
     // the socket is removed); from then on `supervise` handles them for the VM. The handlers
@@ -202,7 +201,7 @@ pub fn await_restore(socket: &Path, shutdown_timeout: u64) -> Result<ExitCode> {
     let Some(vm) = vm else {
         info!("stopped before any VM was restored");
         server.close(API_GRACE);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(ExitStatus::PowerOff);
     };
     supervise(
         vm,
@@ -221,7 +220,7 @@ fn forced_hook(forced: &Arc<AtomicBool>) -> ApiHooks {
 }
 
 /// Serves the API for `vm` (if asked), starts it and waits for it.
-fn run_built(vm: Arc<Vm>, api_socket: Option<&Path>, shutdown_timeout: u64) -> Result<ExitCode> {
+fn run_built(vm: Arc<Vm>, api_socket: Option<&Path>, shutdown_timeout: u64) -> Result<ExitStatus> {
     let forced = Arc::new(AtomicBool::new(false));
     // Handlers first: a signal sent once the API socket exists is handled, never fatal.
     let signals = install_signals()?;
@@ -246,7 +245,7 @@ fn supervise(
     forced: Arc<AtomicBool>,
     shutdown_timeout: u64,
     signals: Signals,
-) -> Result<ExitCode> {
+) -> Result<ExitStatus> {
     let handle = signals.handle();
     let watcher = {
         let (vm, forced) = (vm.clone(), forced.clone());
@@ -267,7 +266,7 @@ fn supervise(
     if status != ExitStatus::PowerOff {
         warn!(%reason, code = status.code(), why = status.description(), "VM exited abnormally");
     }
-    Ok(exit_code::code(status))
+    Ok(status)
 }
 
 /// Stops the VM on SIGTERM (gracefully first), SIGINT and SIGHUP. Sets `forced` before every

@@ -119,6 +119,80 @@ fn no_access_to_dev_kvm() {
     assert_clean_error(&out, 1, "permission denied opening /dev/kvm");
 }
 
+/// A cgroup v1 `devices` child denying `c 10:232` (/dev/kvm), removed on drop.
+struct KvmDeniedCgroup(std::path::PathBuf);
+
+impl KvmDeniedCgroup {
+    /// The cgroup, or `None` when this host has no writable cgroup v1 devices controller
+    /// (cgroup v2 needs a BPF device program instead).
+    fn create() -> Option<Self> {
+        let root = std::path::Path::new("/sys/fs/cgroup/devices");
+        if !root.join("devices.deny").exists() {
+            return None;
+        }
+        let dir = root.join(format!("vireo-test-kvm-denied-{}", std::process::id()));
+        std::fs::create_dir(&dir).ok()?;
+        let cgroup = Self(dir);
+        std::fs::write(cgroup.0.join("devices.deny"), "c 10:232 rwm").ok()?;
+        Some(cgroup)
+    }
+}
+
+impl Drop for KvmDeniedCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn dev_kvm_refused_by_a_device_cgroup() {
+    // The error a container gets, even as root, when its device cgroup does not allow
+    // c 10:232 rwm: EPERM, not EACCES.
+    // No silent skip: the CI host (root, cgroup v1 with a devices controller) runs it.
+    let cgroup = KvmDeniedCgroup::create().expect(
+        "this test needs root and a writable cgroup v1 devices controller \
+         (/sys/fs/cgroup/devices), which the CI host has",
+    );
+    let fx = Fixture::create();
+    let procs = std::ffi::CString::new(
+        cgroup
+            .0
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .expect("path");
+    let mut cmd = vireo();
+    cmd.args(["run", "--kernel"]).arg(&fx.guest);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only makes async-signal-safe calls (open, write, close) on memory
+    // allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // In cgroup v1, writing 0 moves the writing process.
+            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        });
+    }
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert_clean_error(
+        &out,
+        1,
+        "/dev/kvm exists but this process may not open it (EPERM): a container's device \
+         cgroup must allow c 10:232 rwm",
+    );
+}
+
 #[test]
 fn launch_spec_with_unknown_field() {
     let fx = Fixture::create();
