@@ -38,9 +38,9 @@ pub struct RunArgs {
     /// Namespace for preflight Jobs.
     #[arg(long, default_value = "vireo-system")]
     pub system_namespace: String,
-    /// Image of preflight Jobs (needs sh and grep).
-    #[arg(long, default_value = "busybox:1.36")]
-    pub preflight_image: String,
+    /// Image of preflight Jobs, which run `vireo preflight` (default: the launcher image).
+    #[arg(long)]
+    pub preflight_image: Option<String>,
     /// Launcher image (contains the `vireo` binary).
     #[arg(long, default_value = "ghcr.io/vireo/launcher:latest")]
     pub launcher_image: String,
@@ -59,7 +59,10 @@ impl RunArgs {
             namespace: self.namespace.clone(),
             runtime_name: self.runtime_name.clone(),
             system_namespace: self.system_namespace.clone(),
-            preflight_image: self.preflight_image.clone(),
+            preflight_image: self
+                .preflight_image
+                .clone()
+                .unwrap_or_else(|| self.launcher_image.clone()),
             launcher: LauncherConfig {
                 image: self.launcher_image.clone(),
                 overhead_mib: self.vmm_overhead_mib,

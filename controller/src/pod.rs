@@ -8,6 +8,9 @@
 //!  ├─ volume run   (emptyDir)    → /var/run/vireo                  (api.sock, serial.sock)
 //!  ├─ volume disk-<v> per volume → /var/run/vireo/disks/<v>/disk.img
 //!  ├─ /dev/kvm, /dev/net/tun (hostPath char devices), capability NET_ADMIN
+//!  ├─ readiness probe: `vireo probe --api-socket /var/run/vireo/api.sock` every second
+//!  │                   (Ready only while the VMM reports the VM Running)
+//!  ├─ termination message: `vireo`'s one-line ending (FallbackToLogsOnError)
 //!  └─ resources: memory = guest + VMM overhead, cpu request = vCPUs
 //! ```
 //!
@@ -20,9 +23,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
-    EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, NodeAffinity, NodeSelector,
+    EmptyDirVolumeSource, EnvVar, ExecAction, HostPathVolumeSource, NodeAffinity, NodeSelector,
     NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
-    PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSpec, Probe,
     ResourceRequirements, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -30,7 +33,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::{Resource, ResourceExt};
 
 use crate::crd::vmi::VirtualMachineInstance;
-use crate::launch_spec::{DISKS_DIR, RUN_DIR, SPEC_PATH};
+use crate::launch_spec::{API_SOCKET, DISKS_DIR, RUN_DIR, SPEC_PATH};
 use vireo_spec::VmConfig;
 
 /// Label: name of the VMI a pod runs.
@@ -310,6 +313,8 @@ pub fn launcher_pod(
                     SPEC_PATH.into(),
                 ]),
                 env: Some(env),
+                readiness_probe: Some(readiness_probe()),
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
                 resources: Some(resources),
                 volume_mounts: Some(mounts),
                 security_context: Some(SecurityContext {
@@ -327,6 +332,26 @@ pub fn launcher_pod(
         }),
         status: None,
     })
+}
+
+/// The launcher's readiness probe: ready while the VMM reports the VM `Running` through its
+/// control API (not while it is being built, paused or stopping), checked every second.
+fn readiness_probe() -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                "vireo".into(),
+                "probe".into(),
+                "--api-socket".into(),
+                API_SOCKET.into(),
+            ]),
+        }),
+        period_seconds: Some(1),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(1),
+        success_threshold: Some(1),
+        ..Default::default()
+    }
 }
 
 fn bounded_volume_name(v: &str) -> String {

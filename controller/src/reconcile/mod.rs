@@ -48,7 +48,7 @@ pub struct ControllerConfig {
     pub runtime_name: String,
     /// Namespace of preflight Jobs.
     pub system_namespace: String,
-    /// Image of preflight Jobs (needs `sh` and `grep`).
+    /// Image of preflight Jobs: one with the `vireo` binary (the launcher image).
     pub preflight_image: String,
     /// Launcher pod settings.
     pub launcher: LauncherConfig,
@@ -60,7 +60,7 @@ impl Default for ControllerConfig {
             namespace: None,
             runtime_name: DEFAULT_NAME.to_owned(),
             system_namespace: "vireo-system".to_owned(),
-            preflight_image: "busybox:1.36".to_owned(),
+            preflight_image: LauncherConfig::default().image,
             launcher: LauncherConfig::default(),
         }
     }

@@ -1,10 +1,14 @@
 //! VMRuntime: preflight per node, readiness, and the enable/disable table.
 //!
-//! Enabled: one Job `vireo-preflight-<node>` per Node (pod pinned with `nodeName`, host `/dev`
-//! mounted read-only) checks `/dev/kvm` and the `vmx`/`svm` CPU flag and writes
-//! `kvm=<0|1> cpu=<flag|none>` as its termination message. The result lands in
-//! `status.preflight`; `status.ready` = some node passed, or `useEmulation`. Launcher pods are
-//! restricted to passing nodes unless `useEmulation`.
+//! Enabled: one Job `vireo-preflight-<node>` per Node (pod pinned with `nodeName`, unprivileged,
+//! the host's `/dev/kvm` mounted as launcher pods get it) runs `vireo preflight` from the
+//! launcher image: it proves KVM by using it — opens `/dev/kvm`, creates a VM and boots the
+//! built-in test guest — and writes `kvm=1 run=ok cpu=<vmx|svm|none> ms=<n>` or
+//! `kvm=0 run=fail reason=<why>` as its termination message. A node passes when the Job
+//! succeeded with `kvm=1 run=ok`; the CPU flag is informational (KVM backends such as PVM run
+//! VMs without `vmx`/`svm`). The result lands in `status.preflight`; `status.ready` = some node
+//! passed, or `useEmulation`. Launcher pods are restricted to passing nodes unless
+//! `useEmulation`.
 //!
 //! Disabled: see the table in `crd/vmruntime.rs` — with VMs present and no
 //! `vm.vireo.dev/force-disable: "true"`, disabling is refused (`DisableRefused=True`, still
@@ -41,11 +45,8 @@ pub const LABEL_PREFLIGHT_NODE: &str = "vireo.dev/preflight-node";
 /// Label on preflight Jobs: the VMRuntime they belong to.
 pub const LABEL_PREFLIGHT_RUNTIME: &str = "vireo.dev/preflight-runtime";
 
-/// The shell check a preflight pod runs.
-pub const PREFLIGHT_SCRIPT: &str = "kvm=0; [ -c /host-dev/kvm ] && kvm=1; \
-cpu=$(grep -o -w -m1 -E 'vmx|svm' /proc/cpuinfo | head -n1); \
-echo \"kvm=$kvm cpu=${cpu:-none}\" > /dev/termination-log; \
-[ \"$kvm\" = 1 ] && [ -n \"$cpu\" ]";
+/// The command a preflight pod runs (from the launcher image).
+pub const PREFLIGHT_COMMAND: [&str; 4] = ["vireo", "preflight", "--timeout", "20"];
 
 /// Builds the VMRuntime controller stream.
 pub fn controller(
@@ -73,18 +74,29 @@ pub fn controller(
     .boxed()
 }
 
-/// Parses a preflight termination message (`kvm=1 cpu=vmx`).
-pub fn parse_report(msg: &str) -> (bool, Option<String>) {
-    let mut kvm = false;
-    let mut cpu = None;
+/// What a preflight report (`vireo preflight`'s termination message) says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PreflightReport {
+    /// `/dev/kvm` opened and a VM created (`kvm=1`).
+    pub kvm: bool,
+    /// The test guest ran to its end (`run=ok`).
+    pub ran: bool,
+    /// The CPU's virtualization flag (`cpu=vmx|svm`; `none` or absent: `None`).
+    pub cpu: Option<String>,
+}
+
+/// Parses a preflight termination message (`kvm=1 run=ok cpu=none ms=26`).
+pub fn parse_report(msg: &str) -> PreflightReport {
+    let mut report = PreflightReport::default();
     for part in msg.split_whitespace() {
         match part.split_once('=') {
-            Some(("kvm", v)) => kvm = v == "1",
-            Some(("cpu", v)) if v != "none" && !v.is_empty() => cpu = Some(v.to_owned()),
+            Some(("kvm", v)) => report.kvm = v == "1",
+            Some(("run", v)) => report.ran = v == "ok",
+            Some(("cpu", v)) if v != "none" && !v.is_empty() => report.cpu = Some(v.to_owned()),
             _ => {}
         }
     }
-    (kvm, cpu)
+    report
 }
 
 fn job_name(rt: &str, node: &str) -> String {
@@ -119,20 +131,19 @@ fn preflight_job(ctx: &Context, rt: &str, node: &str) -> Job {
                     containers: vec![Container {
                         name: "preflight".into(),
                         image: Some(ctx.config.preflight_image.clone()),
-                        command: Some(vec!["sh".into(), "-c".into(), PREFLIGHT_SCRIPT.into()]),
+                        command: Some(PREFLIGHT_COMMAND.iter().map(|&a| a.into()).collect()),
                         volume_mounts: Some(vec![VolumeMount {
-                            name: "dev".into(),
-                            mount_path: "/host-dev".into(),
-                            read_only: Some(true),
+                            name: "kvm".into(),
+                            mount_path: "/dev/kvm".into(),
                             ..Default::default()
                         }]),
                         ..Default::default()
                     }],
                     volumes: Some(vec![Volume {
-                        name: "dev".into(),
+                        name: "kvm".into(),
                         host_path: Some(HostPathVolumeSource {
-                            path: "/dev".into(),
-                            type_: Some("Directory".into()),
+                            path: "/dev/kvm".into(),
+                            type_: Some("CharDevice".into()),
                         }),
                         ..Default::default()
                     }]),
@@ -297,17 +308,17 @@ fn result_of(node: &str, pod: Option<&Pod>) -> NodePreflight {
         .iter()
         .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
         .map(|m| m.trim().to_owned());
-    let (kvm, cpu) = msg.as_deref().map(parse_report).unwrap_or((false, None));
+    let report = msg.as_deref().map(parse_report).unwrap_or_default();
     let result = match status.phase.as_deref() {
-        Some("Succeeded") if kvm && cpu.is_some() => "Passed",
+        Some("Succeeded") if report.kvm && report.ran => "Passed",
         Some("Succeeded") | Some("Failed") => "Failed",
         _ => "Pending",
     };
     NodePreflight {
         node: node.to_owned(),
         result: result.to_owned(),
-        kvm,
-        cpu,
+        kvm: report.kvm,
+        cpu: report.cpu,
         message: msg,
     }
 }
@@ -366,12 +377,16 @@ fn ignore_404<T>(r: std::result::Result<T, kube::Error>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_report;
+    use super::{parse_report, PreflightReport};
 
     #[test]
     fn reports() {
-        assert_eq!(parse_report("kvm=1 cpu=vmx\n"), (true, Some("vmx".into())));
-        assert_eq!(parse_report("kvm=0 cpu=none"), (false, None));
-        assert_eq!(parse_report("garbage"), (false, None));
+        let ok = parse_report("kvm=1 run=ok cpu=none ms=26\n");
+        assert_eq!((ok.kvm, ok.ran, ok.cpu), (true, true, None));
+        let vmx = parse_report("kvm=1 run=ok cpu=vmx ms=9");
+        assert_eq!(vmx.cpu.as_deref(), Some("vmx"));
+        let fail = parse_report("kvm=0 run=fail reason=cannot open /dev/kvm: EPERM");
+        assert_eq!((fail.kvm, fail.ran), (false, false));
+        assert_eq!(parse_report("garbage"), PreflightReport::default());
     }
 }
