@@ -159,6 +159,18 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
 mod tests {
     use super::*;
 
+    /// `deploy/crds.yaml` is what `vireo-controller crd` prints (regenerate it with
+    /// `cargo run -p vireo-controller -- crd > deploy/crds.yaml`).
+    #[test]
+    fn the_deployable_crds_file_is_current() {
+        let file = include_str!("../../../deploy/crds.yaml");
+        let now = crds_yaml().expect("render");
+        assert!(
+            file == now,
+            "deploy/crds.yaml is stale: cargo run -p vireo-controller -- crd > deploy/crds.yaml"
+        );
+    }
+
     #[test]
     fn crds_render_with_group_and_short_names() {
         let yaml = crds_yaml().expect("render");
