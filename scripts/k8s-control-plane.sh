@@ -132,7 +132,7 @@ cmd_build() {
   have_node_binaries || build_kube cmd/kubelet cmd/kube-scheduler
   [[ -x "$BIN/kubectl" ]] || fetch_kubectl
   ln -sf /usr/bin/etcd "$BIN/etcd"
-  have_binaries && have_node_binaries || die "build finished but binaries are missing in $BIN"
+  { have_binaries && have_node_binaries; } || die "build finished but binaries are missing in $BIN"
   log "binaries ready in $BIN"
   echo "$BIN"
 }
