@@ -269,8 +269,7 @@ cmd_start() {
     || die "kubelet/kube-scheduler missing in $BIN; run: scripts/k8s-control-plane.sh build"
   ensure_apt
 
-  mkdir -p "$dir"
-  dir=$(cd "$dir" && pwd)
+  dir=$(realpath -m "$dir")
   DIR=$dir
   # unix socket paths are limited to 108 bytes
   ((${#dir} < 80)) || die "--dir path too long for containerd's socket: $dir"
@@ -280,6 +279,14 @@ cmd_start() {
     die "another test node holds $LOCK (run dir: $(cat "$LOCK" 2>/dev/null || echo unknown)); stop it first: scripts/k8s-node.sh stop --dir DIR"
   fi
   echo "$dir" >"$LOCK"
+  mkdir -p "$dir"
+  if [[ -d "$dir/host" ]]; then
+    # A run that was never stopped (its lock holder died with the host or was killed): undo it
+    # first, so its recorded host state (the real originals) is restored, not recorded again.
+    log "cleaning up an earlier run in $dir"
+    cmd_stop --dir "$dir" 9>&-
+    rm -rf "${dir:?}/host"
+  fi
   # The lock lives as long as this holder (it inherits fd 9); everything else is started after
   # fd 9 is closed so a leftover process cannot keep the lock.
   setsid sleep infinity </dev/null >/dev/null 2>&1 &
@@ -338,6 +345,7 @@ cmd_start() {
   local node
   node=$(hostname | tr '[:upper:]' '[:lower:]')
   echo "$node" >"$dir/node-name"
+  echo "$kubeconfig" >"$dir/kubeconfig-path"
   if ! wait_for 120 node_ready "$kubeconfig" "$node"; then
     tail -n 30 "$dir/kubelet.log" >&2
     die "node $node did not become Ready (log: $dir/kubelet.log)"
@@ -349,11 +357,12 @@ cmd_start() {
 
 # --- stop ---------------------------------------------------------------------------------------
 
-kill_pidfile() { # kill_pidfile FILE: TERM, wait up to 5 s, KILL
-  local pf=$1 pid
+kill_pidfile() { # kill_pidfile FILE COMM: TERM, wait up to 5 s, KILL (only if named COMM)
+  local pf=$1 comm=$2 pid
   [[ -f $pf ]] || return 0
   pid=$(cat "$pf")
-  if [[ $pid != "$$" ]] && kill -0 "$pid" 2>/dev/null; then
+  # The comm check keeps a recycled pid (stale run dir after a reboot) from being killed.
+  if [[ $pid != "$$" ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$comm" ]]; then
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
@@ -396,6 +405,8 @@ kill_pods() {
     [[ -f $cg/cgroup.procs ]] && mapfile -t -O "${#pids[@]}" pids <"$cg/cgroup.procs"
   done < <(kubepods_cgroups)
   ((${#pids[@]} + ${#shims[@]})) || return 0
+  # Each cgroup hierarchy lists the same processes.
+  mapfile -t pids < <(printf '%s\n' "${pids[@]}" | sort -un)
   log "killing ${#shims[@]} shims and ${#pids[@]} pod processes"
   kill -9 "${pids[@]}" "${shims[@]}" 2>/dev/null || true
   for _ in $(seq 50); do
@@ -466,11 +477,17 @@ cmd_stop() {
   # Only a directory `start` made (it records host state there).
   [[ -d "$dir/host" || -f "$dir/lock.pid" ]] || die "$dir is not a k8s-node.sh run dir"
 
-  kill_pidfile "$dir/watchdog.pid"
-  kill_pidfile "$dir/scheduler.pid"
-  kill_pidfile "$dir/kubelet.pid"
+  kill_pidfile "$dir/watchdog.pid" bash
+  # Deregister the node while its kubelet is still around (best effort: the control plane may be
+  # gone already), so a later node on the same control plane starts without stale pods.
+  if [[ -f $dir/kubeconfig-path && -f $dir/node-name ]]; then
+    "$BIN/kubectl" --kubeconfig "$(cat "$dir/kubeconfig-path")" --request-timeout 3s \
+      delete node "$(cat "$dir/node-name")" --wait=false >/dev/null 2>&1 || true
+  fi
+  kill_pidfile "$dir/scheduler.pid" kube-scheduler
+  kill_pidfile "$dir/kubelet.pid" kubelet
   kill_pods "$dir"
-  kill_pidfile "$dir/containerd.pid"
+  kill_pidfile "$dir/containerd.pid" containerd
   kill_pods "$dir" # shims that were starting while containerd stopped
 
   # Mounts: overlay rootfs, shm and netns (under containerd's state dir), pod volumes (kubelet).
@@ -490,7 +507,7 @@ cmd_stop() {
     done <"$dir/host/created-paths"
   fi
   # Last: releases the one-node-per-host lock.
-  kill_pidfile "$dir/lock.pid"
+  kill_pidfile "$dir/lock.pid" sleep
   log "stopped node in $dir"
   if ((remove)); then rm -rf "${dir:?}"; fi
 }
