@@ -112,7 +112,7 @@ write_image() {
 }
 
 pause_image() { # prints the path of the cached pause image tarball, building it once
-  local tar="$CACHE/pause.tar"
+  local tar="$CACHE/pause-${PAUSE_TAG##*:}.tar"
   [[ -s "$tar" ]] && { echo "$tar"; return; }
   local src
   src=$(find "$CACHE/src" -maxdepth 5 -path '*/build/pause/linux/pause.c' 2>/dev/null | head -n1)
@@ -295,6 +295,13 @@ cmd_start() {
   # From here on a failure undoes what was started (the logs stay in D).
   trap 'rc=$?; if ((rc)); then log "start failed; stopping"; cmd_stop --dir "$DIR" || true; fi' EXIT
 
+  local port
+  for port in 10250 10248; do
+    # bash's /dev/tcp: a connection means another kubelet (or something else) has the port.
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      die "port $port is in use (another kubelet?)"
+    fi
+  done
   mkdir -p "$dir/host"
   record_host_state "$dir"
   local ca="$dir/ca.crt"
@@ -346,10 +353,20 @@ cmd_start() {
   node=$(hostname | tr '[:upper:]' '[:lower:]')
   echo "$node" >"$dir/node-name"
   echo "$kubeconfig" >"$dir/kubeconfig-path"
-  if ! wait_for 120 node_ready "$kubeconfig" "$node"; then
-    tail -n 30 "$dir/kubelet.log" >&2
-    die "node $node did not become Ready (log: $dir/kubelet.log)"
-  fi
+  local deadline=$((SECONDS + 120)) name
+  until node_ready "$kubeconfig" "$node"; do
+    for name in containerd kubelet scheduler; do
+      if ! kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null; then
+        tail -n 30 "$dir/$name.log" >&2
+        die "$name exited (log: $dir/$name.log)"
+      fi
+    done
+    if ((SECONDS >= deadline)); then
+      tail -n 30 "$dir/kubelet.log" >&2
+      die "node $node did not become Ready within 120 s (log: $dir/kubelet.log)"
+    fi
+    sleep 0.2
+  done
   log "node $node Ready after $((SECONDS - t0)) s (run dir $dir)"
   trap - EXIT
   echo "$node"
