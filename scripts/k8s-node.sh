@@ -168,7 +168,6 @@ state = "$dir/containerd/state"
   sandbox_image = "$PAUSE_TAG"
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
-  enable_cdi = false
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -356,7 +355,7 @@ cmd_start() {
   local deadline=$((SECONDS + 120)) name
   until node_ready "$kubeconfig" "$node"; do
     for name in containerd kubelet scheduler; do
-      if ! kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null; then
+      if ! alive "$(cat "$dir/$name.pid")"; then
         tail -n 30 "$dir/$name.log" >&2
         die "$name exited (log: $dir/$name.log)"
       fi
@@ -374,6 +373,14 @@ cmd_start() {
 
 # --- stop ---------------------------------------------------------------------------------------
 
+alive() { # alive PID: exists and is not a zombie (our daemons are reaped by init, maybe late)
+  local stat
+  [[ $1 =~ ^[0-9]+$ ]] || return 1
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat%% *} != Z ]]
+}
+
 kill_pidfile() { # kill_pidfile FILE COMM: TERM, wait up to 5 s, KILL (only if named COMM)
   local pf=$1 comm=$2 pid
   [[ -f $pf ]] || return 0
@@ -381,8 +388,9 @@ kill_pidfile() { # kill_pidfile FILE COMM: TERM, wait up to 5 s, KILL (only if n
   # The comm check keeps a recycled pid (stale run dir after a reboot) from being killed.
   if [[ $pid != "$$" ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$comm" ]]; then
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
+    alive "$pid" && kill -9 "$pid" 2>/dev/null
+    for _ in $(seq 20); do alive "$pid" || break; sleep 0.1; done
   fi
   rm -f "$pf"
 }
@@ -423,12 +431,12 @@ kill_pods() {
   done < <(kubepods_cgroups)
   ((${#pids[@]} + ${#shims[@]})) || return 0
   # Each cgroup hierarchy lists the same processes.
-  mapfile -t pids < <(printf '%s\n' "${pids[@]}" | sort -un)
+  mapfile -t pids < <(printf '%s\n' "${pids[@]}" | grep -E '^[0-9]+$' | sort -un || true)
   log "killing ${#shims[@]} shims and ${#pids[@]} pod processes"
   kill -9 "${pids[@]}" "${shims[@]}" 2>/dev/null || true
   for _ in $(seq 50); do
     local alive=0 p
-    for p in "${pids[@]}" "${shims[@]}"; do kill -0 "$p" 2>/dev/null && alive=1 && break; done
+    for p in "${pids[@]}" "${shims[@]}"; do alive "$p" && alive=1 && break; done
     ((alive)) || break
     sleep 0.1
   done
