@@ -203,6 +203,8 @@ imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "50Mi", nodefs.available: "1%", imagefs.available: "1%",
   nodefs.inodesFree: "1%"}
 nodeStatusReportFrequency: 10s
+# Status is computed this often (posted on change): Ready shows up sooner after start.
+nodeStatusUpdateFrequency: 2s
 EOF
 }
 
@@ -236,7 +238,11 @@ record_host_state() {
   for p in "${HOST_PATHS[@]}"; do
     [[ -e $p ]] || echo "$p" >>"$dir/host/created-paths"
   done
-  ip link show "$CNI_BRIDGE" >/dev/null 2>&1 && die "interface $CNI_BRIDGE exists already"
+  if ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then
+    # Only this script makes it: a leftover of a node that was never stopped.
+    log "removing leftover bridge $CNI_BRIDGE"
+    ip link del "$CNI_BRIDGE"
+  fi
   local ipt
   for ipt in iptables ip6tables; do
     command -v "$ipt" >/dev/null || continue
