@@ -14,6 +14,7 @@
 #
 # Layout of the cache (outside git; default ~/.cache/vireo/k8s):
 #   bin/{kube-apiserver,kube-controller-manager,etcd,kubectl}   the binaries tests use
+#   bin/{kubelet,kube-scheduler}                                 for scripts/k8s-node.sh
 #   src/                                                         Debian source tree (build only)
 #   deb/                                                         extracted kubernetes-client .deb
 #
@@ -25,6 +26,10 @@
 # * kubectl comes from Debian's `kubernetes-client` .deb, extracted into the cache rather than
 #   installed (another `kubectl` package may own /usr/bin/kubectl on the host).
 # * etcd is Debian's `etcd-server` package (/usr/bin/etcd), symlinked into bin/.
+# * The apiserver presents the admin client certificate to kubelets (`kubectl logs/exec` on a
+#   scripts/k8s-node.sh node): that kubelet trusts this CA and refuses anonymous requests.
+# * kubelet and kube-scheduler (for scripts/k8s-node.sh, a real test node) come from the same
+#   tree and Go cache, built in a second `make` so an existing control-plane build is reused.
 set -euo pipefail
 
 CACHE="${VIREO_CACHE:-$HOME/.cache/vireo}/k8s"
@@ -39,6 +44,10 @@ die() { log "error: $*"; exit 1; }
 have_binaries() {
   [[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" && -x "$BIN/etcd" \
     && -x "$BIN/kubectl" ]]
+}
+
+have_node_binaries() {
+  [[ -x "$BIN/kubelet" && -x "$BIN/kube-scheduler" ]]
 }
 
 as_root() {
@@ -72,7 +81,7 @@ EOF
   fi
 }
 
-build_kube() {
+build_kube() { # build_kube TARGET...  (cmd/NAME; installs NAME into $BIN)
   mkdir -p "$CACHE/src" "$BIN"
   local tree
   tree=$(find "$CACHE/src" -maxdepth 1 -type d -name 'kubernetes-*' | head -n1)
@@ -93,13 +102,13 @@ build_kube() {
     (cd "$gocode/$pair" && find . -maxdepth 1 -type f \( -name '*.go' -o -name 'LICENSE*' \
       -o -name '*.s' \) ! -name '*_test.go' -exec cp {} "$tree/vendor/github.com/$pair/" \;)
   done
-  log "building kube-apiserver and kube-controller-manager (several minutes)"
+  log "building $* (several minutes on a cold Go cache)"
   (cd "$tree" && GOFLAGS=-mod=vendor GOPROXY=off CGO_ENABLED=0 \
     KUBE_GIT_VERSION=v1.20.2 KUBE_GIT_TREE_STATE=clean KUBE_GIT_COMMIT=debian \
-    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >&2)
-  local out="$tree/_output/local/bin/linux/amd64"
-  [[ -x "$out/kube-apiserver" ]] || out="$tree/_output/bin"
-  install -m 0755 "$out/kube-apiserver" "$out/kube-controller-manager" "$BIN/"
+    make WHAT="$*" >&2)
+  local out="$tree/_output/local/bin/linux/amd64" t
+  [[ -x "$out/${1##*/}" ]] || out="$tree/_output/bin"
+  for t in "$@"; do install -m 0755 "$out/${t##*/}" "$BIN/"; done
 }
 
 fetch_kubectl() {
@@ -111,16 +120,19 @@ fetch_kubectl() {
 }
 
 cmd_build() {
-  if have_binaries; then
+  if have_binaries && have_node_binaries; then
     log "reusing cached binaries in $BIN"
     echo "$BIN"
     return
   fi
   ensure_apt
-  [[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" ]] || build_kube
+  [[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" ]] \
+    || build_kube cmd/kube-apiserver cmd/kube-controller-manager
+  # A separate make: a cache built before the node existed only needs these two (~100 s).
+  have_node_binaries || build_kube cmd/kubelet cmd/kube-scheduler
   [[ -x "$BIN/kubectl" ]] || fetch_kubectl
   ln -sf /usr/bin/etcd "$BIN/etcd"
-  have_binaries || die "build finished but binaries are missing in $BIN"
+  { have_binaries && have_node_binaries; } || die "build finished but binaries are missing in $BIN"
   log "binaries ready in $BIN"
   echo "$BIN"
 }
@@ -228,6 +240,7 @@ EOF
     --service-account-signing-key-file "$pki/sa.key" \
     --service-account-issuer https://kubernetes.default.svc \
     --authorization-mode AlwaysAllow \
+    --kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key" \
     --service-cluster-ip-range 10.96.0.0/16 \
     --disable-admission-plugins ServiceAccount \
     --allow-privileged=true \
