@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Builds the launcher container image as a `docker save` tarball, without docker or a registry:
 #
-#   scripts/launcher-image.sh OUT.tar [--vireo PATH] [--tag TAG]
-#       PATH defaults to target/release/vireo, TAG to vireo/launcher:dev
+#   scripts/launcher-image.sh OUT.tar [--vireo PATH] [--tag TAG] [--bin PATH]... [--add SRC:DST]...
+#       PATH defaults to target/release/vireo, TAG to vireo/launcher:dev;
+#       --bin adds another binary to /usr/bin with its libraries (the controller image:
+#       --bin target/release/vireo-controller --tag vireo/controller:dev);
+#       --add copies a file into the image (the test node's image carries the test guest:
+#       --add testguest:/usr/share/vireo/testguest)
 #
 # Import it with `ctr -n k8s.io images import OUT.tar` (scripts/k8s-node.sh start --images does).
 #
@@ -68,10 +72,13 @@ write_image() {
 
 main() {
   local out="" vireo="" tag="vireo/launcher:dev"
+  local bins=() adds=()
   while (($#)); do
     case $1 in
       --vireo) vireo=$2; shift 2 ;;
       --tag) tag=$2; shift 2 ;;
+      --bin) bins+=("$2"); shift 2 ;;
+      --add) [[ $2 == *:/* ]] || die "--add wants SRC:/ABSOLUTE/DST, got $2"; adds+=("$2"); shift 2 ;;
       -h | --help)
         echo "usage: $0 OUT.tar [--vireo PATH] [--tag TAG]" >&2; exit 0 ;;
       -*) die "unknown flag $1" ;;
@@ -98,6 +105,11 @@ main() {
   chmod 1777 "$root/tmp" "$root/var/tmp"
   chmod 0700 "$root/root"
   install -m 0755 "$vireo" "$root/usr/bin/vireo"
+  local bin
+  for bin in ${bins[@]+"${bins[@]}"}; do
+    [[ -x "$bin" ]] || die "--bin $bin is not an executable"
+    install -m 0755 "$bin" "$root/usr/bin/$(basename "$bin")"
+  done
   # `ldd` lines: "libx.so => /path/libx.so (0x..)" or "/lib64/ld-linux-x86-64.so.2 (0x..)";
   # vdso entries have no path. Copied dereferenced to the path the binary asks for.
   local lib
@@ -106,7 +118,14 @@ main() {
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
     chmod 0755 "$root$lib"
-  done < <(ldd "$vireo" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u)
+  done < <(for bin in "$vireo" ${bins[@]+"${bins[@]}"}; do ldd "$bin"; done \
+    | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u)
+  local add
+  for add in ${adds[@]+"${adds[@]}"}; do
+    [[ -f "${add%%:/*}" ]] || die "--add ${add%%:/*}: no such file"
+    mkdir -p "$root$(dirname "/${add#*:/}")"
+    install -m 0755 "${add%%:/*}" "$root/${add#*:/}"
+  done
   install -m 0755 "$busybox" "$root/bin/busybox"
   local applet
   for applet in sh cp cat ls mkdir mv rm ln echo sleep env test true false chmod id; do
