@@ -169,6 +169,65 @@ async fn pod_failure_under_always_recreates_with_backoff() {
     assert_ne!(uid3, uid1);
 }
 
+/// Waits for the launcher pod of the VMI with `uid` (the previous one may still be going).
+async fn wait_pod_of(e: &Env, vmi: &str, uid: &str) {
+    let pods = e.pods();
+    common::wait(&format!("pod of vmi {uid}"), || async {
+        pods.get_opt(&launcher_pod_name(vmi))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| {
+                common::labels(&p)
+                    .get("vireo.dev/vmi-uid")
+                    .map(String::as_str)
+                    == Some(uid)
+            })
+    })
+    .await;
+}
+
+/// A guest that powers off right away under Always (launcher exit status 0, pod Succeeded) is
+/// recreated, but the loop backs off like a crash loop: the second quick end in a row shows
+/// CrashLoopBackOff with a retry in the future, even though that VMI was Running and Ready.
+#[tokio::test]
+async fn quick_poweroffs_under_always_back_off() {
+    let e = env("off-always").await;
+    e.ready_runtime().await;
+    e.create_vm("p", vm_spec(Some(RunStrategy::Always))).await;
+    let uid1 = e.wait_vmi("p", None).await;
+    e.run_vmi("p", "node-a").await;
+    e.wait_printable("p", "Running").await;
+    end_launcher(&e, &launcher_pod_name("p"), "Succeeded", 0, "").await;
+    // First end: recreated at once.
+    let uid2 = e.wait_vmi("p", Some(&uid1)).await;
+    wait_pod_of(&e, "p", &uid2).await;
+    // The new VMI blips Running and Ready, then powers off again.
+    e.run_vmi("p", "node-a").await;
+    wait_vmi_phase(&e, "p", VmiPhase::Running).await;
+    end_launcher(&e, &launcher_pod_name("p"), "Succeeded", 0, "").await;
+    common::wait("CrashLoopBackOff with retryAfter ahead", || async {
+        let Some(s) = e.vm("p").await.status else {
+            return false;
+        };
+        let Some(f) = s.start_failure else {
+            return false;
+        };
+        let ahead = f
+            .retry_after
+            .as_deref()
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .is_some_and(|t| t > k8s_openapi::jiff::Timestamp::now());
+        format!("{:?}", s.printable_status) == "Some(CrashLoopBackOff)"
+            && f.consecutive_fail_count >= 2
+            && ahead
+    })
+    .await;
+    // After the back-off, a third VMI.
+    let uid3 = e.wait_vmi("p", Some(&uid2)).await;
+    assert_ne!(uid3, uid1);
+}
+
 #[tokio::test]
 async fn rerun_on_failure_recreates_only_after_failure() {
     let e = env("rerun").await;
