@@ -335,6 +335,69 @@ async fn halted_has_no_vmi_and_start_means_always() {
     assert_eq!((vm.spec.running, vm.spec.run_strategy), (Some(true), None));
 }
 
+/// `kernelBoot.container` survives the apiserver's schema (no pruning) and yields a launcher pod
+/// whose init container copies the kernel where the launch spec reads it.
+#[tokio::test]
+async fn kernel_from_a_container_image() {
+    let e = env("kernel-image").await;
+    e.ready_runtime().await;
+    let mut spec = vm_spec(Some(RunStrategy::Always));
+    spec["template"]["spec"]["domain"]["firmware"]["kernelBoot"] = json!({
+        "cmdline": "console=ttyS0",
+        "container": {
+            "image": "example/kernel:6.6",
+            "kernelPath": "/boot/vmlinuz",
+            "initrdPath": "/boot/initrd.img",
+            "imagePullPolicy": "IfNotPresent",
+        },
+    });
+    e.create_vm("k", spec).await;
+    e.wait_vmi("k", None).await;
+    let pod = e.wait_pod("k").await;
+    let ps = pod.spec.clone().expect("pod spec");
+    let init = ps
+        .init_containers
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.name == "kernel-boot")
+        .expect("kernel-boot init container");
+    assert_eq!(init.image.as_deref(), Some("example/kernel:6.6"));
+    assert_eq!(init.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    assert_eq!(
+        init.command.unwrap_or_default(),
+        [
+            "cp",
+            "/boot/vmlinuz",
+            "/boot/initrd.img",
+            "/var/run/vireo/kernel-boot/"
+        ]
+    );
+    assert!(ps
+        .volumes
+        .unwrap_or_default()
+        .iter()
+        .any(|v| v.name == "kernel-boot" && v.empty_dir.is_some()));
+    let launch = pod
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .remove("vireo.dev/launch-spec")
+        .expect("launch spec");
+    let launch: serde_json::Value = serde_json::from_str(&launch).expect("json");
+    assert_eq!(
+        launch["payload"]["kernel"],
+        json!("/var/run/vireo/kernel-boot/vmlinuz")
+    );
+    assert_eq!(
+        launch["payload"]["initramfs"],
+        json!("/var/run/vireo/kernel-boot/initrd.img")
+    );
+    common::wait("vm Valid", || async {
+        Env::condition(&e.vm("k").await, "Valid").is_some_and(|c| c.is_true())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn deleting_vm_garbage_collects_vmi_and_pod() {
     let e = env("gc").await;
@@ -383,8 +446,24 @@ async fn invalid_specs_are_rejected_by_field_and_others_still_run() {
         json!([{ "name": "root" }, { "name": "root" }]);
     let mut nokernel = vm_spec(Some(RunStrategy::Always));
     nokernel["template"]["spec"]["domain"]["firmware"] = json!({});
+    let mut kernel2 = vm_spec(Some(RunStrategy::Always));
+    kernel2["template"]["spec"]["domain"]["firmware"]["kernelBoot"]["container"] =
+        json!({ "image": "example/kernel", "kernelPath": "/boot/vmlinuz" });
+    let mut kernel0 = vm_spec(Some(RunStrategy::Always));
+    kernel0["template"]["spec"]["domain"]["firmware"]["kernelBoot"] =
+        json!({ "container": { "image": "example/kernel", "initrdPath": "/boot/initrd" } });
     let cases = [
         ("both", both, "spec.running"),
+        (
+            "kernel2",
+            kernel2,
+            "spec.template.spec.domain.firmware.kernelBoot.container.kernelPath",
+        ),
+        (
+            "kernel0",
+            kernel0,
+            "spec.template.spec.domain.firmware.kernelBoot.kernel",
+        ),
         ("mem0", mem0, "spec.template.spec.domain.memory.guest"),
         (
             "fmt",
