@@ -190,9 +190,13 @@ async fn wait_pod_of(e: &Env, vmi: &str, uid: &str) {
 /// A guest that powers off right away under Always (launcher exit status 0, pod Succeeded) is
 /// recreated, but the loop backs off like a crash loop: the second quick end in a row shows
 /// CrashLoopBackOff with a retry in the future, even though that VMI was Running and Ready.
+/// Only a VMI that stays Ready for the stable period (60 s) clears the count, and its end is not
+/// counted.
 #[tokio::test]
 async fn quick_poweroffs_under_always_back_off() {
     let e = env("off-always").await;
+    // A real Node, so the pod garbage collector leaves the bound pods alone for the long run.
+    nodes(&e.client, &["node-a"]).await;
     e.ready_runtime().await;
     e.create_vm("p", vm_spec(Some(RunStrategy::Always))).await;
     let uid1 = e.wait_vmi("p", None).await;
@@ -226,6 +230,45 @@ async fn quick_poweroffs_under_always_back_off() {
     // After the back-off, a third VMI.
     let uid3 = e.wait_vmi("p", Some(&uid2)).await;
     assert_ne!(uid3, uid1);
+
+    // It becomes Ready: the count stays until it has been Ready for the stable period, then
+    // clears without any other event (the VM was requeued for that moment).
+    wait_pod_of(&e, "p", &uid3).await;
+    e.run_vmi("p", "node-a").await;
+    e.wait_printable("p", "Running").await;
+    let failure =
+        |vm: vireo_controller::crd::VirtualMachine| vm.status.and_then(|s| s.start_failure);
+    assert!(
+        failure(e.vm("p").await).is_some(),
+        "Running alone must not reset"
+    );
+    let stable =
+        Duration::from_secs(vireo_controller::reconcile::vm::STABLE_RUN_SECS.unsigned_abs());
+    let ready_at = std::time::Instant::now();
+    loop {
+        let vm = e.vm("p").await;
+        let since = ready_at.elapsed();
+        match vm.status {
+            Some(s) if s.start_failure.is_none() => {
+                assert!(
+                    since + Duration::from_secs(5) >= stable,
+                    "reset after {since:?}"
+                );
+                assert_eq!(s.stable_vmi_uid.as_deref(), Some(uid3.as_str()));
+                break;
+            }
+            st => assert!(
+                since < stable + Duration::from_secs(20),
+                "no reset after {since:?}: vm {st:?} vmi {:?}",
+                e.vmis().get("p").await.ok().and_then(|v| v.status)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The end of a VMI that ran stably is no failure: recreated at once, nothing counted.
+    end_launcher(&e, &launcher_pod_name("p"), "Succeeded", 0, "").await;
+    e.wait_vmi("p", Some(&uid3)).await;
+    assert!(failure(e.vm("p").await).is_none());
 }
 
 #[tokio::test]
