@@ -4,14 +4,15 @@
 //!
 //! Disk paths follow the pod layout of `pod.rs`: every volume is mounted at
 //! `/var/run/vireo/disks/<volume>/`, with the image at `disk.img` inside it (hostDisk volumes
-//! point at their node path directly).
+//! point at their node path directly). A kernel from `kernelBoot.container` is copied by an init
+//! container to `/var/run/vireo/kernel-boot/<file name>`, and the launch spec points there.
 
 use vireo_spec::{
     ConfigError, DiskConfig, DiskFormat, Field, MacAddr, NetConfig, PayloadConfig, SerialConfig,
     VmConfig, MAX_VCPUS, SPEC_VERSION,
 };
 
-use crate::crd::vmi::{VirtualMachineInstanceSpec, Volume};
+use crate::crd::vmi::{KernelBoot, VirtualMachineInstanceSpec, Volume};
 use crate::validation::{parse_quantity, ValidationError};
 
 /// Directory inside the pod holding sockets, disks and the spec.
@@ -24,6 +25,65 @@ pub const SERIAL_SOCKET: &str = "/var/run/vireo/serial.sock";
 pub const API_SOCKET: &str = "/var/run/vireo/api.sock";
 /// Mount root of disk volumes inside the pod.
 pub const DISKS_DIR: &str = "/var/run/vireo/disks";
+
+/// Where the kernel-boot init container copies the kernel and initramfs of
+/// `kernelBoot.container` (an emptyDir shared with the launcher).
+pub const KERNEL_BOOT_DIR: &str = "/var/run/vireo/kernel-boot";
+
+/// The file name `path` ends in, or `None` when it names no file (empty, `/`, a trailing `/`,
+/// `.` or `..`).
+pub fn file_name(path: &str) -> Option<&str> {
+    let name = path.rsplit('/').next()?;
+    (!name.is_empty() && name != "." && name != "..").then_some(name)
+}
+
+/// Paths inside the launcher pod of the kernel and initramfs of `kb` (under `field`, the JSON path
+/// of `kernelBoot`): `kernel`/`initrd` as given, or the copies of the `container` files in
+/// [`KERNEL_BOOT_DIR`]. Fails when the kernel is given neither or both ways, or names no file.
+pub fn kernel_boot_paths(
+    kb: &KernelBoot,
+    field: &str,
+) -> Result<(String, Option<String>), ValidationError> {
+    let copied = |p: &str, what: &str| {
+        file_name(p)
+            .map(|n| format!("{KERNEL_BOOT_DIR}/{n}"))
+            .ok_or_else(|| {
+                ValidationError::new(
+                    format!("{field}.container.{what}"),
+                    format!("{p:?} names no file in the image"),
+                )
+            })
+    };
+    let image = kb.container.as_ref();
+    let kernel = match (&kb.kernel, image.and_then(|c| c.kernel_path.as_deref())) {
+        (Some(k), None) => k.clone(),
+        (None, Some(p)) => copied(p, "kernelPath")?,
+        (None, None) => {
+            return Err(ValidationError::new(
+                format!("{field}.kernel"),
+                "required: exactly one of kernel (a path in the launcher pod) or \
+                 container.kernelPath (a path in container.image)",
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(ValidationError::new(
+                format!("{field}.container.kernelPath"),
+                "kernel and container.kernelPath are mutually exclusive; set only one",
+            ))
+        }
+    };
+    let initrd = match (&kb.initrd, image.and_then(|c| c.initrd_path.as_deref())) {
+        (i, None) => i.clone(),
+        (None, Some(p)) => Some(copied(p, "initrdPath")?),
+        (Some(_), Some(_)) => {
+            return Err(ValidationError::new(
+                format!("{field}.container.initrdPath"),
+                "initrd and container.initrdPath are mutually exclusive; set only one",
+            ))
+        }
+    };
+    Ok((kernel, initrd))
+}
 
 /// Path of the image of `volume` inside the pod.
 pub fn disk_path(volume: &Volume) -> String {
@@ -77,6 +137,7 @@ pub fn render(
         };
         ValidationError::new(vmi_field(e.field(), prefix), e.to_string())
     })?;
+    let kb_field = at("domain.firmware.kernelBoot");
     let kb = spec
         .domain
         .firmware
@@ -84,10 +145,11 @@ pub fn render(
         .and_then(|f| f.kernel_boot.as_ref())
         .ok_or_else(|| {
             ValidationError::new(
-                at("domain.firmware.kernelBoot"),
+                &kb_field,
                 "required: disk boot without a kernel is not supported yet",
             )
         })?;
+    let (kernel, initramfs) = kernel_boot_paths(kb, &kb_field)?;
     let mut disks = Vec::with_capacity(spec.domain.devices.disks.len());
     for (i, d) in spec.domain.devices.disks.iter().enumerate() {
         let volume = spec
@@ -141,8 +203,8 @@ pub fn render(
         vcpus,
         memory_mib,
         payload: PayloadConfig {
-            kernel: kb.kernel.clone().into(),
-            initramfs: kb.initrd.clone().map(Into::into),
+            kernel: kernel.into(),
+            initramfs: initramfs.map(Into::into),
             cmdline: kb.cmdline.clone().unwrap_or_default(),
         },
         serial,
@@ -153,9 +215,14 @@ pub fn render(
         dirty_log: Default::default(),
         vnc: None,
     };
-    config
-        .validate()
-        .map_err(|e| ValidationError::new(vmi_field(e.field(), prefix), e.to_string()))?;
+    config.validate().map_err(|e| {
+        let field = match e.field() {
+            // The kernel path the launcher sees came from the image.
+            Field::Kernel if kb.kernel.is_none() => format!("{kb_field}.container.kernelPath"),
+            f => vmi_field(f, prefix),
+        };
+        ValidationError::new(field, e.to_string())
+    })?;
     Ok(config)
 }
 
@@ -173,9 +240,10 @@ mod tests {
                 },
                 firmware: Some(Firmware {
                     kernel_boot: Some(KernelBoot {
-                        kernel: "/path/vmlinuz".into(),
+                        kernel: Some("/path/vmlinuz".into()),
                         initrd: Some("/path/initrd.img".into()),
                         cmdline: Some("console=ttyS0".into()),
+                        container: None,
                     }),
                 }),
                 devices: Devices {
@@ -240,6 +308,61 @@ mod tests {
         let spec = render(&s, DiskFormat::Qcow2, "spec").expect("render");
         assert_eq!(spec.disks[0].format, Some(DiskFormat::Qcow2));
         assert_eq!(spec.disks[0].path, std::path::Path::new("/images/a.img"));
+    }
+
+    #[test]
+    fn kernel_from_a_container_image_is_read_from_the_copy() {
+        let mut s = sample();
+        s.domain.firmware = Some(Firmware {
+            kernel_boot: Some(KernelBoot {
+                cmdline: Some("console=ttyS0".into()),
+                container: Some(KernelBootContainer {
+                    image: "example/kernel:6.6".into(),
+                    kernel_path: Some("/boot/vmlinuz-6.6".into()),
+                    initrd_path: Some("/boot/initrd.img".into()),
+                    image_pull_policy: None,
+                }),
+                ..Default::default()
+            }),
+        });
+        let spec = render(&s, DiskFormat::Raw, "spec").expect("render");
+        assert_eq!(
+            spec.payload.kernel,
+            std::path::Path::new("/var/run/vireo/kernel-boot/vmlinuz-6.6")
+        );
+        assert_eq!(
+            spec.payload.initramfs.as_deref(),
+            Some(std::path::Path::new(
+                "/var/run/vireo/kernel-boot/initrd.img"
+            ))
+        );
+        assert_eq!(spec.payload.cmdline, "console=ttyS0");
+        // A pod-path initrd may go with an image kernel.
+        if let Some(kb) = s
+            .domain
+            .firmware
+            .as_mut()
+            .and_then(|f| f.kernel_boot.as_mut())
+        {
+            kb.initrd = Some("/pod/initrd".into());
+            if let Some(c) = kb.container.as_mut() {
+                c.initrd_path = None;
+            }
+        }
+        let spec = render(&s, DiskFormat::Raw, "spec").expect("render");
+        assert_eq!(
+            spec.payload.initramfs.as_deref(),
+            Some(std::path::Path::new("/pod/initrd"))
+        );
+    }
+
+    #[test]
+    fn file_names() {
+        assert_eq!(file_name("/boot/vmlinuz"), Some("vmlinuz"));
+        assert_eq!(file_name("vmlinuz"), Some("vmlinuz"));
+        for p in ["", "/", "/boot/", "/boot/..", "/."] {
+            assert_eq!(file_name(p), None, "{p:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //!  │                              → /var/run/vireo/spec/paused     (annotation vireo.dev/paused)
 //!  ├─ volume run   (emptyDir)    → /var/run/vireo                  (api.sock, serial.sock)
 //!  ├─ volume disk-<v> per volume → /var/run/vireo/disks/<v>/disk.img
+//!  ├─ volume kernel-boot (emptyDir, with kernelBoot.container) → /var/run/vireo/kernel-boot/
+//!  │     filled by init container kernel-boot: `cp <kernelPath> [<initrdPath>] <dir>/`
 //!  ├─ /dev/kvm, /dev/net/tun (hostPath char devices), capability NET_ADMIN
 //!  ├─ readiness probe: `vireo probe --api-socket /var/run/vireo/api.sock` every second
 //!  │                   (Ready only while the VMM reports the VM Running)
@@ -33,7 +35,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::{Resource, ResourceExt};
 
 use crate::crd::vmi::VirtualMachineInstance;
-use crate::launch_spec::{API_SOCKET, DISKS_DIR, RUN_DIR, SPEC_PATH};
+use crate::launch_spec::{API_SOCKET, DISKS_DIR, KERNEL_BOOT_DIR, RUN_DIR, SPEC_PATH};
 use vireo_spec::VmConfig;
 
 /// Label: name of the VMI a pod runs.
@@ -108,6 +110,10 @@ fn bounded(mut s: String) -> String {
     s.trim_end_matches(['-', '.']).to_owned()
 }
 
+/// Name of the emptyDir volume (and of the init container filling it) holding the kernel and
+/// initramfs of `kernelBoot.container`.
+pub const KERNEL_BOOT_VOLUME: &str = "kernel-boot";
+
 /// Name of the container that runs `vireo launch` in a launcher pod.
 pub const LAUNCHER_CONTAINER: &str = "launcher";
 
@@ -180,6 +186,34 @@ pub fn launcher_pod(
         mount("tun", "/dev/net/tun", false),
     ];
     let mut init_containers = Vec::new();
+    if let Some(c) = vmi
+        .spec
+        .domain
+        .firmware
+        .as_ref()
+        .and_then(|f| f.kernel_boot.as_ref())
+        .and_then(|kb| kb.container.as_ref())
+    {
+        volumes.push(Volume {
+            name: KERNEL_BOOT_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
+        // Like a containerDisk image, the kernel image ships a `cp`; the launch spec reads the
+        // copies at their file names in KERNEL_BOOT_DIR.
+        let mut command = vec!["cp".to_owned()];
+        command.extend(c.kernel_path.iter().chain(&c.initrd_path).cloned());
+        command.push(format!("{KERNEL_BOOT_DIR}/"));
+        init_containers.push(Container {
+            name: KERNEL_BOOT_VOLUME.into(),
+            image: Some(c.image.clone()),
+            image_pull_policy: c.image_pull_policy.clone(),
+            command: Some(command),
+            volume_mounts: Some(vec![mount(KERNEL_BOOT_VOLUME, KERNEL_BOOT_DIR, false)]),
+            ..Default::default()
+        });
+        mounts.push(mount(KERNEL_BOOT_VOLUME, KERNEL_BOOT_DIR, true));
+    }
     for v in &vmi.spec.volumes {
         let vol_name = bounded_volume_name(&v.name);
         let dir = format!("{DISKS_DIR}/{}", v.name);
@@ -412,9 +446,8 @@ mod tests {
                     },
                     firmware: Some(Firmware {
                         kernel_boot: Some(KernelBoot {
-                            kernel: "/k".into(),
-                            initrd: None,
-                            cmdline: None,
+                            kernel: Some("/k".into()),
+                            ..Default::default()
                         }),
                     }),
                     ..Default::default()
@@ -424,6 +457,143 @@ mod tests {
         );
         vmi.metadata.uid = Some("uid-1".into());
         vmi
+    }
+
+    /// `kernelBoot.container`: an init container from the kernel image copies the kernel and
+    /// initramfs into an emptyDir the launcher mounts read-only, where the launch spec reads them.
+    #[test]
+    fn kernel_from_an_image_is_copied_by_an_init_container() {
+        use crate::crd::vmi::KernelBootContainer;
+        let mut vmi = vmi();
+        vmi.spec.domain.firmware = Some(Firmware {
+            kernel_boot: Some(KernelBoot {
+                container: Some(KernelBootContainer {
+                    image: "example/kernel:6.6".into(),
+                    kernel_path: Some("/boot/vmlinuz".into()),
+                    initrd_path: Some("/boot/initrd.img".into()),
+                    image_pull_policy: Some("IfNotPresent".into()),
+                }),
+                ..Default::default()
+            }),
+        });
+        let spec = render(&vmi.spec, DiskFormat::Raw, "spec").expect("render");
+        let pod = launcher_pod(
+            &vmi,
+            &spec,
+            &LauncherConfig::default(),
+            &PodRole::Launcher,
+            &None,
+        )
+        .expect("pod");
+        let ps = pod.spec.expect("spec");
+        let vol = ps
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find(|v| v.name == "kernel-boot")
+            .expect("kernel-boot volume");
+        assert!(vol.empty_dir.is_some());
+        let init = ps.init_containers.unwrap_or_default();
+        assert_eq!(init.len(), 1);
+        let c = &init[0];
+        assert_eq!(c.name, "kernel-boot");
+        assert_eq!(c.image.as_deref(), Some("example/kernel:6.6"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(
+            c.command.as_deref(),
+            Some(
+                &[
+                    "cp".to_owned(),
+                    "/boot/vmlinuz".to_owned(),
+                    "/boot/initrd.img".to_owned(),
+                    "/var/run/vireo/kernel-boot/".to_owned(),
+                ][..]
+            )
+        );
+        let init_mounts = c.volume_mounts.clone().unwrap_or_default();
+        assert_eq!(init_mounts.len(), 1);
+        assert_eq!(init_mounts[0].name, "kernel-boot");
+        assert_eq!(init_mounts[0].mount_path, "/var/run/vireo/kernel-boot");
+        assert_eq!(init_mounts[0].read_only, None);
+        let launcher_mount = ps.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| m.name == "kernel-boot")
+            .expect("launcher mounts kernel-boot");
+        assert_eq!(launcher_mount.mount_path, "/var/run/vireo/kernel-boot");
+        assert_eq!(launcher_mount.read_only, Some(true));
+        // The launch spec in the pod points at the copies.
+        let json = pod
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .remove(ANNOTATION_SPEC)
+            .expect("spec annotation");
+        let read = VmConfig::from_json(&json).expect("launcher parses it");
+        assert_eq!(
+            read.payload.kernel,
+            std::path::Path::new("/var/run/vireo/kernel-boot/vmlinuz")
+        );
+        assert_eq!(
+            read.payload.initramfs.as_deref(),
+            Some(std::path::Path::new(
+                "/var/run/vireo/kernel-boot/initrd.img"
+            ))
+        );
+
+        // Kernel only, default pull policy: one source, no policy.
+        if let Some(c) = vmi
+            .spec
+            .domain
+            .firmware
+            .as_mut()
+            .and_then(|f| f.kernel_boot.as_mut())
+            .and_then(|k| k.container.as_mut())
+        {
+            c.initrd_path = None;
+            c.image_pull_policy = None;
+        }
+        let spec = render(&vmi.spec, DiskFormat::Raw, "spec").expect("render");
+        let pod = launcher_pod(
+            &vmi,
+            &spec,
+            &LauncherConfig::default(),
+            &PodRole::Launcher,
+            &None,
+        )
+        .expect("pod");
+        let init = pod.spec.expect("spec").init_containers.unwrap_or_default();
+        assert_eq!(init[0].image_pull_policy, None);
+        assert_eq!(
+            init[0].command.as_deref().map(<[String]>::len),
+            Some(3),
+            "{:?}",
+            init[0].command
+        );
+    }
+
+    /// A pod-path kernel needs no init container or extra volume.
+    #[test]
+    fn pod_path_kernel_adds_nothing() {
+        let vmi = vmi();
+        let spec = render(&vmi.spec, DiskFormat::Raw, "spec").expect("render");
+        let pod = launcher_pod(
+            &vmi,
+            &spec,
+            &LauncherConfig::default(),
+            &PodRole::Launcher,
+            &None,
+        )
+        .expect("pod");
+        let ps = pod.spec.expect("spec");
+        assert!(ps.init_containers.is_none());
+        assert!(ps
+            .volumes
+            .unwrap_or_default()
+            .iter()
+            .all(|v| v.name != KERNEL_BOOT_VOLUME));
     }
 
     /// A migration target pod (kept for when live migration exists) carries the role the

@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use vireo_spec::DiskFormat;
 
 use crate::crd::vm::VirtualMachineSpec;
-use crate::crd::vmi::VirtualMachineInstanceSpec;
-use crate::launch_spec::render;
+use crate::crd::vmi::{KernelBoot, VirtualMachineInstanceSpec};
+use crate::launch_spec::{file_name, kernel_boot_paths, render, KERNEL_BOOT_DIR};
 
 /// One problem in a spec.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,16 +96,17 @@ pub fn validate_vmi_spec(spec: &VirtualMachineInstanceSpec, prefix: &str) -> Vec
     if let Err(m) = parse_quantity(&d.memory.guest) {
         err(format!("{prefix}.domain.memory.guest"), m);
     }
+    let kb_field = format!("{prefix}.domain.firmware.kernelBoot");
     match d.firmware.as_ref().and_then(|f| f.kernel_boot.as_ref()) {
         None => err(
-            format!("{prefix}.domain.firmware.kernelBoot"),
+            kb_field,
             "required: disk boot without a kernel is not supported yet".into(),
         ),
-        Some(kb) if kb.kernel.trim().is_empty() => err(
-            format!("{prefix}.domain.firmware.kernelBoot.kernel"),
-            "must not be empty".into(),
-        ),
-        Some(_) => {}
+        Some(kb) => {
+            for e in validate_kernel_boot(kb, &kb_field) {
+                err(e.field, e.message);
+            }
+        }
     }
 
     let mut volumes = BTreeSet::new();
@@ -200,9 +201,212 @@ pub fn validate_vmi_spec(spec: &VirtualMachineInstanceSpec, prefix: &str) -> Vec
     errs
 }
 
+/// Pull policies Kubernetes accepts.
+const PULL_POLICIES: [&str; 3] = ["Always", "IfNotPresent", "Never"];
+
+/// Checks `kernelBoot` (at JSON path `field`): the kernel given exactly one way, the image's
+/// files absolute paths with distinct file names (both land in one directory of the pod).
+fn validate_kernel_boot(kb: &KernelBoot, field: &str) -> Vec<ValidationError> {
+    let mut errs = Vec::new();
+    if kb.kernel.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        errs.push(ValidationError::new(
+            format!("{field}.kernel"),
+            "must not be empty",
+        ));
+    }
+    if let Some(c) = &kb.container {
+        let at = |rest: &str| format!("{field}.container.{rest}");
+        if c.image.trim().is_empty() {
+            errs.push(ValidationError::new(
+                at("image"),
+                "required: the image holding the kernel",
+            ));
+        }
+        for (name, path) in [
+            ("kernelPath", c.kernel_path.as_deref()),
+            ("initrdPath", c.initrd_path.as_deref()),
+        ] {
+            if let Some(p) = path {
+                if !p.starts_with('/') || file_name(p).is_none() {
+                    errs.push(ValidationError::new(
+                        at(name),
+                        format!("{p:?} must be the absolute path of a file in the image"),
+                    ));
+                }
+            }
+        }
+        if let (Some(k), Some(i)) = (c.kernel_path.as_deref(), c.initrd_path.as_deref()) {
+            if file_name(k).is_some() && file_name(k) == file_name(i) {
+                errs.push(ValidationError::new(
+                    at("initrdPath"),
+                    format!(
+                        "has the same file name as kernelPath ({:?}); both are copied to \
+                         {KERNEL_BOOT_DIR}",
+                        file_name(k).unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        if let Some(p) = c.image_pull_policy.as_deref() {
+            if !PULL_POLICIES.contains(&p) {
+                errs.push(ValidationError::new(
+                    at("imagePullPolicy"),
+                    format!("unknown pull policy {p:?} (Always, IfNotPresent or Never)"),
+                ));
+            }
+        }
+    }
+    if errs.is_empty() {
+        // Given neither or both ways, or in ways that conflict.
+        if let Err(e) = kernel_boot_paths(kb, field) {
+            errs.push(e);
+        }
+    }
+    errs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::vmi::{CpuSpec, DomainSpec, Firmware, KernelBootContainer, MemorySpec};
+
+    fn spec(kb: KernelBoot) -> VirtualMachineInstanceSpec {
+        VirtualMachineInstanceSpec {
+            domain: DomainSpec {
+                cpu: CpuSpec { cores: 1 },
+                memory: MemorySpec {
+                    guest: "64Mi".into(),
+                },
+                firmware: Some(Firmware {
+                    kernel_boot: Some(kb),
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn image(kernel: Option<&str>, initrd: Option<&str>) -> Option<KernelBootContainer> {
+        Some(KernelBootContainer {
+            image: "example/kernel".into(),
+            kernel_path: kernel.map(Into::into),
+            initrd_path: initrd.map(Into::into),
+            image_pull_policy: None,
+        })
+    }
+
+    fn fields(kb: KernelBoot) -> Vec<(String, String)> {
+        validate_vmi_spec(&spec(kb), "spec")
+            .into_iter()
+            .map(|e| (e.field, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn kernel_boot_takes_the_kernel_exactly_one_way() {
+        let kb = "spec.domain.firmware.kernelBoot";
+        // Either way alone is valid.
+        assert_eq!(
+            fields(KernelBoot {
+                kernel: Some("/k".into()),
+                ..Default::default()
+            }),
+            []
+        );
+        assert_eq!(
+            fields(KernelBoot {
+                container: image(Some("/boot/vmlinuz"), Some("/boot/initrd")),
+                ..Default::default()
+            }),
+            []
+        );
+        // Neither: named at kernel, message names both options.
+        let e = fields(KernelBoot::default());
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, format!("{kb}.kernel"));
+        assert!(e[0].1.contains("container.kernelPath"), "{}", e[0].1);
+        // An image without a kernelPath and no kernel: the same.
+        let e = fields(KernelBoot {
+            container: image(None, Some("/boot/initrd")),
+            ..Default::default()
+        });
+        assert_eq!(e[0].0, format!("{kb}.kernel"));
+        // Both.
+        let e = fields(KernelBoot {
+            kernel: Some("/k".into()),
+            container: image(Some("/boot/vmlinuz"), None),
+            ..Default::default()
+        });
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, format!("{kb}.container.kernelPath"));
+        assert!(e[0].1.contains("mutually exclusive"), "{}", e[0].1);
+        // Two initrds.
+        let e = fields(KernelBoot {
+            initrd: Some("/i".into()),
+            container: image(Some("/boot/vmlinuz"), Some("/boot/initrd")),
+            ..Default::default()
+        });
+        assert_eq!(e[0].0, format!("{kb}.container.initrdPath"));
+        // Empty pod path.
+        let e = fields(KernelBoot {
+            kernel: Some(" ".into()),
+            ..Default::default()
+        });
+        assert_eq!(e[0].0, format!("{kb}.kernel"));
+    }
+
+    #[test]
+    fn kernel_boot_container_fields_are_checked() {
+        let kb = "spec.domain.firmware.kernelBoot.container";
+        let bad = |c: KernelBootContainer| {
+            fields(KernelBoot {
+                container: Some(c),
+                ..Default::default()
+            })
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect::<Vec<_>>()
+        };
+        let ok = image(Some("/boot/vmlinuz"), None).unwrap_or_default();
+        assert_eq!(
+            bad(KernelBootContainer {
+                image: "".into(),
+                ..ok.clone()
+            }),
+            [format!("{kb}.image")]
+        );
+        for p in ["boot/vmlinuz", "/boot/", "/"] {
+            assert_eq!(
+                bad(KernelBootContainer {
+                    kernel_path: Some(p.into()),
+                    ..ok.clone()
+                }),
+                [format!("{kb}.kernelPath")],
+                "{p:?}"
+            );
+        }
+        assert_eq!(
+            bad(KernelBootContainer {
+                initrd_path: Some("/other/vmlinuz".into()),
+                ..ok.clone()
+            }),
+            [format!("{kb}.initrdPath")]
+        );
+        assert_eq!(
+            bad(KernelBootContainer {
+                image_pull_policy: Some("Sometimes".into()),
+                ..ok.clone()
+            }),
+            [format!("{kb}.imagePullPolicy")]
+        );
+        assert_eq!(
+            bad(KernelBootContainer {
+                image_pull_policy: Some("IfNotPresent".into()),
+                ..ok
+            }),
+            Vec::<String>::new()
+        );
+    }
 
     #[test]
     fn quantities() {

@@ -169,6 +169,108 @@ async fn pod_failure_under_always_recreates_with_backoff() {
     assert_ne!(uid3, uid1);
 }
 
+/// Waits for the launcher pod of the VMI with `uid` (the previous one may still be going).
+async fn wait_pod_of(e: &Env, vmi: &str, uid: &str) {
+    let pods = e.pods();
+    common::wait(&format!("pod of vmi {uid}"), || async {
+        pods.get_opt(&launcher_pod_name(vmi))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| {
+                common::labels(&p)
+                    .get("vireo.dev/vmi-uid")
+                    .map(String::as_str)
+                    == Some(uid)
+            })
+    })
+    .await;
+}
+
+/// A guest that powers off right away under Always (launcher exit status 0, pod Succeeded) is
+/// recreated, but the loop backs off like a crash loop: the second quick end in a row shows
+/// CrashLoopBackOff with a retry in the future, even though that VMI was Running and Ready.
+/// Only a VMI that stays Ready for the stable period (60 s) clears the count, and its end is not
+/// counted.
+#[tokio::test]
+async fn quick_poweroffs_under_always_back_off() {
+    let e = env("off-always").await;
+    // A real Node, so the pod garbage collector leaves the bound pods alone for the long run.
+    nodes(&e.client, &["node-a"]).await;
+    e.ready_runtime().await;
+    e.create_vm("p", vm_spec(Some(RunStrategy::Always))).await;
+    let uid1 = e.wait_vmi("p", None).await;
+    e.run_vmi("p", "node-a").await;
+    e.wait_printable("p", "Running").await;
+    end_launcher(&e, &launcher_pod_name("p"), "Succeeded", 0, "").await;
+    // First end: recreated at once.
+    let uid2 = e.wait_vmi("p", Some(&uid1)).await;
+    wait_pod_of(&e, "p", &uid2).await;
+    // The new VMI blips Running and Ready, then powers off again.
+    e.run_vmi("p", "node-a").await;
+    wait_vmi_phase(&e, "p", VmiPhase::Running).await;
+    end_launcher(&e, &launcher_pod_name("p"), "Succeeded", 0, "").await;
+    common::wait("CrashLoopBackOff with retryAfter ahead", || async {
+        let Some(s) = e.vm("p").await.status else {
+            return false;
+        };
+        let Some(f) = s.start_failure else {
+            return false;
+        };
+        let ahead = f
+            .retry_after
+            .as_deref()
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .is_some_and(|t| t > k8s_openapi::jiff::Timestamp::now());
+        format!("{:?}", s.printable_status) == "Some(CrashLoopBackOff)"
+            && f.consecutive_fail_count >= 2
+            && ahead
+    })
+    .await;
+    // After the back-off, a third VMI.
+    let uid3 = e.wait_vmi("p", Some(&uid2)).await;
+    assert_ne!(uid3, uid1);
+
+    // It becomes Ready: the count stays until it has been Ready for the stable period, then
+    // clears without any other event (the VM was requeued for that moment).
+    wait_pod_of(&e, "p", &uid3).await;
+    e.run_vmi("p", "node-a").await;
+    e.wait_printable("p", "Running").await;
+    let failure =
+        |vm: vireo_controller::crd::VirtualMachine| vm.status.and_then(|s| s.start_failure);
+    assert!(
+        failure(e.vm("p").await).is_some(),
+        "Running alone must not reset"
+    );
+    let stable =
+        Duration::from_secs(vireo_controller::reconcile::vm::STABLE_RUN_SECS.unsigned_abs());
+    let ready_at = std::time::Instant::now();
+    loop {
+        let vm = e.vm("p").await;
+        let since = ready_at.elapsed();
+        match vm.status {
+            Some(s) if s.start_failure.is_none() => {
+                assert!(
+                    since + Duration::from_secs(5) >= stable,
+                    "reset after {since:?}"
+                );
+                assert_eq!(s.stable_vmi_uid.as_deref(), Some(uid3.as_str()));
+                break;
+            }
+            st => assert!(
+                since < stable + Duration::from_secs(20),
+                "no reset after {since:?}: vm {st:?} vmi {:?}",
+                e.vmis().get("p").await.ok().and_then(|v| v.status)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The end of a VMI that ran stably is no failure: recreated at once, nothing counted.
+    end_launcher(&e, &launcher_pod_name("p"), "Succeeded", 0, "").await;
+    e.wait_vmi("p", Some(&uid3)).await;
+    assert!(failure(e.vm("p").await).is_none());
+}
+
 #[tokio::test]
 async fn rerun_on_failure_recreates_only_after_failure() {
     let e = env("rerun").await;
@@ -276,6 +378,69 @@ async fn halted_has_no_vmi_and_start_means_always() {
     assert_eq!((vm.spec.running, vm.spec.run_strategy), (Some(true), None));
 }
 
+/// `kernelBoot.container` survives the apiserver's schema (no pruning) and yields a launcher pod
+/// whose init container copies the kernel where the launch spec reads it.
+#[tokio::test]
+async fn kernel_from_a_container_image() {
+    let e = env("kernel-image").await;
+    e.ready_runtime().await;
+    let mut spec = vm_spec(Some(RunStrategy::Always));
+    spec["template"]["spec"]["domain"]["firmware"]["kernelBoot"] = json!({
+        "cmdline": "console=ttyS0",
+        "container": {
+            "image": "example/kernel:6.6",
+            "kernelPath": "/boot/vmlinuz",
+            "initrdPath": "/boot/initrd.img",
+            "imagePullPolicy": "IfNotPresent",
+        },
+    });
+    e.create_vm("k", spec).await;
+    e.wait_vmi("k", None).await;
+    let pod = e.wait_pod("k").await;
+    let ps = pod.spec.clone().expect("pod spec");
+    let init = ps
+        .init_containers
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.name == "kernel-boot")
+        .expect("kernel-boot init container");
+    assert_eq!(init.image.as_deref(), Some("example/kernel:6.6"));
+    assert_eq!(init.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    assert_eq!(
+        init.command.unwrap_or_default(),
+        [
+            "cp",
+            "/boot/vmlinuz",
+            "/boot/initrd.img",
+            "/var/run/vireo/kernel-boot/"
+        ]
+    );
+    assert!(ps
+        .volumes
+        .unwrap_or_default()
+        .iter()
+        .any(|v| v.name == "kernel-boot" && v.empty_dir.is_some()));
+    let launch = pod
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .remove("vireo.dev/launch-spec")
+        .expect("launch spec");
+    let launch: serde_json::Value = serde_json::from_str(&launch).expect("json");
+    assert_eq!(
+        launch["payload"]["kernel"],
+        json!("/var/run/vireo/kernel-boot/vmlinuz")
+    );
+    assert_eq!(
+        launch["payload"]["initramfs"],
+        json!("/var/run/vireo/kernel-boot/initrd.img")
+    );
+    common::wait("vm Valid", || async {
+        Env::condition(&e.vm("k").await, "Valid").is_some_and(|c| c.is_true())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn deleting_vm_garbage_collects_vmi_and_pod() {
     let e = env("gc").await;
@@ -324,8 +489,24 @@ async fn invalid_specs_are_rejected_by_field_and_others_still_run() {
         json!([{ "name": "root" }, { "name": "root" }]);
     let mut nokernel = vm_spec(Some(RunStrategy::Always));
     nokernel["template"]["spec"]["domain"]["firmware"] = json!({});
+    let mut kernel2 = vm_spec(Some(RunStrategy::Always));
+    kernel2["template"]["spec"]["domain"]["firmware"]["kernelBoot"]["container"] =
+        json!({ "image": "example/kernel", "kernelPath": "/boot/vmlinuz" });
+    let mut kernel0 = vm_spec(Some(RunStrategy::Always));
+    kernel0["template"]["spec"]["domain"]["firmware"]["kernelBoot"] =
+        json!({ "container": { "image": "example/kernel", "initrdPath": "/boot/initrd" } });
     let cases = [
         ("both", both, "spec.running"),
+        (
+            "kernel2",
+            kernel2,
+            "spec.template.spec.domain.firmware.kernelBoot.container.kernelPath",
+        ),
+        (
+            "kernel0",
+            kernel0,
+            "spec.template.spec.domain.firmware.kernelBoot.kernel",
+        ),
         ("mem0", mem0, "spec.template.spec.domain.memory.guest"),
         (
             "fmt",

@@ -137,13 +137,13 @@ pub enum RequestAction {
     Stop,
 }
 
-/// Back-off bookkeeping after failed VMIs.
+/// Back-off bookkeeping after VMIs that ended before they had run stably and were recreated.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StartFailure {
-    /// Failures in a row.
+    /// Quick ends in a row (failures, and clean shutdowns under `Always`).
     pub consecutive_fail_count: u32,
-    /// UID of the last failed VMI (so one failure is counted once).
+    /// UID of the last VMI counted (so one end is counted once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failed_vmi_uid: Option<String>,
     /// RFC 3339 time before which no new VMI is created.
@@ -176,4 +176,8 @@ pub struct VirtualMachineStatus {
     /// Back-off after failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_failure: Option<StartFailure>,
+    /// UID of the last VMI that stayed Ready for the stable period: its end does not count
+    /// towards `startFailure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_vmi_uid: Option<String>,
 }

@@ -110,18 +110,44 @@ pub struct Firmware {
     pub kernel_boot: Option<KernelBoot>,
 }
 
-/// Direct kernel boot: paths inside the launcher pod.
+/// Direct kernel boot. The kernel is either a path inside the launcher pod (`kernel`) or a file
+/// in a container image (`container`, KubeVirt's `kernelBoot.container`); exactly one of
+/// `kernel` and `container.kernelPath` is given.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KernelBoot {
-    /// Kernel image (bzImage or ELF vmlinux).
-    pub kernel: String,
-    /// Optional initramfs.
+    /// Kernel image (bzImage or ELF vmlinux): a path inside the launcher pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Optional initramfs: a path inside the launcher pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initrd: Option<String>,
     /// Kernel command line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// Container image holding the kernel (and initramfs); an init container copies them into
+    /// the launcher pod at `/var/run/vireo/kernel-boot/<file name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<KernelBootContainer>,
+}
+
+/// A kernel (and initramfs) shipped in a container image. The image must provide `cp`, as a
+/// containerDisk image does.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelBootContainer {
+    /// Container image reference.
+    pub image: String,
+    /// Absolute path of the kernel inside the image (exactly one of this and
+    /// `kernelBoot.kernel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_path: Option<String>,
+    /// Absolute path of the initramfs inside the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<String>,
+    /// `Always`, `IfNotPresent` or `Never` (Kubernetes' default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
 }
 
 /// Devices attached to the guest.

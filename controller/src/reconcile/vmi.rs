@@ -353,3 +353,25 @@ async fn cleanup(
     remove_finalizer(vmis, vmi, VMI_FINALIZER).await?;
     Ok(Action::await_change())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::exit_condition;
+
+    /// A launcher that exits 3 (the guest asked for a reset; the launcher normally reboots in
+    /// place) is reported as `GuestReset`, never as a generic launcher exit.
+    #[test]
+    fn guest_reset_exit_keeps_its_reason() {
+        let c = exit_condition(3, Some("reboot")).expect("a condition");
+        assert_eq!(c.reason.as_deref(), Some("GuestReset"));
+        assert!(c
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("exit status 3")));
+        assert_eq!(exit_condition(0, None), None);
+        assert_eq!(
+            exit_condition(8, None).and_then(|c| c.reason),
+            Some("ForcedStop".into())
+        );
+    }
+}
