@@ -134,6 +134,7 @@ pub fn render(
     } else {
         SerialConfig::Unix {
             path: SERIAL_SOCKET.into(),
+            stdout: false,
         }
     };
     let config = VmConfig {
@@ -221,7 +222,8 @@ mod tests {
         assert_eq!(
             read.serial,
             SerialConfig::Unix {
-                path: SERIAL_SOCKET.into()
+                path: SERIAL_SOCKET.into(),
+                stdout: false,
             }
         );
     }

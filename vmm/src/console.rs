@@ -40,6 +40,21 @@
 //! healthy sink before the process exits, but a stuck sink delays the exit by
 //! at most that much.
 //!
+//! # A unix socket with a copy on stdout
+//!
+//! `SerialConfig::Unix { stdout: true, .. }` also copies every byte the guest
+//! transmits to the VMM's stdout (so a pod's log shows the guest's output
+//! while the console stays reachable through the socket). The copy is a
+//! second, independent sink: its own bounded queue ([`OUTPUT_QUEUE_LIMIT`],
+//! oldest dropped first) and its own writer thread (`vireo-serial-copy`),
+//! written the same way as stdio. The UART's writer appends each byte to both
+//! queues, taking one queue lock at a time, so a stdout pipe nobody reads
+//! never delays the socket's client, a client that never reads never delays
+//! stdout, and neither ever blocks a vCPU. [`ConsoleCounters`] (and so the VM
+//! counters API) are those of the socket sink; what the copy lost is only
+//! logged (the same rate-limited warning). [`ConsoleHandle::flush`] flushes
+//! both within one bounded time.
+//!
 //! [`Console::from_writer`] is the exception: its writer (an embedder's or a
 //! test's) is called synchronously on the vCPU thread and must not block.
 //!
@@ -175,13 +190,16 @@ enum InputSource {
 
 /// An opened console: the UART's output writer plus its input source.
 ///
-/// Dropping it removes the unix socket's path and lets the writer thread
-/// finish (it keeps delivering queued output for at most one more second).
+/// Dropping it removes the unix socket's path and lets the writer threads
+/// finish (they keep delivering queued output for at most one more second).
 pub struct Console {
     output: Option<Box<dyn Write + Send>>,
     input: InputSource,
-    socket_path: Option<PathBuf>,
+    /// The unix socket's path and the (device, inode) it had once bound.
+    socket_path: Option<(PathBuf, Option<(u64, u64)>)>,
     shared: Arc<Shared>,
+    /// The second sink of a unix socket with a stdout copy.
+    copy: Option<Arc<Shared>>,
 }
 
 impl std::fmt::Debug for Console {
@@ -199,17 +217,27 @@ impl Console {
     /// socket it starts the writer thread, so that the UART's output never
     /// blocks a vCPU (see the module docs).
     pub fn open(config: &SerialConfig) -> Result<Self, ConsoleError> {
-        Self::open_with(config, false)
+        Self::open_with(config, false, None)
     }
 
     /// [`Console::open`] for a VM that continues elsewhere begun (restored or received by
     /// migration): a file console is appended to, not truncated, so a guest moved between
     /// processes on one host keeps one log.
     pub fn open_continuing(config: &SerialConfig) -> Result<Self, ConsoleError> {
-        Self::open_with(config, true)
+        Self::open_with(config, true, None)
     }
 
-    fn open_with(config: &SerialConfig, append: bool) -> Result<Self, ConsoleError> {
+    /// [`Console::open`] (or [`Console::open_continuing`] with `append`), where the copy of a
+    /// unix socket's output that `stdout: true` asks for goes to `stdout_copy` instead of a
+    /// duplicate of fd 1 (for embedders and tests; ignored for every other kind of console and
+    /// when `stdout` is false). The copy is written as stdout would be: polled, at most 4 KiB
+    /// at a time, from its own thread.
+    pub fn open_with(
+        config: &SerialConfig,
+        append: bool,
+        stdout_copy: Option<File>,
+    ) -> Result<Self, ConsoleError> {
+        let mut copy_sink = None;
         let (sink, input, socket_path) = match config {
             SerialConfig::Stdio => {
                 let fd = io::stdout()
@@ -232,12 +260,24 @@ impl Console {
                     })?;
                 (Some(Sink::Fd(file)), InputSource::None, None)
             }
-            SerialConfig::Unix { path } => {
+            SerialConfig::Unix { path, stdout } => {
+                if *stdout {
+                    let file = match stdout_copy {
+                        Some(file) => file,
+                        None => File::from(
+                            io::stdout()
+                                .as_fd()
+                                .try_clone_to_owned()
+                                .map_err(ConsoleError::Stdout)?,
+                        ),
+                    };
+                    copy_sink = Some(Sink::Fd(file));
+                }
                 let listener = bind_socket(path)?;
                 (
                     Some(Sink::Unix),
                     InputSource::Unix(listener),
-                    Some(path.clone()),
+                    Some((path.clone(), file_identity(path))),
                 )
             }
         };
@@ -245,17 +285,27 @@ impl Console {
             return Ok(Self::from_writer(Box::new(io::sink())));
         };
         let shared = Arc::new(Shared::new(matches!(sink, Sink::Unix)));
-        let writer_shared = shared.clone();
-        std::thread::Builder::new()
-            .name("vireo-serial-out".into())
-            .spawn(move || run_writer(&writer_shared, &sink))
-            .map_err(ConsoleError::Thread)?;
-        Ok(Self {
-            output: Some(Box::new(QueueWriter(shared.clone()))),
+        let copy = match copy_sink {
+            Some(copy_sink) => {
+                let copy = Arc::new(Shared::new(false));
+                spawn_writer("vireo-serial-copy", &copy, copy_sink)?;
+                Some(copy)
+            }
+            None => None,
+        };
+        let console = Self {
+            output: Some(Box::new(QueueWriter {
+                main: shared.clone(),
+                copy: copy.clone(),
+            })),
             input,
             socket_path,
             shared,
-        })
+            copy,
+        };
+        // From here on, dropping `console` on an error closes the copy's writer thread too.
+        spawn_writer("vireo-serial-out", &console.shared, sink)?;
+        Ok(console)
     }
 
     /// A console whose output goes to `writer` and that has no input (for
@@ -272,6 +322,7 @@ impl Console {
             input: InputSource::None,
             socket_path: None,
             shared,
+            copy: None,
         }
     }
 
@@ -290,7 +341,10 @@ impl Console {
     /// A cloneable handle to this console's output (counters and flush) for
     /// other threads, usable without access to the `Console`.
     pub fn handle(&self) -> ConsoleHandle {
-        ConsoleHandle(self.shared.clone())
+        ConsoleHandle {
+            main: self.shared.clone(),
+            copy: self.copy.clone(),
+        }
     }
 
     /// Starts feeding input into `serial` (and, for a unix socket, accepting
@@ -322,13 +376,17 @@ impl Console {
 
 impl Drop for Console {
     fn drop(&mut self) {
-        {
-            let mut st = self.shared.lock();
-            st.closing = Some(Instant::now() + CLOSE_GRACE);
+        let end = Instant::now() + CLOSE_GRACE;
+        for shared in std::iter::once(&self.shared).chain(self.copy.as_ref()) {
+            shared.lock().closing = Some(end);
+            shared.wake.notify_all();
         }
-        self.shared.wake.notify_all();
-        if let Some(path) = &self.socket_path {
-            let _ = std::fs::remove_file(path);
+        // Only the socket this console bound: a console opened since at the same path (the
+        // next boot of a VM that rebooted in place) keeps its own.
+        if let Some((path, identity)) = &self.socket_path {
+            if identity.is_none() || file_identity(path) == *identity {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -337,7 +395,11 @@ impl Drop for Console {
 /// bounded flush. Its methods never wait for the console's sink beyond what
 /// they say.
 #[derive(Clone)]
-pub struct ConsoleHandle(Arc<Shared>);
+pub struct ConsoleHandle {
+    main: Arc<Shared>,
+    /// The stdout copy of a unix socket console, flushed with the main sink.
+    copy: Option<Arc<Shared>>,
+}
 
 impl std::fmt::Debug for ConsoleHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -349,45 +411,57 @@ impl std::fmt::Debug for ConsoleHandle {
 
 impl ConsoleHandle {
     /// A snapshot of the output counters (taken under a lock that is only
-    /// ever held for queue bookkeeping, never across I/O).
+    /// ever held for queue bookkeeping, never across I/O). For a unix socket
+    /// with a stdout copy, the socket sink's: the copy is not counted.
     pub fn counters(&self) -> ConsoleCounters {
-        self.0.lock().snapshot()
+        self.main.lock().snapshot()
     }
 
-    /// Waits until everything queued has been handed to the sink, for at
-    /// most `timeout`, giving up earlier once the sink has taken nothing for
-    /// a quarter of a second. Output kept for a unix-socket client that is
-    /// not connected counts as delivered here (it waits for the next
-    /// client). Returns whether the queue was drained.
+    /// Waits until everything queued has been handed to the sink (and to
+    /// the stdout copy, if there is one), for at most `timeout` in all,
+    /// giving up on a sink earlier once it has taken nothing for a quarter
+    /// of a second. Output kept for a unix-socket client that is not
+    /// connected counts as delivered here (it waits for the next client).
+    /// Returns whether every queue was drained.
     pub fn flush(&self, timeout: Duration) -> bool {
         let start = Instant::now();
-        let mut st = self.0.lock();
-        let mut delivered = st.delivered;
-        let mut progress_at = start;
-        loop {
-            if st.is_drained() {
-                return true;
-            }
-            if st.writer_ended {
-                return false;
-            }
-            let now = Instant::now();
-            if st.delivered != delivered {
-                delivered = st.delivered;
-                progress_at = now;
-            }
-            let end = (start + timeout).min(progress_at + FLUSH_STALL);
-            if now >= end {
-                return false;
-            }
-            let wait = (end - now).min(POLL_INTERVAL);
-            st = self
-                .0
-                .idle
-                .wait_timeout(st, wait)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+        let main = flush_shared(&self.main, timeout);
+        let copy = match &self.copy {
+            Some(copy) => flush_shared(copy, timeout.saturating_sub(start.elapsed())),
+            None => true,
+        };
+        main && copy
+    }
+}
+
+/// [`ConsoleHandle::flush`] for one sink.
+fn flush_shared(shared: &Shared, timeout: Duration) -> bool {
+    let start = Instant::now();
+    let mut st = shared.lock();
+    let mut delivered = st.delivered;
+    let mut progress_at = start;
+    loop {
+        if st.is_drained() {
+            return true;
         }
+        if st.writer_ended {
+            return false;
+        }
+        let now = Instant::now();
+        if st.delivered != delivered {
+            delivered = st.delivered;
+            progress_at = now;
+        }
+        let end = (start + timeout).min(progress_at + FLUSH_STALL);
+        if now >= end {
+            return false;
+        }
+        let wait = (end - now).min(POLL_INTERVAL);
+        st = shared
+            .idle
+            .wait_timeout(st, wait)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0);
     }
 }
 
@@ -496,24 +570,20 @@ impl Shared {
     }
 }
 
-/// The UART's writer for queued consoles: appends, trims, returns. Runs on
-/// vCPU threads; never does I/O and never waits for anything but the queue
-/// lock, which nobody holds across I/O.
-struct QueueWriter(Arc<Shared>);
+/// The UART's writer for queued consoles: appends, trims, returns (to the
+/// main queue, then to the stdout copy's, one lock at a time). Runs on vCPU
+/// threads; never does I/O and never waits for anything but the queue locks,
+/// which nobody holds across I/O.
+struct QueueWriter {
+    main: Arc<Shared>,
+    copy: Option<Arc<Shared>>,
+}
 
 impl Write for QueueWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut st = self.0.lock();
-        st.written += buf.len() as u64;
-        st.queue.extend(buf);
-        st.trim();
-        let wake = st.writer_waiting && st.has_sink();
-        if wake {
-            st.writer_waiting = false;
-        }
-        drop(st);
-        if wake {
-            self.0.wake.notify_one();
+        enqueue(&self.main, buf);
+        if let Some(copy) = &self.copy {
+            enqueue(copy, buf);
         }
         Ok(buf.len())
     }
@@ -522,6 +592,33 @@ impl Write for QueueWriter {
         // The UART flushes after every byte; delivery is the writer thread's.
         Ok(())
     }
+}
+
+/// Appends `buf` to one sink's queue, trims it, and wakes its writer thread
+/// if it sleeps.
+fn enqueue(shared: &Shared, buf: &[u8]) {
+    let mut st = shared.lock();
+    st.written += buf.len() as u64;
+    st.queue.extend(buf);
+    st.trim();
+    let wake = st.writer_waiting && st.has_sink();
+    if wake {
+        st.writer_waiting = false;
+    }
+    drop(st);
+    if wake {
+        shared.wake.notify_one();
+    }
+}
+
+/// Starts the writer thread `name` that drains `shared` into `sink`.
+fn spawn_writer(name: &str, shared: &Arc<Shared>, sink: Sink) -> Result<(), ConsoleError> {
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || run_writer(&shared, &sink))
+        .map(|_| ())
+        .map_err(ConsoleError::Thread)
 }
 
 /// The UART's writer for [`Console::from_writer`] (and `Off`): passes bytes
@@ -791,6 +888,14 @@ pub(crate) fn bind_socket(path: &Path) -> Result<UnixListener, ConsoleError> {
         return Err(err(e));
     }
     Ok(listener)
+}
+
+/// The (device, inode) of what is at `path` (not following a symlink), if anything.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// A name beside `path` to bind under before the socket is renamed into

@@ -451,6 +451,7 @@ pub(crate) fn apply_state(
         memory,
         config,
         serial_writer,
+        None,
         snapshot.flags,
         taps,
         true,
