@@ -101,7 +101,9 @@ fn launch(args: &cli::LaunchArgs) -> anyhow::Result<ExitStatus> {
             );
             Ok(ExitStatus::MigrationTargetUnsupported)
         }
-        Ok(None) => run::load_spec(&args.spec).and_then(|c| run::run_vm(c, args.shutdown_timeout)),
+        Ok(None) => {
+            run::load_spec(&args.spec).and_then(|c| run::launch_vm(c, args.shutdown_timeout))
+        }
     }
 }
 
