@@ -33,6 +33,10 @@ pub enum Command {
     /// Talk to a running vireo's control API (as Cloud Hypervisor's ch-remote does): prints
     /// the JSON answer, or the error's reason and a non-zero status.
     Remote(RemoteArgs),
+    /// Readiness check (a Kubernetes exec probe): exit 0 iff the VM behind the control API
+    /// socket is Running; otherwise exit 1 with one line on stderr saying why. Gives up after
+    /// 1 s without an answer.
+    Probe(ProbeArgs),
     /// Restore a VM from a snapshot directory (`vireo remote snapshot`) and run it until it
     /// stops.
     Restore(RestoreArgs),
@@ -123,6 +127,14 @@ pub fn parse_override(s: &str) -> Result<(String, String), String> {
         Some((id, v)) if !id.is_empty() && !v.is_empty() => Ok((id.to_owned(), v.to_owned())),
         _ => Err(format!("{s:?} is not ID=VALUE")),
     }
+}
+
+/// Arguments of `vireo probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The control API socket (`--api-socket` of `vireo run`, `api_socket` of the spec).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
 }
 
 /// Arguments of `vireo remote`.
