@@ -115,7 +115,13 @@ pub fn launch_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitStatus> 
         }
         let vm = Arc::new(builder.build()?);
         let released = Arc::downgrade(&vm);
-        let status = run_started(vm, config.api_socket.as_deref(), shutdown_timeout, signals)?;
+        let status = run_started(
+            vm,
+            config.api_socket.as_deref(),
+            shutdown_timeout,
+            signals,
+            true,
+        )?;
         if status != ExitStatus::Reset {
             return Ok(status);
         }
@@ -233,7 +239,7 @@ pub fn receive_vm(args: ReceiveArgs) -> Result<ExitStatus> {
         Some(path) => Some(api::serve(path, vm.clone(), forced_hook(&forced))?),
         None => None,
     };
-    supervise(vm, api, forced, args.host.shutdown_timeout, signals)
+    supervise(vm, api, forced, args.host.shutdown_timeout, signals, false)
 }
 
 /// `vireo run --api-socket PATH` without a payload: serves the API, waits for `vm.restore`
@@ -273,6 +279,7 @@ pub fn await_restore(socket: &Path, shutdown_timeout: u64) -> Result<ExitStatus>
         forced,
         shutdown_timeout,
         install_signals()?,
+        false,
     )
 }
 
@@ -287,15 +294,16 @@ fn forced_hook(forced: &Arc<AtomicBool>) -> ApiHooks {
 fn run_built(vm: Arc<Vm>, api_socket: Option<&Path>, shutdown_timeout: u64) -> Result<ExitStatus> {
     // Handlers first: a signal sent once the API socket exists is handled, never fatal.
     let signals = install_signals()?;
-    run_started(vm, api_socket, shutdown_timeout, signals)
+    run_started(vm, api_socket, shutdown_timeout, signals, false)
 }
 
-/// [`run_built`] with the signal handlers already installed.
+/// [`run_built`] with the signal handlers already installed; `reboots` as for [`supervise`].
 fn run_started(
     vm: Arc<Vm>,
     api_socket: Option<&Path>,
     shutdown_timeout: u64,
     signals: Signals,
+    reboots: bool,
 ) -> Result<ExitStatus> {
     let forced = Arc::new(AtomicBool::new(false));
     let api = match api_socket {
@@ -303,7 +311,7 @@ fn run_started(
         None => None,
     };
     vm.start()?;
-    supervise(vm, api, forced, shutdown_timeout, signals)
+    supervise(vm, api, forced, shutdown_timeout, signals, reboots)
 }
 
 /// The handlers of SIGTERM, SIGINT and SIGHUP.
@@ -312,13 +320,15 @@ fn install_signals() -> Result<Signals> {
 }
 
 /// Handles signals for the started `vm`, waits for it to stop and maps how it ended to the
-/// exit status.
+/// exit status. With `reboots` (`vireo launch`), a reset is not warned about as an abnormal end:
+/// the caller boots the VM again.
 fn supervise(
     vm: Arc<Vm>,
     api: Option<api::ApiServer>,
     forced: Arc<AtomicBool>,
     shutdown_timeout: u64,
     signals: Signals,
+    reboots: bool,
 ) -> Result<ExitStatus> {
     let handle = signals.handle();
     let watcher = {
@@ -337,7 +347,9 @@ fn supervise(
     handle.close();
     let _ = watcher.join();
     let status = exit_code::for_exit(&reason, forced.load(Ordering::SeqCst));
-    if status != ExitStatus::PowerOff {
+    if status == ExitStatus::Reset && reboots {
+        info!(%reason, "VM stopped for a reboot");
+    } else if status != ExitStatus::PowerOff {
         warn!(%reason, code = status.code(), why = status.description(), "VM exited abnormally");
     }
     Ok(status)

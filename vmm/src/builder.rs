@@ -144,11 +144,13 @@ impl VmBuilder {
             platform,
             memory,
             config,
-            self.serial_writer,
-            self.stdout_copy,
+            ConsoleOpen {
+                writer: self.serial_writer,
+                stdout_copy: self.stdout_copy,
+                continuing: self.continuing,
+            },
             flags,
             Vec::new(),
-            self.continuing,
         )?;
         let supported = kvm.supported_cpuid()?;
         let count = parts.config.vcpus;
@@ -253,28 +255,37 @@ pub(crate) struct Parts {
     pub(crate) devices: DeviceManager,
 }
 
-/// Opens the console (a file console appended to when `continuing` a VM restored, received
-/// or rebooted in place; a unix console's stdout copy to `stdout_copy` when given) and creates the platform devices, the spec's disks and NICs (on the taps in
-/// `taps` where given, by index), on the platform's VM. The same spec and flags give the same devices in the same slots, with the same
-/// BARs and interrupt lines — what a restore relies on.
+/// How [`create_devices`] opens the serial console.
+pub(crate) struct ConsoleOpen {
+    /// An embedder's writer instead of the configured console ([`Console::from_writer`]).
+    pub(crate) writer: Option<Box<dyn Write + Send>>,
+    /// Where a unix console's stdout copy goes instead of fd 1 ([`Console::open_with`]).
+    pub(crate) stdout_copy: Option<std::fs::File>,
+    /// The VM goes on from an earlier one (restored, received, rebooted in place): a file
+    /// console is appended to.
+    pub(crate) continuing: bool,
+}
+
+/// Opens the console as `console` says and creates the platform devices, the spec's disks
+/// and NICs (on the taps in `taps` where given, by index), on the platform's VM. The same
+/// spec and flags give the same devices in the same slots, with the same BARs and interrupt
+/// lines — what a restore relies on.
 pub(crate) fn create_devices(
     platform: Platform,
     memory: GuestMemory,
     mut config: VmConfig,
-    serial_writer: Option<Box<dyn Write + Send>>,
-    stdout_copy: Option<std::fs::File>,
+    console: ConsoleOpen,
     flags: PlatformFlags,
     taps: Vec<Option<vireo_net::Tap>>,
-    continuing: bool,
 ) -> Result<Parts, VmError> {
     let Platform {
         vm_fd,
         ring_entries,
     } = platform;
     let lifecycle = Arc::new(Lifecycle::new(vcpu::kick));
-    let mut console = match serial_writer {
+    let mut console = match console.writer {
         Some(w) => Console::from_writer(w),
-        None => Console::open_with(&config.serial, continuing, stdout_copy)?,
+        None => Console::open_with(&config.serial, console.continuing, console.stdout_copy)?,
     };
     let mut devices = DeviceManager::new(
         &vm_fd,
