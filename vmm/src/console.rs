@@ -612,11 +612,11 @@ fn enqueue(shared: &Shared, buf: &[u8]) {
 }
 
 /// Starts the writer thread `name` that drains `shared` into `sink`.
-fn spawn_writer(name: &str, shared: &Arc<Shared>, sink: Sink) -> Result<(), ConsoleError> {
+fn spawn_writer(name: &'static str, shared: &Arc<Shared>, sink: Sink) -> Result<(), ConsoleError> {
     let shared = shared.clone();
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(move || run_writer(&shared, &sink))
+        .spawn(move || run_writer(&shared, &sink, name))
         .map(|_| ())
         .map_err(ConsoleError::Thread)
 }
@@ -683,16 +683,18 @@ impl DropReport {
     }
 }
 
-fn emit(note: Option<DropNote>) {
+fn emit(note: Option<DropNote>, writer: &str) {
     let Some(note) = note else { return };
     match note.error {
         Some(error) => warn!(
+            writer,
             dropped_bytes = note.dropped,
             total_dropped_bytes = note.total,
             %error,
             "serial output dropped: writing to the console failed"
         ),
         None => warn!(
+            writer,
             dropped_bytes = note.dropped,
             total_dropped_bytes = note.total,
             "serial output dropped: the console reader is not keeping up (oldest output discarded)"
@@ -700,9 +702,10 @@ fn emit(note: Option<DropNote>) {
     }
 }
 
-/// The writer thread: moves queued bytes to `sink` until the console is
-/// dropped. Holds the queue lock only for bookkeeping.
-fn run_writer(shared: &Shared, sink: &Sink) {
+/// The writer thread (named `writer` in its warnings): moves queued bytes to
+/// `sink` until the console is dropped. Holds the queue lock only for
+/// bookkeeping.
+fn run_writer(shared: &Shared, sink: &Sink, writer: &str) {
     let mut pending: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
     let mut done = 0usize;
     let mut report = DropReport::default();
@@ -715,7 +718,7 @@ fn run_writer(shared: &Shared, sink: &Sink) {
             let note = report.due(&st, true);
             drop(st);
             shared.idle.notify_all();
-            emit(note);
+            emit(note, writer);
             return;
         }
         if !has_work {
@@ -729,7 +732,7 @@ fn run_writer(shared: &Shared, sink: &Sink) {
             st.writer_waiting = false;
             let note = report.due(&st, false);
             drop(st);
-            emit(note);
+            emit(note, writer);
             // Let a burst of single bytes from the UART gather into one write.
             std::thread::sleep(COALESCE);
             continue;
@@ -745,7 +748,7 @@ fn run_writer(shared: &Shared, sink: &Sink) {
         let generation = st.generation;
         let note = report.due(&st, false);
         drop(st);
-        emit(note);
+        emit(note, writer);
 
         let chunk = &pending[done..];
         let result = match (sink, &client) {
