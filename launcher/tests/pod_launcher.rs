@@ -138,3 +138,74 @@ fn vireo_run_still_ends_on_a_guest_reset_with_status_3() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(!stderr(&out).contains("booting again"), "{}", stderr(&out));
 }
+
+/// Threads of the process `pid` right now.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's tasks")
+        .count()
+}
+
+/// Connects to the serial socket at `sock` and reads until the console ends the stream: what
+/// one boot's client got, or `None` if this attempt reached no live console.
+fn one_boots_output(sock: &Path) -> Option<String> {
+    let mut client = UnixStream::connect(sock).ok()?;
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    let mut got = Vec::new();
+    match client.read_to_end(&mut got) {
+        Ok(_) => Some(String::from_utf8_lossy(&got).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+        Err(e) => panic!("the console did not end the stream of a rebooted VM: {e}"),
+    }
+}
+
+#[test]
+fn reboots_in_place_end_each_boots_console_and_leak_no_threads() {
+    let fx = Fixture::create();
+    let sock = fx.path("serial.sock");
+    let spec = serde_json::json!({
+        "vcpus": 1, "memory_mib": 32,
+        "payload": {"kernel": fx.guest, "cmdline": "reset"},
+        "serial": {"mode": "unix", "path": sock, "stdout": true},
+    });
+    let mut proc = Collected::spawn(launch(&fx, &spec));
+    proc.wait_for_lines(3, Duration::from_secs(30));
+
+    // A client of one boot gets that boot's output, then the end of the stream when the boot
+    // ends (the next boot has a new socket at the same path).
+    let mut seen = None;
+    for _ in 0..100 {
+        if let Some(text) = one_boots_output(&sock) {
+            if text.contains("reset: i8042 command 0xfe\n") {
+                seen = Some(text);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let text = seen.expect("a client got one boot's output and its end");
+    assert!(!text.contains("unexpected"), "{text}");
+
+    let pid = proc.running.child().id();
+    let boots = proc.line_count();
+    let before = threads(pid);
+    proc.wait_for_lines(boots + 50, Duration::from_secs(60));
+    let after = threads(pid);
+    assert!(
+        after <= before + 8,
+        "{before} threads before 50 more boots, {after} after: each boot leaves threads behind"
+    );
+    assert!(
+        proc.lines()
+            .iter()
+            .all(|l| l == "reset: i8042 command 0xfe"),
+        "stdout has only the guest's lines"
+    );
+
+    send_signal(&mut proc.running, libc::SIGTERM);
+    let (status, _, logs) = proc.finish(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(!sock.exists(), "the serial socket outlived vireo");
+}

@@ -61,6 +61,18 @@
 //! Input is read by a console thread and pushed into the UART's 64-byte FIFO
 //! as space frees up; bytes are held back, never dropped, while the guest has
 //! not drained the FIFO.
+//!
+//! # More than one console in a process
+//!
+//! A VM rebooted in place (`vireo launch`) gets a new console at the same
+//! paths. Dropping a console ends its threads: the unix socket's accept
+//! thread is woken (`shutdown(2)` of the listening socket) and ends, and when
+//! the writer thread ends it shuts the connected client down, so that client
+//! sees the end of the stream (and reconnects to the next boot's socket) and
+//! its input thread ends. Stdin is read by one thread for the whole process,
+//! which feeds the UART of the newest stdio console (input typed while none
+//! is alive is discarded), so an old VM's UART never takes the new one's
+//! input.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -68,7 +80,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -200,6 +213,9 @@ pub struct Console {
     shared: Arc<Shared>,
     /// The second sink of a unix socket with a stdout copy.
     copy: Option<Arc<Shared>>,
+    /// A duplicate of the unix socket's listening descriptor, shut down on drop to end the
+    /// accept thread.
+    accept_waker: Option<UnixListener>,
 }
 
 impl std::fmt::Debug for Console {
@@ -238,6 +254,7 @@ impl Console {
         stdout_copy: Option<File>,
     ) -> Result<Self, ConsoleError> {
         let mut copy_sink = None;
+        let mut accept_waker = None;
         let (sink, input, socket_path) = match config {
             SerialConfig::Stdio => {
                 let fd = io::stdout()
@@ -274,6 +291,15 @@ impl Console {
                     copy_sink = Some(Sink::Fd(file));
                 }
                 let listener = bind_socket(path)?;
+                accept_waker =
+                    Some(
+                        listener
+                            .try_clone()
+                            .map_err(|source| ConsoleError::Socket {
+                                path: path.clone(),
+                                source,
+                            })?,
+                    );
                 (
                     Some(Sink::Unix),
                     InputSource::Unix(listener),
@@ -302,6 +328,7 @@ impl Console {
             socket_path,
             shared,
             copy,
+            accept_waker,
         };
         // From here on, dropping `console` on an error closes the copy's writer thread too.
         spawn_writer("vireo-serial-out", &console.shared, sink)?;
@@ -323,6 +350,7 @@ impl Console {
             socket_path: None,
             shared,
             copy: None,
+            accept_waker: None,
         }
     }
 
@@ -359,10 +387,7 @@ impl Console {
         };
         match std::mem::replace(&mut self.input, InputSource::None) {
             InputSource::None => Ok(()),
-            InputSource::Stdin => spawn(
-                "vireo-stdin",
-                Box::new(move || pump_input(io::stdin(), &serial)),
-            ),
+            InputSource::Stdin => start_stdin(&serial),
             InputSource::Unix(listener) => {
                 let shared = self.shared.clone();
                 spawn(
@@ -380,6 +405,12 @@ impl Drop for Console {
         for shared in std::iter::once(&self.shared).chain(self.copy.as_ref()) {
             shared.lock().closing = Some(end);
             shared.wake.notify_all();
+        }
+        if let Some(listener) = &self.accept_waker {
+            // SAFETY: shutdown(2) on a descriptor this console owns (open until the end of
+            // this call); it only wakes the accept thread's accept(2), which then sees
+            // `closing` and ends.
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
         }
         // Only the socket this console bound: a console opened since at the same path (the
         // next boot of a VM that rebooted in place) keeps its own.
@@ -715,8 +746,14 @@ fn run_writer(shared: &Shared, sink: &Sink, writer: &str) {
         let closed = st.closing.is_some_and(|end| Instant::now() >= end);
         if closed || (!has_work && st.closing.is_some()) {
             st.writer_ended = true;
+            let client = st.client.take();
             let note = report.due(&st, true);
             drop(st);
+            if let Some(client) = client {
+                // The console is gone: its client gets the end of the stream (and its
+                // input thread ends).
+                let _ = client.shutdown(std::net::Shutdown::Both);
+            }
             shared.idle.notify_all();
             emit(note, writer);
             return;
@@ -913,31 +950,74 @@ fn staging_path(path: &Path) -> PathBuf {
 }
 
 /// Copies bytes from `src` into the UART until `src` ends.
-fn pump_input(mut src: impl Read, serial: &Mutex<Serial8250>) {
+fn pump_input(src: impl Read, serial: &Mutex<Serial8250>) {
+    read_chunks(src, |bytes| feed(serial, bytes));
+}
+
+/// Calls `each` with every chunk read from `src` until `src` ends.
+fn read_chunks(mut src: impl Read, mut each: impl FnMut(&[u8])) {
     let mut buf = [0u8; 256];
     loop {
-        let n = match src.read(&mut buf) {
+        match src.read(&mut buf) {
             Ok(0) => return,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(n) => each(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 debug!(error = %e, "serial input closed");
                 return;
             }
-        };
-        let mut sent = 0;
-        while sent < n {
-            let taken = serial
-                .lock()
-                .map(|mut s| s.enqueue_input(&buf[sent..n]))
-                .unwrap_or(0);
-            sent += taken;
-            if taken == 0 {
-                // The guest has not drained the FIFO yet.
-                std::thread::sleep(Duration::from_millis(1));
-            }
         }
     }
+}
+
+/// Pushes `bytes` into the UART's input FIFO, waiting while the guest has not drained it.
+/// Gives up when the UART's lock is poisoned (its VM is gone).
+fn feed(serial: &Mutex<Serial8250>, bytes: &[u8]) {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let Ok(mut uart) = serial.lock() else { return };
+        let taken = uart.enqueue_input(&bytes[sent..]);
+        drop(uart);
+        sent += taken;
+        if taken == 0 {
+            // The guest has not drained the FIFO yet.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// The UART that stdin feeds: the newest stdio console's, while its VM lives.
+static STDIN_TARGET: Mutex<Option<Weak<Mutex<Serial8250>>>> = Mutex::new(None);
+
+/// Whether the stdin thread has been started (once per process).
+static STDIN_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Points stdin at `serial` and starts the one stdin thread if it is not running yet.
+fn start_stdin(serial: &Arc<Mutex<Serial8250>>) -> Result<(), ConsoleError> {
+    *STDIN_TARGET.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(serial));
+    if STDIN_STARTED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    let spawned = std::thread::Builder::new()
+        .name("vireo-stdin".into())
+        .spawn(|| {
+            read_chunks(io::stdin(), |bytes| {
+                let target = STDIN_TARGET
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .and_then(Weak::upgrade);
+                // With no live stdio console the input has nowhere to go.
+                if let Some(serial) = target {
+                    feed(&serial, bytes);
+                }
+            });
+        });
+    if let Err(e) = spawned {
+        STDIN_STARTED.store(false, Ordering::SeqCst);
+        return Err(ConsoleError::Thread(e));
+    }
+    Ok(())
 }
 
 /// Accepts unix-socket clients: each new one replaces (and shuts down) the
@@ -945,6 +1025,10 @@ fn pump_input(mut src: impl Read, serial: &Mutex<Serial8250>) {
 /// backlog, from the writer thread.
 fn accept_clients(listener: UnixListener, shared: &Shared, serial: &Arc<Mutex<Serial8250>>) {
     for conn in listener.incoming() {
+        if shared.lock().closing.is_some() {
+            // The console was dropped (and woke this thread).
+            return;
+        }
         let stream = match conn {
             Ok(s) => s,
             Err(e) => {
