@@ -96,7 +96,7 @@ pub fn launch_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitStatus> 
     // Registered for the whole launch, next to each boot's own handlers, so that no signal is
     // lost in the gap between two boots.
     let mut between_boots = install_signals()?;
-    let mut boot = 0u64;
+    let mut previous: Option<std::sync::Weak<Vm>> = None;
     loop {
         // This boot's handlers come before the look at `between_boots`: a signal is either
         // seen there, or handled by this boot.
@@ -110,11 +110,12 @@ pub fn launch_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitStatus> 
             });
         }
         let mut builder = VmBuilder::new(config.clone());
-        if boot > 0 {
+        if let Some(previous) = previous.take() {
+            wait_released(&previous);
             builder = builder.continuing_console();
         }
         let vm = Arc::new(builder.build()?);
-        let released = Arc::downgrade(&vm);
+        previous = Some(Arc::downgrade(&vm));
         let status = run_started(
             vm,
             config.api_socket.as_deref(),
@@ -125,9 +126,7 @@ pub fn launch_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitStatus> 
         if status != ExitStatus::Reset {
             return Ok(status);
         }
-        wait_released(&released);
-        boot += 1;
-        info!(boot, "guest reset: booting again");
+        info!("guest reset: booting again");
     }
 }
 
