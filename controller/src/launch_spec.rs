@@ -196,6 +196,7 @@ pub fn render(
     } else {
         SerialConfig::Unix {
             path: SERIAL_SOCKET.into(),
+            stdout: false,
         }
     };
     let config = VmConfig {
@@ -289,7 +290,8 @@ mod tests {
         assert_eq!(
             read.serial,
             SerialConfig::Unix {
-                path: SERIAL_SOCKET.into()
+                path: SERIAL_SOCKET.into(),
+                stdout: false,
             }
         );
     }

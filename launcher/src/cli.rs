@@ -33,6 +33,10 @@ pub enum Command {
     /// Talk to a running vireo's control API (as Cloud Hypervisor's ch-remote does): prints
     /// the JSON answer, or the error's reason and a non-zero status.
     Remote(RemoteArgs),
+    /// Readiness check (a Kubernetes exec probe): exit 0 iff the VM behind the control API
+    /// socket is Running; otherwise exit 1 with one line on stderr saying why. Gives up after
+    /// 1 s without an answer.
+    Probe(ProbeArgs),
     /// Restore a VM from a snapshot directory (`vireo remote snapshot`) and run it until it
     /// stops.
     Restore(RestoreArgs),
@@ -79,7 +83,7 @@ pub struct HostArgs {
     /// Serve the control API on this unix socket (the source's socket is not reused).
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
-    /// Serial console instead of the VM's: stdio, file=PATH, unix=PATH, or off.
+    /// Serial console instead of the VM's: stdio, file=PATH, unix=PATH[,stdout], or off.
     #[arg(long, value_name = "MODE", value_parser = parse_serial)]
     pub serial: Option<SerialConfig>,
     /// A disk image at another path on this host: `ID=PATH` with ID `disk0`, `disk1`, …
@@ -123,6 +127,14 @@ pub fn parse_override(s: &str) -> Result<(String, String), String> {
         Some((id, v)) if !id.is_empty() && !v.is_empty() => Ok((id.to_owned(), v.to_owned())),
         _ => Err(format!("{s:?} is not ID=VALUE")),
     }
+}
+
+/// Arguments of `vireo probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The control API socket (`--api-socket` of `vireo run`, `api_socket` of the spec).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
 }
 
 /// Arguments of `vireo remote`.
@@ -319,7 +331,8 @@ pub struct RunArgs {
     /// Guest memory: a number of MiB, or a size with a K, M, G or T suffix (e.g. 512M, 2G).
     #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_memory_mib)]
     pub memory: u64,
-    /// Serial console: stdio, file=PATH, unix=PATH, or off.
+    /// Serial console: stdio, file=PATH, unix=PATH, unix=PATH,stdout (the socket plus a copy
+    /// of the output on stdout), or off.
     #[arg(long, value_name = "MODE", default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialConfig,
     /// A virtio-blk disk: `path=P[,format=raw|qcow2][,readonly=on]` (repeatable; the guest
@@ -482,7 +495,9 @@ pub fn parse_memory_mib(s: &str) -> Result<u64, String> {
     Ok(total_kib / 1024)
 }
 
-/// Parses `--serial`: `stdio`, `off`, `file=PATH` or `unix=PATH`.
+/// Parses `--serial`: `stdio`, `off`, `file=PATH`, `unix=PATH` or `unix=PATH,stdout` (the
+/// socket, and a copy of the output on stdout; a socket path that itself ends in `,stdout`
+/// cannot be given here, only in a launch spec).
 pub fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     let nonempty = |p: &str| {
         if p.is_empty() {
@@ -495,9 +510,18 @@ pub fn parse_serial(s: &str) -> Result<SerialConfig, String> {
         None if s == "stdio" => Ok(SerialConfig::Stdio),
         None if s == "off" || s == "none" => Ok(SerialConfig::Off),
         Some(("file", p)) => Ok(SerialConfig::File { path: nonempty(p)? }),
-        Some(("unix", p)) => Ok(SerialConfig::Unix { path: nonempty(p)? }),
+        Some(("unix", p)) => {
+            let (p, stdout) = match p.strip_suffix(",stdout") {
+                Some(p) => (p, true),
+                None => (p, false),
+            };
+            Ok(SerialConfig::Unix {
+                path: nonempty(p)?,
+                stdout,
+            })
+        }
         _ => Err(format!(
-            "unknown serial form '{s}' (expected stdio, file=PATH, unix=PATH or off)"
+            "unknown serial form '{s}' (expected stdio, file=PATH, unix=PATH[,stdout] or off)"
         )),
     }
 }
@@ -621,7 +645,15 @@ mod tests {
         assert_eq!(
             parse_serial("unix=/tmp/s"),
             Ok(SerialConfig::Unix {
-                path: "/tmp/s".into()
+                path: "/tmp/s".into(),
+                stdout: false,
+            })
+        );
+        assert_eq!(
+            parse_serial("unix=/tmp/s,stdout"),
+            Ok(SerialConfig::Unix {
+                path: "/tmp/s".into(),
+                stdout: true,
             })
         );
         assert_eq!(
@@ -630,7 +662,7 @@ mod tests {
                 path: "out.log".into()
             })
         );
-        for bad in ["tcp=1", "unix=", "file", "pty", ""] {
+        for bad in ["tcp=1", "unix=", "unix=,stdout", "file", "pty", ""] {
             assert!(parse_serial(bad).is_err(), "{bad}");
         }
     }

@@ -6,7 +6,7 @@
 //! | 0    | the guest powered off (or reported success on the debug exit port); also a guest without ACPI stopped by SIGTERM |
 //! | 1    | VMM error: bad configuration, KVM unavailable, unreadable kernel, … |
 //! | 2    | command-line usage error |
-//! | 3    | the guest requested a reset |
+//! | 3    | the guest requested a reset (`vireo run`; `vireo launch` boots the VM again instead) |
 //! | 4    | a vCPU triple-faulted |
 //! | 5    | KVM internal error, including instruction-emulation failure |
 //! | 6    | the guest reported a failure status on the debug exit port |

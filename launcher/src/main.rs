@@ -8,6 +8,7 @@
 //!   PATH` without `--kernel` waits for a `vm.restore` through the API;
 //! - `vireo receive --listen URL` receives a VM by live migration and runs it;
 //! - `vireo remote --api-socket PATH ACTION` talks to a running vireo's control API;
+//! - `vireo probe --api-socket PATH` exits 0 iff that VM is Running (a readiness probe);
 //! - `vireo preflight` boots the built-in test guest to prove this node can run VMs.
 //!
 //! Logs go to stderr through `tracing` (filter with `VIREO_LOG`, default
@@ -69,6 +70,13 @@ fn main() -> ExitCode {
         }
         Command::Vm(args) => kube::delegate(&args.args).map(Ending::Code),
         Command::Remote(args) => remote::run(&args.api_socket, args.action).map(Ending::Code),
+        Command::Probe(args) => Ok(Ending::Code(match remote::probe(&args.api_socket) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(why) => {
+                logging::error_line(&format!("vireo probe: not ready: {why}"));
+                ExitCode::FAILURE
+            }
+        })),
     };
     let (status, message) = match result {
         Ok(Ending::Code(code)) => return code,
@@ -101,7 +109,9 @@ fn launch(args: &cli::LaunchArgs) -> anyhow::Result<ExitStatus> {
             );
             Ok(ExitStatus::MigrationTargetUnsupported)
         }
-        Ok(None) => run::load_spec(&args.spec).and_then(|c| run::run_vm(c, args.shutdown_timeout)),
+        Ok(None) => {
+            run::load_spec(&args.spec).and_then(|c| run::launch_vm(c, args.shutdown_timeout))
+        }
     }
 }
 

@@ -7,6 +7,11 @@
 //! forced on a guest that could have powered off is exit status 8
 //! ([`ExitStatus::ForcedStop`]), never 0.
 //!
+//! `vireo launch` (the pod launcher, [`launch_vm`]) treats a guest reset as QEMU under libvirt
+//! and KubeVirt do: it builds the same launch spec again and boots it in the same process (the
+//! serial and API sockets come back at the same paths, a serial file is appended to), so the
+//! pod and the VM stay running. `vireo run` ([`run_vm`]) ends with exit status 3 instead.
+//!
 //! With an API socket, the control API is served from when the VM is built until it stops;
 //! a `vm.shutdown` or `vmm.shutdown` through it is a forced stop too (the API calls back
 //! before stopping the VM, and the callback sets the same `forced` flag as the signals).
@@ -72,6 +77,70 @@ pub fn run_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitStatus> {
     let api_socket = config.api_socket.clone();
     let vm = Arc::new(VmBuilder::new(config).build()?);
     run_built(vm, api_socket.as_deref(), shutdown_timeout)
+}
+
+/// How long a reboot in place waits for the previous boot's VM to be released (its taps,
+/// sockets and memory) before it builds the next one anyway.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// `vireo launch`'s VM: builds, starts and waits for it like [`run_vm`], but when the guest
+/// resets it logs `guest reset: booting again` and builds and boots the same spec again, in
+/// this process, for as long as the guest keeps resetting. Returns how the last boot ended
+/// (never [`ExitStatus::Reset`]).
+///
+/// SIGTERM, SIGINT and SIGHUP stop it as they stop [`run_vm`], also between two boots: a
+/// signal that arrives after a boot ended in a reset and before the next one started ends the
+/// launcher instead of the reboot (SIGTERM as the normal shutdown of a VM that is not running,
+/// exit 0; SIGINT and SIGHUP as a forced stop, exit 8).
+pub fn launch_vm(config: VmConfig, shutdown_timeout: u64) -> Result<ExitStatus> {
+    // Registered for the whole launch, next to each boot's own handlers, so that no signal is
+    // lost in the gap between two boots.
+    let mut between_boots = install_signals()?;
+    let mut previous: Option<std::sync::Weak<Vm>> = None;
+    loop {
+        // This boot's handlers come before the look at `between_boots`: a signal is either
+        // seen there, or handled by this boot.
+        let signals = install_signals()?;
+        if let Some(signal) = between_boots.pending().next() {
+            info!(signal, "signal between two boots: not booting again");
+            return Ok(if signal == SIGTERM {
+                ExitStatus::PowerOff
+            } else {
+                ExitStatus::ForcedStop
+            });
+        }
+        let mut builder = VmBuilder::new(config.clone());
+        if let Some(previous) = previous.take() {
+            wait_released(&previous);
+            builder = builder.continuing_console();
+        }
+        let vm = Arc::new(builder.build()?);
+        previous = Some(Arc::downgrade(&vm));
+        let status = run_started(
+            vm,
+            config.api_socket.as_deref(),
+            shutdown_timeout,
+            signals,
+            true,
+        )?;
+        if status != ExitStatus::Reset {
+            return Ok(status);
+        }
+        info!("guest reset: booting again");
+    }
+}
+
+/// Waits up to [`RELEASE_WAIT`] until nothing holds the VM of `released` any more (a control
+/// API connection still answering may), so that the next boot finds its taps and paths free.
+fn wait_released(released: &std::sync::Weak<Vm>) {
+    let start = std::time::Instant::now();
+    while released.strong_count() > 0 {
+        if start.elapsed() >= RELEASE_WAIT {
+            warn!("the previous boot's VM is still held; booting again anyway");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The restore options of the host-side flags (`memory` as given).
@@ -169,7 +238,7 @@ pub fn receive_vm(args: ReceiveArgs) -> Result<ExitStatus> {
         Some(path) => Some(api::serve(path, vm.clone(), forced_hook(&forced))?),
         None => None,
     };
-    supervise(vm, api, forced, args.host.shutdown_timeout, signals)
+    supervise(vm, api, forced, args.host.shutdown_timeout, signals, false)
 }
 
 /// `vireo run --api-socket PATH` without a payload: serves the API, waits for `vm.restore`
@@ -209,6 +278,7 @@ pub fn await_restore(socket: &Path, shutdown_timeout: u64) -> Result<ExitStatus>
         forced,
         shutdown_timeout,
         install_signals()?,
+        false,
     )
 }
 
@@ -221,15 +291,26 @@ fn forced_hook(forced: &Arc<AtomicBool>) -> ApiHooks {
 
 /// Serves the API for `vm` (if asked), starts it and waits for it.
 fn run_built(vm: Arc<Vm>, api_socket: Option<&Path>, shutdown_timeout: u64) -> Result<ExitStatus> {
-    let forced = Arc::new(AtomicBool::new(false));
     // Handlers first: a signal sent once the API socket exists is handled, never fatal.
     let signals = install_signals()?;
+    run_started(vm, api_socket, shutdown_timeout, signals, false)
+}
+
+/// [`run_built`] with the signal handlers already installed; `reboots` as for [`supervise`].
+fn run_started(
+    vm: Arc<Vm>,
+    api_socket: Option<&Path>,
+    shutdown_timeout: u64,
+    signals: Signals,
+    reboots: bool,
+) -> Result<ExitStatus> {
+    let forced = Arc::new(AtomicBool::new(false));
     let api = match api_socket {
         Some(path) => Some(api::serve(path, vm.clone(), forced_hook(&forced))?),
         None => None,
     };
     vm.start()?;
-    supervise(vm, api, forced, shutdown_timeout, signals)
+    supervise(vm, api, forced, shutdown_timeout, signals, reboots)
 }
 
 /// The handlers of SIGTERM, SIGINT and SIGHUP.
@@ -238,13 +319,15 @@ fn install_signals() -> Result<Signals> {
 }
 
 /// Handles signals for the started `vm`, waits for it to stop and maps how it ended to the
-/// exit status.
+/// exit status. With `reboots` (`vireo launch`), a reset is not warned about as an abnormal end:
+/// the caller boots the VM again.
 fn supervise(
     vm: Arc<Vm>,
     api: Option<api::ApiServer>,
     forced: Arc<AtomicBool>,
     shutdown_timeout: u64,
     signals: Signals,
+    reboots: bool,
 ) -> Result<ExitStatus> {
     let handle = signals.handle();
     let watcher = {
@@ -263,7 +346,9 @@ fn supervise(
     handle.close();
     let _ = watcher.join();
     let status = exit_code::for_exit(&reason, forced.load(Ordering::SeqCst));
-    if status != ExitStatus::PowerOff {
+    if status == ExitStatus::Reset && reboots {
+        info!(%reason, "VM stopped for a reboot");
+    } else if status != ExitStatus::PowerOff {
         warn!(%reason, code = status.code(), why = status.description(), "VM exited abnormally");
     }
     Ok(status)

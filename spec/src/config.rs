@@ -4,7 +4,7 @@
 //! ```json
 //! { "version": 1, "vcpus": 2, "memory_mib": 512,
 //!   "payload": { "kernel": "/k", "initramfs": null, "cmdline": "console=ttyS0" },
-//!   "serial": { "mode": "unix", "path": "/run/vireo/serial.sock" } }
+//!   "serial": { "mode": "unix", "path": "/run/vireo/serial.sock", "stdout": true } }
 //! ```
 //! Unknown fields are rejected at every level. Disks become virtio-blk and NICs virtio-net
 //! functions on PCI bus 0, disks first, each list in order, from slot 1.
@@ -63,6 +63,10 @@ pub struct VmConfig {
     /// The VNC console: framebuffer, keyboard, tablet and RFB server (absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vnc: Option<VncConfig>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -139,9 +143,11 @@ pub struct PayloadConfig {
 
 /// Where the guest's first serial port is connected.
 ///
-/// In JSON, `{"mode": "stdio" | "off"}` or `{"mode": "file" | "unix", "path": …}`; any other
-/// field is refused, also next to `stdio` and `off` (serde's internally tagged enums would let an
-/// unknown field through there, so reading goes through [`SerialWire`]).
+/// In JSON, `{"mode": "stdio" | "off"}`, `{"mode": "file", "path": …}` or
+/// `{"mode": "unix", "path": …, "stdout": true}` (`stdout` optional, default false, and left out
+/// when false); any other field is refused, also next to `stdio` and `off`, and `stdout` is
+/// refused next to any mode but `unix` (serde's internally tagged enums would let an unknown
+/// field through there, so reading goes through [`SerialWire`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "lowercase", try_from = "SerialWire")]
 pub enum SerialConfig {
@@ -158,6 +164,11 @@ pub enum SerialConfig {
     Unix {
         /// Socket path.
         path: PathBuf,
+        /// Also copy the guest's output to the VMM's stdout (so a pod's log shows it while the
+        /// console stays reachable through the socket). The copy has its own queue: a stdout
+        /// nobody reads never delays the socket's client, nor the other way round.
+        #[serde(default, skip_serializing_if = "is_false")]
+        stdout: bool,
     },
     /// Disconnected: output is discarded.
     Off,
@@ -170,6 +181,8 @@ struct SerialWire {
     mode: SerialMode,
     #[serde(default)]
     path: Option<PathBuf>,
+    #[serde(default)]
+    stdout: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -185,11 +198,17 @@ impl TryFrom<SerialWire> for SerialConfig {
     type Error = &'static str;
 
     fn try_from(w: SerialWire) -> Result<Self, Self::Error> {
+        if w.stdout.is_some() && !matches!(w.mode, SerialMode::Unix) {
+            return Err("unknown field `stdout`: only serial mode unix takes stdout");
+        }
         match (w.mode, w.path) {
             (SerialMode::Stdio, None) => Ok(SerialConfig::Stdio),
             (SerialMode::Off, None) => Ok(SerialConfig::Off),
             (SerialMode::File, Some(path)) => Ok(SerialConfig::File { path }),
-            (SerialMode::Unix, Some(path)) => Ok(SerialConfig::Unix { path }),
+            (SerialMode::Unix, Some(path)) => Ok(SerialConfig::Unix {
+                path,
+                stdout: w.stdout.unwrap_or(false),
+            }),
             (SerialMode::Stdio | SerialMode::Off, Some(_)) => {
                 Err("unknown field `path`: serial modes stdio and off take no path")
             }

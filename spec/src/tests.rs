@@ -31,7 +31,8 @@ fn spec_json_round_trips_in_the_documented_shape() {
     assert_eq!(
         cfg.serial,
         SerialConfig::Unix {
-            path: "/run/s.sock".into()
+            path: "/run/s.sock".into(),
+            stdout: false,
         }
     );
     assert_eq!(cfg.disks[0].format, Some(DiskFormat::Qcow2));
@@ -42,6 +43,39 @@ fn spec_json_round_trips_in_the_documented_shape() {
     let text = serde_json::to_string(&cfg).expect("ser");
     assert!(text.contains(r#""version":1"#), "{text}");
     assert_eq!(load(&text).expect("again"), cfg);
+}
+
+#[test]
+fn unix_serial_stdout_copy_is_read_and_written_only_when_set() {
+    let base = r#"{"vcpus":1,"memory_mib":64,"payload":{"kernel":"/k"},"serial":"#;
+    let on = load(&format!(
+        r#"{base}{{"mode":"unix","path":"/s","stdout":true}}}}"#
+    ))
+    .expect("on");
+    assert_eq!(
+        on.serial,
+        SerialConfig::Unix {
+            path: "/s".into(),
+            stdout: true,
+        }
+    );
+    let text = serde_json::to_string(&on.serial).expect("ser");
+    assert_eq!(text, r#"{"mode":"unix","path":"/s","stdout":true}"#);
+    assert_eq!(
+        load(&serde_json::to_string(&on).expect("ser")).expect("again"),
+        on
+    );
+
+    let off = load(&format!(
+        r#"{base}{{"mode":"unix","path":"/s","stdout":false}}}}"#
+    ))
+    .expect("off");
+    let absent = load(&format!(r#"{base}{{"mode":"unix","path":"/s"}}}}"#)).expect("absent");
+    assert_eq!(off, absent);
+    assert_eq!(
+        serde_json::to_string(&off.serial).expect("ser"),
+        r#"{"mode":"unix","path":"/s"}"#
+    );
 }
 
 #[test]
@@ -101,6 +135,18 @@ fn typed_fields_refuse_bad_values_when_parsed() {
             r#"{"vcpus":1,"memory_mib":64,"payload":{"kernel":"/k"},"serial":{"mode":"file"}}"#,
             "path",
         ),
+        (
+            r#"{"vcpus":1,"memory_mib":64,"payload":{"kernel":"/k"},"serial":{"mode":"file","path":"/f","stdout":true}}"#,
+            "only serial mode unix takes stdout",
+        ),
+        (
+            r#"{"vcpus":1,"memory_mib":64,"payload":{"kernel":"/k"},"serial":{"mode":"stdio","stdout":false}}"#,
+            "stdout",
+        ),
+        (
+            r#"{"vcpus":1,"memory_mib":64,"payload":{"kernel":"/k"},"serial":{"mode":"unix","path":"/s","stdout":"yes"}}"#,
+            "expected a boolean",
+        ),
     ] {
         let err = load(json).expect_err(json);
         assert!(err.to_string().contains(needle), "{json}: {err}");
@@ -139,6 +185,7 @@ fn validation_names_each_problem_and_its_field() {
         &|c| {
             c.serial = SerialConfig::Unix {
                 path: "/".repeat(108).into(),
+                stdout: false,
             }
         },
         Field::SerialPath,

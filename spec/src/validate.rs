@@ -288,7 +288,7 @@ impl VmConfig {
         non_empty(&self.payload.kernel, Field::Kernel)?;
         match &self.serial {
             SerialConfig::File { path } => non_empty(path, Field::SerialPath)?,
-            SerialConfig::Unix { path } => socket_path(path, Field::SerialPath)?,
+            SerialConfig::Unix { path, .. } => socket_path(path, Field::SerialPath)?,
             SerialConfig::Stdio | SerialConfig::Off => {}
         }
         if let Some(path) = &self.api_socket {

@@ -50,6 +50,8 @@ pub struct PlatformFlags {
 pub struct VmBuilder {
     config: VmConfig,
     serial_writer: Option<Box<dyn Write + Send>>,
+    stdout_copy: Option<std::fs::File>,
+    continuing: bool,
     boot_cpu: Option<InitialCpuState>,
 }
 
@@ -67,8 +69,26 @@ impl VmBuilder {
         Self {
             config,
             serial_writer: None,
+            stdout_copy: None,
+            continuing: false,
             boot_cpu: None,
         }
+    }
+
+    /// Where the copy of a unix-socket console's output that the spec's `stdout: true` asks
+    /// for goes, instead of a duplicate of the VMM's stdout (for embedders and tests; see
+    /// [`Console::open_with`]). Without effect on any other console.
+    pub fn serial_stdout_copy(mut self, file: std::fs::File) -> Self {
+        self.stdout_copy = Some(file);
+        self
+    }
+
+    /// Opens the serial console as for a VM that goes on from an earlier one (a reboot in
+    /// place, a restore): a file console is appended to instead of truncated, so the guest
+    /// keeps one log (see [`Console::open_continuing`]).
+    pub fn continuing_console(mut self) -> Self {
+        self.continuing = true;
+        self
     }
 
     /// Sends COM1 output to `writer` instead of the configured console (the
@@ -124,10 +144,13 @@ impl VmBuilder {
             platform,
             memory,
             config,
-            self.serial_writer,
+            ConsoleOpen {
+                writer: self.serial_writer,
+                stdout_copy: self.stdout_copy,
+                continuing: self.continuing,
+            },
             flags,
             Vec::new(),
-            false,
         )?;
         let supported = kvm.supported_cpuid()?;
         let count = parts.config.vcpus;
@@ -232,28 +255,37 @@ pub(crate) struct Parts {
     pub(crate) devices: DeviceManager,
 }
 
-/// Opens the console (a file console appended to when `continuing` a VM restored or
-/// received) and creates the platform devices, the spec's disks and NICs (on the taps in
-/// `taps` where given, by index), on the platform's VM. The same spec and flags give the same devices in the same slots, with the same
-/// BARs and interrupt lines — what a restore relies on.
+/// How [`create_devices`] opens the serial console.
+pub(crate) struct ConsoleOpen {
+    /// An embedder's writer instead of the configured console ([`Console::from_writer`]).
+    pub(crate) writer: Option<Box<dyn Write + Send>>,
+    /// Where a unix console's stdout copy goes instead of fd 1 ([`Console::open_with`]).
+    pub(crate) stdout_copy: Option<std::fs::File>,
+    /// The VM goes on from an earlier one (restored, received, rebooted in place): a file
+    /// console is appended to.
+    pub(crate) continuing: bool,
+}
+
+/// Opens the console as `console` says and creates the platform devices, the spec's disks
+/// and NICs (on the taps in `taps` where given, by index), on the platform's VM. The same
+/// spec and flags give the same devices in the same slots, with the same BARs and interrupt
+/// lines — what a restore relies on.
 pub(crate) fn create_devices(
     platform: Platform,
     memory: GuestMemory,
     mut config: VmConfig,
-    serial_writer: Option<Box<dyn Write + Send>>,
+    console: ConsoleOpen,
     flags: PlatformFlags,
     taps: Vec<Option<vireo_net::Tap>>,
-    continuing: bool,
 ) -> Result<Parts, VmError> {
     let Platform {
         vm_fd,
         ring_entries,
     } = platform;
     let lifecycle = Arc::new(Lifecycle::new(vcpu::kick));
-    let mut console = match serial_writer {
+    let mut console = match console.writer {
         Some(w) => Console::from_writer(w),
-        None if continuing => Console::open_continuing(&config.serial)?,
-        None => Console::open(&config.serial)?,
+        None => Console::open_with(&config.serial, console.continuing, console.stdout_copy)?,
     };
     let mut devices = DeviceManager::new(
         &vm_fd,

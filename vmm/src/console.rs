@@ -40,12 +40,39 @@
 //! healthy sink before the process exits, but a stuck sink delays the exit by
 //! at most that much.
 //!
+//! # A unix socket with a copy on stdout
+//!
+//! `SerialConfig::Unix { stdout: true, .. }` also copies every byte the guest
+//! transmits to the VMM's stdout (so a pod's log shows the guest's output
+//! while the console stays reachable through the socket). The copy is a
+//! second, independent sink: its own bounded queue ([`OUTPUT_QUEUE_LIMIT`],
+//! oldest dropped first) and its own writer thread (`vireo-serial-copy`),
+//! written the same way as stdio. The UART's writer appends each byte to both
+//! queues, taking one queue lock at a time, so a stdout pipe nobody reads
+//! never delays the socket's client, a client that never reads never delays
+//! stdout, and neither ever blocks a vCPU. [`ConsoleCounters`] (and so the VM
+//! counters API) are those of the socket sink; what the copy lost is only
+//! logged (the same rate-limited warning). [`ConsoleHandle::flush`] flushes
+//! both within one bounded time.
+//!
 //! [`Console::from_writer`] is the exception: its writer (an embedder's or a
 //! test's) is called synchronously on the vCPU thread and must not block.
 //!
 //! Input is read by a console thread and pushed into the UART's 64-byte FIFO
 //! as space frees up; bytes are held back, never dropped, while the guest has
 //! not drained the FIFO.
+//!
+//! # More than one console in a process
+//!
+//! A VM rebooted in place (`vireo launch`) gets a new console at the same
+//! paths. Dropping a console ends its threads: the unix socket's accept
+//! thread is woken (`shutdown(2)` of the listening socket) and ends, and when
+//! the writer thread ends it shuts the connected client down, so that client
+//! sees the end of the stream (and reconnects to the next boot's socket) and
+//! its input thread ends. Stdin is read by one thread for the whole process,
+//! which feeds the UART of the newest stdio console (input typed while none
+//! is alive is discarded), so an old VM's UART never takes the new one's
+//! input.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -53,7 +80,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -175,13 +203,19 @@ enum InputSource {
 
 /// An opened console: the UART's output writer plus its input source.
 ///
-/// Dropping it removes the unix socket's path and lets the writer thread
-/// finish (it keeps delivering queued output for at most one more second).
+/// Dropping it removes the unix socket's path and lets the writer threads
+/// finish (they keep delivering queued output for at most one more second).
 pub struct Console {
     output: Option<Box<dyn Write + Send>>,
     input: InputSource,
-    socket_path: Option<PathBuf>,
+    /// The unix socket's path and the (device, inode) it had once bound.
+    socket_path: Option<(PathBuf, Option<(u64, u64)>)>,
     shared: Arc<Shared>,
+    /// The second sink of a unix socket with a stdout copy.
+    copy: Option<Arc<Shared>>,
+    /// A duplicate of the unix socket's listening descriptor, shut down on drop to end the
+    /// accept thread.
+    accept_waker: Option<UnixListener>,
 }
 
 impl std::fmt::Debug for Console {
@@ -199,17 +233,28 @@ impl Console {
     /// socket it starts the writer thread, so that the UART's output never
     /// blocks a vCPU (see the module docs).
     pub fn open(config: &SerialConfig) -> Result<Self, ConsoleError> {
-        Self::open_with(config, false)
+        Self::open_with(config, false, None)
     }
 
     /// [`Console::open`] for a VM that continues elsewhere begun (restored or received by
     /// migration): a file console is appended to, not truncated, so a guest moved between
     /// processes on one host keeps one log.
     pub fn open_continuing(config: &SerialConfig) -> Result<Self, ConsoleError> {
-        Self::open_with(config, true)
+        Self::open_with(config, true, None)
     }
 
-    fn open_with(config: &SerialConfig, append: bool) -> Result<Self, ConsoleError> {
+    /// [`Console::open`] (or [`Console::open_continuing`] with `append`), where the copy of a
+    /// unix socket's output that `stdout: true` asks for goes to `stdout_copy` instead of a
+    /// duplicate of fd 1 (for embedders and tests; ignored for every other kind of console and
+    /// when `stdout` is false). The copy is written as stdout would be: polled, at most 4 KiB
+    /// at a time, from its own thread.
+    pub fn open_with(
+        config: &SerialConfig,
+        append: bool,
+        stdout_copy: Option<File>,
+    ) -> Result<Self, ConsoleError> {
+        let mut copy_sink = None;
+        let mut accept_waker = None;
         let (sink, input, socket_path) = match config {
             SerialConfig::Stdio => {
                 let fd = io::stdout()
@@ -232,12 +277,33 @@ impl Console {
                     })?;
                 (Some(Sink::Fd(file)), InputSource::None, None)
             }
-            SerialConfig::Unix { path } => {
+            SerialConfig::Unix { path, stdout } => {
+                if *stdout {
+                    let file = match stdout_copy {
+                        Some(file) => file,
+                        None => File::from(
+                            io::stdout()
+                                .as_fd()
+                                .try_clone_to_owned()
+                                .map_err(ConsoleError::Stdout)?,
+                        ),
+                    };
+                    copy_sink = Some(Sink::Fd(file));
+                }
                 let listener = bind_socket(path)?;
+                accept_waker =
+                    Some(
+                        listener
+                            .try_clone()
+                            .map_err(|source| ConsoleError::Socket {
+                                path: path.clone(),
+                                source,
+                            })?,
+                    );
                 (
                     Some(Sink::Unix),
                     InputSource::Unix(listener),
-                    Some(path.clone()),
+                    Some((path.clone(), file_identity(path))),
                 )
             }
         };
@@ -245,17 +311,28 @@ impl Console {
             return Ok(Self::from_writer(Box::new(io::sink())));
         };
         let shared = Arc::new(Shared::new(matches!(sink, Sink::Unix)));
-        let writer_shared = shared.clone();
-        std::thread::Builder::new()
-            .name("vireo-serial-out".into())
-            .spawn(move || run_writer(&writer_shared, &sink))
-            .map_err(ConsoleError::Thread)?;
-        Ok(Self {
-            output: Some(Box::new(QueueWriter(shared.clone()))),
+        let copy = match copy_sink {
+            Some(copy_sink) => {
+                let copy = Arc::new(Shared::new(false));
+                spawn_writer("vireo-serial-copy", &copy, copy_sink)?;
+                Some(copy)
+            }
+            None => None,
+        };
+        let console = Self {
+            output: Some(Box::new(QueueWriter {
+                main: shared.clone(),
+                copy: copy.clone(),
+            })),
             input,
             socket_path,
             shared,
-        })
+            copy,
+            accept_waker,
+        };
+        // From here on, dropping `console` on an error closes the copy's writer thread too.
+        spawn_writer("vireo-serial-out", &console.shared, sink)?;
+        Ok(console)
     }
 
     /// A console whose output goes to `writer` and that has no input (for
@@ -272,6 +349,8 @@ impl Console {
             input: InputSource::None,
             socket_path: None,
             shared,
+            copy: None,
+            accept_waker: None,
         }
     }
 
@@ -290,7 +369,10 @@ impl Console {
     /// A cloneable handle to this console's output (counters and flush) for
     /// other threads, usable without access to the `Console`.
     pub fn handle(&self) -> ConsoleHandle {
-        ConsoleHandle(self.shared.clone())
+        ConsoleHandle {
+            main: self.shared.clone(),
+            copy: self.copy.clone(),
+        }
     }
 
     /// Starts feeding input into `serial` (and, for a unix socket, accepting
@@ -305,10 +387,7 @@ impl Console {
         };
         match std::mem::replace(&mut self.input, InputSource::None) {
             InputSource::None => Ok(()),
-            InputSource::Stdin => spawn(
-                "vireo-stdin",
-                Box::new(move || pump_input(io::stdin(), &serial)),
-            ),
+            InputSource::Stdin => start_stdin(&serial),
             InputSource::Unix(listener) => {
                 let shared = self.shared.clone();
                 spawn(
@@ -322,13 +401,23 @@ impl Console {
 
 impl Drop for Console {
     fn drop(&mut self) {
-        {
-            let mut st = self.shared.lock();
-            st.closing = Some(Instant::now() + CLOSE_GRACE);
+        let end = Instant::now() + CLOSE_GRACE;
+        for shared in std::iter::once(&self.shared).chain(self.copy.as_ref()) {
+            shared.lock().closing = Some(end);
+            shared.wake.notify_all();
         }
-        self.shared.wake.notify_all();
-        if let Some(path) = &self.socket_path {
-            let _ = std::fs::remove_file(path);
+        if let Some(listener) = &self.accept_waker {
+            // SAFETY: shutdown(2) on a descriptor this console owns (open until the end of
+            // this call); it only wakes the accept thread's accept(2), which then sees
+            // `closing` and ends.
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        // Only the socket this console bound: a console opened since at the same path (the
+        // next boot of a VM that rebooted in place) keeps its own.
+        if let Some((path, identity)) = &self.socket_path {
+            if identity.is_none() || file_identity(path) == *identity {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -337,7 +426,11 @@ impl Drop for Console {
 /// bounded flush. Its methods never wait for the console's sink beyond what
 /// they say.
 #[derive(Clone)]
-pub struct ConsoleHandle(Arc<Shared>);
+pub struct ConsoleHandle {
+    main: Arc<Shared>,
+    /// The stdout copy of a unix socket console, flushed with the main sink.
+    copy: Option<Arc<Shared>>,
+}
 
 impl std::fmt::Debug for ConsoleHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -349,45 +442,57 @@ impl std::fmt::Debug for ConsoleHandle {
 
 impl ConsoleHandle {
     /// A snapshot of the output counters (taken under a lock that is only
-    /// ever held for queue bookkeeping, never across I/O).
+    /// ever held for queue bookkeeping, never across I/O). For a unix socket
+    /// with a stdout copy, the socket sink's: the copy is not counted.
     pub fn counters(&self) -> ConsoleCounters {
-        self.0.lock().snapshot()
+        self.main.lock().snapshot()
     }
 
-    /// Waits until everything queued has been handed to the sink, for at
-    /// most `timeout`, giving up earlier once the sink has taken nothing for
-    /// a quarter of a second. Output kept for a unix-socket client that is
-    /// not connected counts as delivered here (it waits for the next
-    /// client). Returns whether the queue was drained.
+    /// Waits until everything queued has been handed to the sink (and to
+    /// the stdout copy, if there is one), for at most `timeout` in all,
+    /// giving up on a sink earlier once it has taken nothing for a quarter
+    /// of a second. Output kept for a unix-socket client that is not
+    /// connected counts as delivered here (it waits for the next client).
+    /// Returns whether every queue was drained.
     pub fn flush(&self, timeout: Duration) -> bool {
         let start = Instant::now();
-        let mut st = self.0.lock();
-        let mut delivered = st.delivered;
-        let mut progress_at = start;
-        loop {
-            if st.is_drained() {
-                return true;
-            }
-            if st.writer_ended {
-                return false;
-            }
-            let now = Instant::now();
-            if st.delivered != delivered {
-                delivered = st.delivered;
-                progress_at = now;
-            }
-            let end = (start + timeout).min(progress_at + FLUSH_STALL);
-            if now >= end {
-                return false;
-            }
-            let wait = (end - now).min(POLL_INTERVAL);
-            st = self
-                .0
-                .idle
-                .wait_timeout(st, wait)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+        let main = flush_shared(&self.main, timeout);
+        let copy = match &self.copy {
+            Some(copy) => flush_shared(copy, timeout.saturating_sub(start.elapsed())),
+            None => true,
+        };
+        main && copy
+    }
+}
+
+/// [`ConsoleHandle::flush`] for one sink.
+fn flush_shared(shared: &Shared, timeout: Duration) -> bool {
+    let start = Instant::now();
+    let mut st = shared.lock();
+    let mut delivered = st.delivered;
+    let mut progress_at = start;
+    loop {
+        if st.is_drained() {
+            return true;
         }
+        if st.writer_ended {
+            return false;
+        }
+        let now = Instant::now();
+        if st.delivered != delivered {
+            delivered = st.delivered;
+            progress_at = now;
+        }
+        let end = (start + timeout).min(progress_at + FLUSH_STALL);
+        if now >= end {
+            return false;
+        }
+        let wait = (end - now).min(POLL_INTERVAL);
+        st = shared
+            .idle
+            .wait_timeout(st, wait)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0);
     }
 }
 
@@ -496,24 +601,20 @@ impl Shared {
     }
 }
 
-/// The UART's writer for queued consoles: appends, trims, returns. Runs on
-/// vCPU threads; never does I/O and never waits for anything but the queue
-/// lock, which nobody holds across I/O.
-struct QueueWriter(Arc<Shared>);
+/// The UART's writer for queued consoles: appends, trims, returns (to the
+/// main queue, then to the stdout copy's, one lock at a time). Runs on vCPU
+/// threads; never does I/O and never waits for anything but the queue locks,
+/// which nobody holds across I/O.
+struct QueueWriter {
+    main: Arc<Shared>,
+    copy: Option<Arc<Shared>>,
+}
 
 impl Write for QueueWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut st = self.0.lock();
-        st.written += buf.len() as u64;
-        st.queue.extend(buf);
-        st.trim();
-        let wake = st.writer_waiting && st.has_sink();
-        if wake {
-            st.writer_waiting = false;
-        }
-        drop(st);
-        if wake {
-            self.0.wake.notify_one();
+        enqueue(&self.main, buf);
+        if let Some(copy) = &self.copy {
+            enqueue(copy, buf);
         }
         Ok(buf.len())
     }
@@ -522,6 +623,33 @@ impl Write for QueueWriter {
         // The UART flushes after every byte; delivery is the writer thread's.
         Ok(())
     }
+}
+
+/// Appends `buf` to one sink's queue, trims it, and wakes its writer thread
+/// if it sleeps.
+fn enqueue(shared: &Shared, buf: &[u8]) {
+    let mut st = shared.lock();
+    st.written += buf.len() as u64;
+    st.queue.extend(buf);
+    st.trim();
+    let wake = st.writer_waiting && st.has_sink();
+    if wake {
+        st.writer_waiting = false;
+    }
+    drop(st);
+    if wake {
+        shared.wake.notify_one();
+    }
+}
+
+/// Starts the writer thread `name` that drains `shared` into `sink`.
+fn spawn_writer(name: &'static str, shared: &Arc<Shared>, sink: Sink) -> Result<(), ConsoleError> {
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || run_writer(&shared, &sink, name))
+        .map(|_| ())
+        .map_err(ConsoleError::Thread)
 }
 
 /// The UART's writer for [`Console::from_writer`] (and `Off`): passes bytes
@@ -586,16 +714,18 @@ impl DropReport {
     }
 }
 
-fn emit(note: Option<DropNote>) {
+fn emit(note: Option<DropNote>, writer: &str) {
     let Some(note) = note else { return };
     match note.error {
         Some(error) => warn!(
+            writer,
             dropped_bytes = note.dropped,
             total_dropped_bytes = note.total,
             %error,
             "serial output dropped: writing to the console failed"
         ),
         None => warn!(
+            writer,
             dropped_bytes = note.dropped,
             total_dropped_bytes = note.total,
             "serial output dropped: the console reader is not keeping up (oldest output discarded)"
@@ -603,9 +733,10 @@ fn emit(note: Option<DropNote>) {
     }
 }
 
-/// The writer thread: moves queued bytes to `sink` until the console is
-/// dropped. Holds the queue lock only for bookkeeping.
-fn run_writer(shared: &Shared, sink: &Sink) {
+/// The writer thread (named `writer` in its warnings): moves queued bytes to
+/// `sink` until the console is dropped. Holds the queue lock only for
+/// bookkeeping.
+fn run_writer(shared: &Shared, sink: &Sink, writer: &str) {
     let mut pending: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
     let mut done = 0usize;
     let mut report = DropReport::default();
@@ -615,10 +746,16 @@ fn run_writer(shared: &Shared, sink: &Sink) {
         let closed = st.closing.is_some_and(|end| Instant::now() >= end);
         if closed || (!has_work && st.closing.is_some()) {
             st.writer_ended = true;
+            let client = st.client.take();
             let note = report.due(&st, true);
             drop(st);
+            if let Some(client) = client {
+                // The console is gone: its client gets the end of the stream (and its
+                // input thread ends).
+                let _ = client.shutdown(std::net::Shutdown::Both);
+            }
             shared.idle.notify_all();
-            emit(note);
+            emit(note, writer);
             return;
         }
         if !has_work {
@@ -632,7 +769,7 @@ fn run_writer(shared: &Shared, sink: &Sink) {
             st.writer_waiting = false;
             let note = report.due(&st, false);
             drop(st);
-            emit(note);
+            emit(note, writer);
             // Let a burst of single bytes from the UART gather into one write.
             std::thread::sleep(COALESCE);
             continue;
@@ -648,7 +785,7 @@ fn run_writer(shared: &Shared, sink: &Sink) {
         let generation = st.generation;
         let note = report.due(&st, false);
         drop(st);
-        emit(note);
+        emit(note, writer);
 
         let chunk = &pending[done..];
         let result = match (sink, &client) {
@@ -793,6 +930,14 @@ pub(crate) fn bind_socket(path: &Path) -> Result<UnixListener, ConsoleError> {
     Ok(listener)
 }
 
+/// The (device, inode) of what is at `path` (not following a symlink), if anything.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
 /// A name beside `path` to bind under before the socket is renamed into
 /// place: `.<name>.<pid>` in the same directory, so the rename cannot cross a
 /// file system.
@@ -805,31 +950,74 @@ fn staging_path(path: &Path) -> PathBuf {
 }
 
 /// Copies bytes from `src` into the UART until `src` ends.
-fn pump_input(mut src: impl Read, serial: &Mutex<Serial8250>) {
+fn pump_input(src: impl Read, serial: &Mutex<Serial8250>) {
+    read_chunks(src, |bytes| feed(serial, bytes));
+}
+
+/// Calls `each` with every chunk read from `src` until `src` ends.
+fn read_chunks(mut src: impl Read, mut each: impl FnMut(&[u8])) {
     let mut buf = [0u8; 256];
     loop {
-        let n = match src.read(&mut buf) {
+        match src.read(&mut buf) {
             Ok(0) => return,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(n) => each(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 debug!(error = %e, "serial input closed");
                 return;
             }
-        };
-        let mut sent = 0;
-        while sent < n {
-            let taken = serial
-                .lock()
-                .map(|mut s| s.enqueue_input(&buf[sent..n]))
-                .unwrap_or(0);
-            sent += taken;
-            if taken == 0 {
-                // The guest has not drained the FIFO yet.
-                std::thread::sleep(Duration::from_millis(1));
-            }
         }
     }
+}
+
+/// Pushes `bytes` into the UART's input FIFO, waiting while the guest has not drained it.
+/// Gives up when the UART's lock is poisoned (its VM is gone).
+fn feed(serial: &Mutex<Serial8250>, bytes: &[u8]) {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let Ok(mut uart) = serial.lock() else { return };
+        let taken = uart.enqueue_input(&bytes[sent..]);
+        drop(uart);
+        sent += taken;
+        if taken == 0 {
+            // The guest has not drained the FIFO yet.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// The UART that stdin feeds: the newest stdio console's, while its VM lives.
+static STDIN_TARGET: Mutex<Option<Weak<Mutex<Serial8250>>>> = Mutex::new(None);
+
+/// Whether the stdin thread has been started (once per process).
+static STDIN_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Points stdin at `serial` and starts the one stdin thread if it is not running yet.
+fn start_stdin(serial: &Arc<Mutex<Serial8250>>) -> Result<(), ConsoleError> {
+    *STDIN_TARGET.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(serial));
+    if STDIN_STARTED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    let spawned = std::thread::Builder::new()
+        .name("vireo-stdin".into())
+        .spawn(|| {
+            read_chunks(io::stdin(), |bytes| {
+                let target = STDIN_TARGET
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .and_then(Weak::upgrade);
+                // With no live stdio console the input has nowhere to go.
+                if let Some(serial) = target {
+                    feed(&serial, bytes);
+                }
+            });
+        });
+    if let Err(e) = spawned {
+        STDIN_STARTED.store(false, Ordering::SeqCst);
+        return Err(ConsoleError::Thread(e));
+    }
+    Ok(())
 }
 
 /// Accepts unix-socket clients: each new one replaces (and shuts down) the
@@ -837,6 +1025,10 @@ fn pump_input(mut src: impl Read, serial: &Mutex<Serial8250>) {
 /// backlog, from the writer thread.
 fn accept_clients(listener: UnixListener, shared: &Shared, serial: &Arc<Mutex<Serial8250>>) {
     for conn in listener.incoming() {
+        if shared.lock().closing.is_some() {
+            // The console was dropped (and woke this thread).
+            return;
+        }
         let stream = match conn {
             Ok(s) => s,
             Err(e) => {

@@ -125,7 +125,11 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 fn ten_mib_to_a_unix_client_that_never_reads_never_blocks_the_uart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("serial.sock");
-    let mut console = Console::open(&SerialConfig::Unix { path: sock.clone() }).expect("open");
+    let mut console = Console::open(&SerialConfig::Unix {
+        path: sock.clone(),
+        stdout: false,
+    })
+    .expect("open");
     let serial = uart(&mut console);
     console.start_input(serial.clone()).expect("start input");
 
@@ -202,7 +206,11 @@ fn ten_mib_to_a_unix_client_that_never_reads_never_blocks_the_uart() {
 fn output_without_a_client_is_kept_up_to_the_backlog_and_replayed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("serial.sock");
-    let mut console = Console::open(&SerialConfig::Unix { path: sock.clone() }).expect("open");
+    let mut console = Console::open(&SerialConfig::Unix {
+        path: sock.clone(),
+        stdout: false,
+    })
+    .expect("open");
     let serial = uart(&mut console);
     console.start_input(serial.clone()).expect("start input");
 
@@ -368,7 +376,10 @@ fn a_unix_client_that_never_reads_stalls_neither_the_guest_nor_pause() {
     let mut config = VmConfig::new(&kernel);
     config.memory_mib = 64;
     config.payload.cmdline = format!("spew {bytes}");
-    config.serial = SerialConfig::Unix { path: sock.clone() };
+    config.serial = SerialConfig::Unix {
+        path: sock.clone(),
+        stdout: false,
+    };
     let vm = Arc::new(VmBuilder::new(config).build().expect("build VM"));
 
     // The client connects before the guest starts and never reads.

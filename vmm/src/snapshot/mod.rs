@@ -450,10 +450,13 @@ pub(crate) fn apply_state(
         platform,
         memory,
         config,
-        serial_writer,
+        builder::ConsoleOpen {
+            writer: serial_writer,
+            stdout_copy: None,
+            continuing: true,
+        },
         snapshot.flags,
         taps,
-        true,
     )?;
     device_persist::restore(&parts.devices, &snapshot.devices)?;
     let mut vcpus = Vec::with_capacity(snapshot.vcpus.len());
