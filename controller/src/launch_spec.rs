@@ -191,12 +191,14 @@ pub fn render(
         });
     }
     // KubeVirt's autoattachSerialConsole: false means the guest has no console to attach to.
+    // Otherwise the console is the pod's unix socket (interactive, one client at a time) and
+    // its output is also the container's stdout, so `kubectl logs` shows the guest.
     let serial = if spec.domain.devices.autoattach_serial_console == Some(false) {
         SerialConfig::Off
     } else {
         SerialConfig::Unix {
             path: SERIAL_SOCKET.into(),
-            stdout: false,
+            stdout: true,
         }
     };
     let config = VmConfig {
@@ -291,7 +293,7 @@ mod tests {
             read.serial,
             SerialConfig::Unix {
                 path: SERIAL_SOCKET.into(),
-                stdout: false,
+                stdout: true,
             }
         );
     }
