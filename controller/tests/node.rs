@@ -14,8 +14,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -62,7 +63,7 @@ fn deploy_dir() -> PathBuf {
 
 /// Applies `deploy/namespace.yaml` and `deploy/rbac.yaml`, checks `deploy/controller.yaml` with
 /// a server-side dry run, and returns a client authenticated as the `vireo-controller` service
-/// account (its token secret, as the token controller of Kubernetes 1.20 creates it).
+/// account (a token from the TokenRequest API).
 async fn controller_client(cluster: &TestCluster) -> Client {
     for file in ["namespace.yaml", "rbac.yaml"] {
         let path = deploy_dir().join(file);
@@ -82,36 +83,20 @@ async fn controller_client(cluster: &TestCluster) -> Client {
         .expect("kubectl");
     assert!(out.status.success(), "dry-run controller.yaml: {out:?}");
 
+    // A bound token from the TokenRequest API (what a pod's projected token is).
     let admin = cluster.client().await.expect("client");
-    let secrets: Api<Secret> = Api::namespaced(admin, "vireo-system");
-    let deadline = Instant::now() + PATIENCE;
-    let token = loop {
-        let found = secrets
-            .list(&ListParams::default())
-            .await
-            .ok()
-            .and_then(|l| {
-                l.items.into_iter().find_map(|s| {
-                    let owner = s
-                        .annotations()
-                        .get("kubernetes.io/service-account.name")
-                        .cloned();
-                    if owner.as_deref() != Some("vireo-controller") {
-                        return None;
-                    }
-                    let bytes = s.data?.get("token")?.0.clone();
-                    String::from_utf8(bytes).ok()
-                })
-            });
-        if let Some(t) = found {
-            break t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no token for the vireo-controller service account"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let sas: Api<ServiceAccount> = Api::namespaced(admin, "vireo-system");
+    let request: TokenRequest = serde_json::from_value(json!({
+        "spec": { "audiences": [], "expirationSeconds": 3600 }
+    }))
+    .expect("token request");
+    let token = sas
+        .create_token_request("vireo-controller", &PostParams::default(), &request)
+        .await
+        .expect("a token for the vireo-controller service account")
+        .status
+        .expect("token status")
+        .token;
     let kc = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).expect("kubeconfig");
     let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
@@ -143,7 +128,15 @@ impl NodeEnv {
         let cluster = node_cluster();
         let client = cluster.client().await.expect("client");
         let nss: Api<Namespace> = Api::all(client.clone());
-        // A namespace left by an earlier run of this test on a still-running node goes first.
+        // What an earlier run of this test left on a still-running node goes first.
+        let rts: Api<VMRuntime> = Api::all(client.clone());
+        if rts.get(ns).await.is_ok() {
+            let _ = rts.delete(ns, &DeleteParams::default()).await;
+            wait_until("the old VMRuntime to go", || async {
+                rts.get(ns).await.is_err()
+            })
+            .await;
+        }
         if nss.get(ns).await.is_ok() {
             let _ = nss.delete(ns, &DeleteParams::default()).await;
             wait_until("the old namespace to go", || async {
@@ -215,7 +208,10 @@ impl NodeEnv {
         // The preflight pod ran unprivileged.
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &self.ns);
         let job = jobs.list(&ListParams::default()).await.expect("jobs");
-        let spec = job.items[0]
+        let spec = job
+            .items
+            .first()
+            .expect("the preflight Job")
             .spec
             .as_ref()
             .and_then(|s| s.template.spec.clone())
@@ -555,4 +551,32 @@ async fn guest_failure_triple_fault_and_a_missing_kernel_fail_with_their_reason(
     for name in ["gf", "tf", "nk", "rerun-fail", "rerun-ok"] {
         e.delete_vm_and_check_nothing_left(name).await;
     }
+}
+
+#[tokio::test]
+async fn a_guest_reset_reboots_in_place_without_a_failure() {
+    let e = NodeEnv::start("node-reset").await;
+    e.apply_vm("rb", "Always", "reset");
+    let vmi = e
+        .wait_vmi("the VMI Running", "rb", None, |v| {
+            vmi_phase(v) == VmiPhase::Running
+        })
+        .await;
+    // The same pod boots the guest again and again: its log shows several boots.
+    wait_until("three boots in the pod's log", || async {
+        e.logs("rb").matches("reset: i8042 command 0xfe").count() >= 3
+    })
+    .await;
+    let now = e.vmis().get("rb").await.expect("vmi");
+    assert_eq!(now.uid(), vmi.uid(), "the same VMI");
+    assert_eq!(vmi_phase(&now), VmiPhase::Running);
+    assert!(failure(&now).is_none(), "a reset is no failure: {now:?}");
+    let pod = e.pods().get("vireo-launcher-rb").await.expect("pod");
+    let restarts = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.first().map(|c| c.restart_count))
+        .unwrap_or(-1);
+    assert_eq!(restarts, 0, "rebooted in place, not restarted");
+    e.delete_vm_and_check_nothing_left("rb").await;
 }
