@@ -13,7 +13,7 @@
 //!  ├─ readiness probe: `vireo probe --api-socket /var/run/vireo/api.sock` every second
 //!  │                   (Ready only while the VMM reports the VM Running)
 //!  ├─ termination message: `vireo`'s one-line ending (FallbackToLogsOnError)
-//!  └─ resources: memory = guest + VMM overhead, cpu request = vCPUs
+//!  └─ resources: memory = guest + VMM overhead, cpu request = 100m per vCPU (no cpu limit)
 //! ```
 //!
 //! Delivering the spec as an annotation projected by the downward API keeps pod creation to one
@@ -37,6 +37,10 @@ use kube::{Resource, ResourceExt};
 use crate::crd::vmi::VirtualMachineInstance;
 use crate::launch_spec::{API_SOCKET, DISKS_DIR, KERNEL_BOOT_DIR, RUN_DIR, SPEC_PATH};
 use vireo_spec::VmConfig;
+
+/// CPU requested per vCPU, in millicores: KubeVirt's default allocation ratio of 10 vCPUs per
+/// core (a request reserves scheduling room; nothing caps a vCPU).
+pub const CPU_REQUEST_MILLIS_PER_VCPU: u32 = 100;
 
 /// Label: name of the VMI a pod runs.
 pub const LABEL_VMI: &str = "vireo.dev/vmi";
@@ -266,7 +270,12 @@ pub fn launcher_pod(
     let resources = ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("memory".to_owned(), mem.clone()),
-            ("cpu".to_owned(), Quantity(spec.vcpus.to_string())),
+            // KubeVirt's default cpuAllocationRatio (10): 100m per vCPU; vCPUs are threads
+            // that only use a core while the guest runs, and no limit throttles them.
+            (
+                "cpu".to_owned(),
+                Quantity(format!("{}m", u32::from(spec.vcpus) * CPU_REQUEST_MILLIS_PER_VCPU)),
+            ),
         ])),
         limits: Some(BTreeMap::from([("memory".to_owned(), mem)])),
         ..Default::default()
