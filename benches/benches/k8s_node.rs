@@ -299,6 +299,7 @@ fn main() {
         }
     }
 
+    let in_order: Vec<String> = first_byte_ms.iter().map(|ms| format!("{ms:.0}")).collect();
     let mut sorted = first_byte_ms.clone();
     sorted.sort_by(f64::total_cmp);
     let med = median(&mut first_byte_ms);
@@ -313,6 +314,7 @@ fn main() {
         "| apply → first byte (ms) | {med:.0} | {p95:.0} | {:.0} | ≤ {TARGET_MEDIAN_MS:.0} median |",
         sorted.last().copied().unwrap_or(f64::NAN)
     );
+    println!("each, in apply order (ms): {}", in_order.join(" "));
     println!();
     println!("memory per VM ({GUEST_MIB} MiB guest, idle test guest), MiB");
     println!("| figure | median | max | target |");

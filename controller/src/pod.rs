@@ -10,8 +10,8 @@
 //!  ├─ volume kernel-boot (emptyDir, with kernelBoot.container) → /var/run/vireo/kernel-boot/
 //!  │     filled by init container kernel-boot: `cp <kernelPath> [<initrdPath>] <dir>/`
 //!  ├─ /dev/kvm, /dev/net/tun (hostPath char devices), capability NET_ADMIN
-//!  ├─ readiness probe: `vireo probe --api-socket /var/run/vireo/api.sock` every second
-//!  │                   (Ready only while the VMM reports the VM Running)
+//!  ├─ readiness probe: HTTP GET :8100/readyz every second, served by `vireo launch
+//!  │                   --ready-listen` (Ready only while the VMM reports the VM Running)
 //!  ├─ termination message: `vireo`'s one-line ending (FallbackToLogsOnError)
 //!  └─ resources: memory = guest + VMM overhead, cpu request = 100m per vCPU (no cpu limit)
 //! ```
@@ -24,19 +24,25 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
-    EmptyDirVolumeSource, EnvVar, ExecAction, HostPathVolumeSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
+    Affinity, Capabilities, Container, ContainerPort, DownwardAPIVolumeFile,
+    DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, HTTPGetAction, HostPathVolumeSource,
+    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
     PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSpec, Probe,
     ResourceRequirements, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::vmi::VirtualMachineInstance;
-use crate::launch_spec::{API_SOCKET, DISKS_DIR, KERNEL_BOOT_DIR, RUN_DIR, SPEC_PATH};
+use crate::launch_spec::{DISKS_DIR, KERNEL_BOOT_DIR, RUN_DIR, SPEC_PATH};
 use vireo_spec::VmConfig;
+
+/// The launcher container's readiness port (`vireo launch --ready-listen 0.0.0.0:PORT`).
+pub const READY_PORT: i32 = 8100;
+/// Name of [`READY_PORT`] in the pod spec (the readiness probe refers to it by name).
+pub const READY_PORT_NAME: &str = "ready";
 
 /// CPU requested per vCPU, in millicores: KubeVirt's default allocation ratio of 10 vCPUs per
 /// core (a request reserves scheduling room; nothing caps a vCPU).
@@ -274,7 +280,10 @@ pub fn launcher_pod(
             // that only use a core while the guest runs, and no limit throttles them.
             (
                 "cpu".to_owned(),
-                Quantity(format!("{}m", u32::from(spec.vcpus) * CPU_REQUEST_MILLIS_PER_VCPU)),
+                Quantity(format!(
+                    "{}m",
+                    u32::from(spec.vcpus) * CPU_REQUEST_MILLIS_PER_VCPU
+                )),
             ),
         ])),
         limits: Some(BTreeMap::from([("memory".to_owned(), mem)])),
@@ -354,7 +363,15 @@ pub fn launcher_pod(
                     "launch".into(),
                     "--spec".into(),
                     SPEC_PATH.into(),
+                    "--ready-listen".into(),
+                    format!("0.0.0.0:{READY_PORT}"),
                 ]),
+                ports: Some(vec![ContainerPort {
+                    name: Some(READY_PORT_NAME.into()),
+                    container_port: READY_PORT,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
                 env: Some(env),
                 readiness_probe: Some(readiness_probe()),
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -377,20 +394,19 @@ pub fn launcher_pod(
     })
 }
 
-/// The launcher's readiness probe: ready while the VMM reports the VM `Running` through its
-/// control API (not while it is being built, paused or stopping), checked every second.
+/// The launcher's readiness probe: an HTTP GET of `/readyz` on [`READY_PORT`], which
+/// `vireo launch --ready-listen` answers 200 only while the VMM reports the VM `Running` (not
+/// while it is being built, paused, stopping or rebooting), every second. An HTTP probe costs
+/// the kubelet one connection; an exec probe would cost a container exec per VM per second.
 fn readiness_probe() -> Probe {
     Probe {
-        exec: Some(ExecAction {
-            command: Some(vec![
-                "vireo".into(),
-                "probe".into(),
-                "--api-socket".into(),
-                API_SOCKET.into(),
-            ]),
+        http_get: Some(HTTPGetAction {
+            path: Some("/readyz".into()),
+            port: IntOrString::String(READY_PORT_NAME.into()),
+            ..Default::default()
         }),
         period_seconds: Some(1),
-        timeout_seconds: Some(2),
+        timeout_seconds: Some(1),
         failure_threshold: Some(1),
         success_threshold: Some(1),
         ..Default::default()

@@ -414,6 +414,10 @@ pub struct LaunchArgs {
     /// As for `vireo run`.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Serve `GET /readyz` on this TCP address (200 while the VM runs, 503 otherwise) for the
+    /// kubelet's readiness probe; needs the spec's `api_socket`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub ready_listen: Option<std::net::SocketAddr>,
 }
 
 /// What `vireo run` was asked to do.

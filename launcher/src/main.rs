@@ -9,6 +9,7 @@
 //! - `vireo receive --listen URL` receives a VM by live migration and runs it;
 //! - `vireo remote --api-socket PATH ACTION` talks to a running vireo's control API;
 //! - `vireo probe --api-socket PATH` exits 0 iff that VM is Running (a readiness probe);
+//!   `vireo launch --ready-listen ADDR` serves the same check as `GET /readyz`;
 //! - `vireo preflight` boots the built-in test guest to prove this node can run VMs.
 //!
 //! Logs go to stderr through `tracing` (filter with `VIREO_LOG`, default
@@ -21,6 +22,7 @@ mod exit_code;
 mod kube;
 mod logging;
 mod preflight;
+mod readiness;
 mod remote;
 mod run;
 mod termination;
@@ -110,7 +112,17 @@ fn launch(args: &cli::LaunchArgs) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::MigrationTargetUnsupported)
         }
         Ok(None) => {
-            run::load_spec(&args.spec).and_then(|c| run::launch_vm(c, args.shutdown_timeout))
+            let config = run::load_spec(&args.spec)?;
+            if let Some(addr) = args.ready_listen {
+                let Some(api_socket) = config.api_socket.clone() else {
+                    anyhow::bail!(
+                        "--ready-listen needs the launch spec's api_socket (the readiness \
+                         endpoint asks the control API for the VM's state)"
+                    );
+                };
+                readiness::serve(addr, api_socket)?;
+            }
+            run::launch_vm(config, args.shutdown_timeout)
         }
     }
 }

@@ -209,3 +209,94 @@ fn reboots_in_place_end_each_boots_console_and_leak_no_threads() {
     assert_eq!(status.code(), Some(0), "{logs}");
     assert!(!sock.exists(), "the serial socket outlived vireo");
 }
+
+/// `curl` (a real HTTP client) of `url`: (HTTP status, body).
+fn curl_get(url: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn the_readiness_endpoint_answers_200_only_while_the_vm_runs_and_no_stuck_client_holds_it() {
+    let fx = Fixture::create();
+    let api = fx.path("api.sock");
+    let spec = serde_json::json!({
+        "vcpus": 1, "memory_mib": 64,
+        "payload": {"kernel": fx.guest, "cmdline": "idle"},
+        "serial": {"mode": "off"},
+        "api_socket": api,
+    });
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut cmd = launch(&fx, &spec);
+    cmd.arg("--ready-listen").arg(format!("127.0.0.1:{port}"));
+    let mut proc = Collected::spawn(cmd);
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let start = Instant::now();
+    while curl_get(&url).0 != 200 {
+        assert!(start.elapsed() < Duration::from_secs(20), "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(curl_get(&url), (200, "ready\n".to_owned()));
+
+    // Clients that connect and say nothing do not hold up a prober.
+    let stuck: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    let t = Instant::now();
+    assert_eq!(curl_get(&url).0, 200);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    drop(stuck);
+
+    // Paused: 503 with the reason; resumed: 200.
+    assert_eq!(curl_body(&api, "PUT", "/api/v1/vm.pause", None).0, 204);
+    let (code, body) = curl_get(&url);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("Paused"), "{body}");
+    assert_eq!(curl_body(&api, "PUT", "/api/v1/vm.resume", None).0, 204);
+    assert_eq!(curl_get(&url).0, 200);
+
+    // Other paths and non-HTTP bytes get errors, and the endpoint goes on.
+    assert_eq!(curl_get(&format!("http://127.0.0.1:{port}/metrics")).0, 404);
+    {
+        use std::io::Write;
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        raw.write_all(b"\x16\x03\x01 not http\r\n\r\n")
+            .expect("write");
+        let mut answer = String::new();
+        let _ = raw.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    assert_eq!(curl_get(&url).0, 200);
+
+    send_signal(&mut proc.running, libc::SIGTERM);
+    let (status, _, logs) = proc.finish(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{logs}");
+}
+
+#[test]
+fn ready_listen_without_an_api_socket_is_refused_with_the_reason() {
+    let fx = Fixture::create();
+    let spec = serde_json::json!({
+        "vcpus": 1, "memory_mib": 64,
+        "payload": {"kernel": fx.guest, "cmdline": "idle"},
+        "serial": {"mode": "off"},
+    });
+    let out = launch(&fx, &spec)
+        .args(["--ready-listen", "127.0.0.1:0"])
+        .output()
+        .expect("vireo");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--ready-listen needs the launch spec's api_socket"),
+        "{err}"
+    );
+}
