@@ -238,6 +238,15 @@ impl NodeEnv {
     }
 
     fn apply_vm_with_kernel(&self, name: &str, strategy: &str, kernel: &str, cmdline: &str) {
+        self.apply_vm_booting(
+            name,
+            strategy,
+            json!({ "kernel": kernel, "cmdline": cmdline }),
+        );
+    }
+
+    /// `kubectl apply` of a VM whose `firmware.kernelBoot` is `kernel_boot`.
+    fn apply_vm_booting(&self, name: &str, strategy: &str, kernel_boot: serde_json::Value) {
         let manifest = json!({
             "apiVersion": "vireo.dev/v1alpha1", "kind": "VirtualMachine",
             "metadata": { "name": name },
@@ -246,7 +255,7 @@ impl NodeEnv {
                 "template": { "spec": { "domain": {
                     "cpu": { "cores": 1 },
                     "memory": { "guest": "32Mi" },
-                    "firmware": { "kernelBoot": { "kernel": kernel, "cmdline": cmdline } },
+                    "firmware": { "kernelBoot": kernel_boot },
                     "devices": {},
                 } } },
             },
@@ -579,4 +588,34 @@ async fn a_guest_reset_reboots_in_place_without_a_failure() {
         .unwrap_or(-1);
     assert_eq!(restarts, 0, "rebooted in place, not restarted");
     e.delete_vm_and_check_nothing_left("rb").await;
+}
+
+#[tokio::test]
+async fn a_kernel_from_a_container_image_boots() {
+    let e = NodeEnv::start("node-kernel-image").await;
+    // The kernel comes from an image by an init container's `cp`: here the launcher image
+    // itself, which carries the test guest and busybox.
+    e.apply_vm_booting(
+        "ki",
+        "Once",
+        json!({
+            "container": { "image": IMAGE, "kernelPath": TESTGUEST },
+            "cmdline": "hello",
+        }),
+    );
+    let vmi = e
+        .wait_vmi("the VMI Succeeded", "ki", None, |v| {
+            vmi_phase(v) == VmiPhase::Succeeded
+        })
+        .await;
+    assert!(failure(&vmi).is_none(), "{vmi:?}");
+    assert!(e.logs("ki").contains("hello: PASS"), "{}", e.logs("ki"));
+    let pod = e.pods().get("vireo-launcher-ki").await.expect("pod");
+    let init = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.clone())
+        .unwrap_or_default();
+    assert_eq!(init.len(), 1, "one init container copied the kernel");
+    e.delete_vm_and_check_nothing_left("ki").await;
 }
