@@ -9,8 +9,8 @@
 //!
 //! First byte: the kubelet's log file for the launcher container (what `kubectl logs` serves)
 //! is polled every millisecond from just before `kubectl apply` until it holds the guest's
-//! first line. Each VM is then paused through its launcher's control API (the pod's socket, seen
-//! from the host): the ring-3 test guest cannot halt, so its `idle` loop spins a vCPU, and 20
+//! first line. Each VM is then paused (the VMI annotation `vireo vm pause` sets; the controller
+//! pauses it through the launcher's API): the ring-3 test guest cannot halt, so its `idle` loop spins a vCPU, and 20
 //! spinning vCPUs on this 2-core host would measure CPU starvation rather than start-up (an idle
 //! Linux guest halts). `VIREO_BENCH_SPIN=1` leaves them spinning. Memory: the `vireo launch` process's resident memory split into the guest RAM
 //! mapping and the VMM's own ([`rss_split`]), and the pod's memory cgroup usage.
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vireo_benches::{api_request, median, rss_split, vireo_binary};
+use vireo_benches::{median, rss_split, vireo_binary};
 
 const NS: &str = "bench";
 const IMAGE: &str = "vireo/launcher:bench";
@@ -286,26 +286,17 @@ fn main() {
         }
         first_byte_ms.push(start.elapsed().as_secs_f64() * 1e3);
         if !spin {
-            let uid = node.kubectl(&[
+            // The pause request `vireo vm pause` makes (the VMI annotation): the controller
+            // pauses the VM through the launcher's API as soon as the VMI is Running.
+            node.kubectl(&[
                 "-n",
                 NS,
-                "get",
-                "pod",
-                &pod,
-                "-o",
-                "jsonpath={.metadata.uid}",
+                "annotate",
+                "--overwrite",
+                "vmi",
+                &name,
+                "vm.vireo.dev/pause=true",
             ]);
-            let socket = node
-                .root
-                .join("node/kubelet/pods")
-                .join(uid)
-                .join("volumes/kubernetes.io~empty-dir/run/api.sock");
-            // The path is longer than a unix socket address holds: connect through a symlink.
-            let link = node.root.join("api.sock");
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(&socket, &link).expect("symlink");
-            let (code, body) = api_request(&link, "PUT", "/api/v1/vm.pause", "");
-            assert_eq!(code, 204, "pause {pod}: {body}");
         }
     }
 

@@ -22,7 +22,7 @@ pub enum Command {
     Run(RunArgs),
     /// Print every CRD as multi-document YAML (`vireo-controller crd | kubectl apply -f -`).
     Crd,
-    /// Start, stop, restart, pause or unpause a VirtualMachine.
+    /// Act on a VirtualMachine: start, stop, restart, pause, unpause, console, vnc.
     Vm(VmArgs),
 }
 
@@ -75,14 +75,64 @@ impl RunArgs {
 /// Arguments of `vm`.
 #[derive(Debug, Args)]
 pub struct VmArgs {
-    /// start, stop, restart, pause or unpause.
-    #[arg(value_enum)]
-    pub action: VmAction,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: VmCommand,
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+}
+
+/// `vm` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Run the VM.
+    Start(VmName),
+    /// Stop the VM.
+    Stop(VmName),
+    /// Stop and start the VM.
+    Restart(VmName),
+    /// Pause the guest's vCPUs (the VMI shows Paused once they have stopped).
+    Pause(VmName),
+    /// Resume a paused guest.
+    Unpause(VmName),
+    /// Join this terminal to the VM's serial console (Ctrl-] leaves).
+    Console(VmName),
+    /// Serve the VM's VNC display on a local address, for any number of viewers.
+    Vnc(VncArgs),
+}
+
+impl VmCommand {
+    /// The VM named, and the state request this is, if it is one.
+    pub fn request(&self) -> (&str, Option<VmAction>) {
+        match self {
+            Self::Start(v) => (&v.name, Some(VmAction::Start)),
+            Self::Stop(v) => (&v.name, Some(VmAction::Stop)),
+            Self::Restart(v) => (&v.name, Some(VmAction::Restart)),
+            Self::Pause(v) => (&v.name, Some(VmAction::Pause)),
+            Self::Unpause(v) => (&v.name, Some(VmAction::Unpause)),
+            Self::Console(v) => (&v.name, None),
+            Self::Vnc(v) => (&v.vm.name, None),
+        }
+    }
+}
+
+/// The VM a `vm` subcommand acts on.
+#[derive(Debug, Args)]
+pub struct VmName {
     /// VirtualMachine name.
     pub name: String,
-    /// Namespace (default: the kubeconfig context's).
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
+}
+
+/// Arguments of `vm vnc`.
+#[derive(Debug, Args)]
+pub struct VncArgs {
+    /// The VM.
+    #[command(flatten)]
+    pub vm: VmName,
+    /// Local address viewers connect to (port 0 picks a free one, printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:5900")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[cfg(test)]
@@ -95,12 +145,35 @@ mod tests {
             .expect("parse");
         match cli.command {
             Command::Vm(a) => {
-                assert_eq!(a.action, VmAction::Restart);
-                assert_eq!(a.name, "web");
+                assert_eq!(a.command.request(), ("web", Some(VmAction::Restart)));
                 assert_eq!(a.namespace.as_deref(), Some("prod"));
             }
             other => panic!("unexpected {other:?}"),
         }
         assert!(Cli::try_parse_from(["vireo-controller", "vm", "explode", "web"]).is_err());
+        let cli = Cli::try_parse_from(["vireo-controller", "vm", "vnc", "web", "--listen", ":1"]);
+        assert!(cli.is_err(), "a listen address needs a host");
+        let cli = Cli::try_parse_from([
+            "vireo-controller",
+            "vm",
+            "vnc",
+            "-n",
+            "a",
+            "web",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .expect("parse");
+        match cli.command {
+            Command::Vm(a) => match a.command {
+                VmCommand::Vnc(v) => {
+                    assert_eq!(v.vm.name, "web");
+                    assert_eq!(v.listen.port(), 0);
+                    assert_eq!(a.namespace.as_deref(), Some("a"));
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }

@@ -18,6 +18,12 @@ pub enum Error {
     /// A user request that does not apply to the object's state.
     #[error("{0}")]
     Request(String),
+    /// A launcher could not be reached through its pod, or refused a request.
+    #[error("launcher: {0}")]
+    Launcher(String),
+    /// A local console or VNC listener failed.
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
     /// A controller stream ended with an error.
     #[error("controller {0} stopped: {1}")]
     Controller(&'static str, String),

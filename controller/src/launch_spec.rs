@@ -7,9 +7,11 @@
 //! point at their node path directly). A kernel from `kernelBoot.container` is copied by an init
 //! container to `/var/run/vireo/kernel-boot/<file name>`, and the launch spec points there.
 
+use std::net::{Ipv4Addr, SocketAddr};
+
 use vireo_spec::{
     ConfigError, DiskConfig, DiskFormat, Field, MacAddr, NetConfig, PayloadConfig, SerialConfig,
-    VmConfig, MAX_VCPUS, SPEC_VERSION,
+    VmConfig, VncConfig, VncListen, MAX_VCPUS, SPEC_VERSION,
 };
 
 use crate::crd::vmi::{KernelBoot, VirtualMachineInstanceSpec, Volume};
@@ -105,7 +107,7 @@ pub fn vmi_field(field: Field, prefix: &str) -> String {
         Field::DiskPath(i) => format!("{devices}.disks[{i}]"),
         Field::NetTap(i) => format!("{devices}.interfaces[{i}]"),
         Field::NetMac(i) => format!("{devices}.interfaces[{i}].macAddress"),
-        // KubeVirt's switch for the VNC display (the controller renders no `vnc` yet).
+        // KubeVirt's switch for the VNC display.
         Field::Vnc => format!("{devices}.autoattachGraphicsDevice"),
         // Set by the controller itself, never from the VMI.
         Field::Version | Field::SerialPath | Field::ApiSocket => prefix.to_owned(),
@@ -216,7 +218,15 @@ pub fn render(
         api_socket: Some(API_SOCKET.into()),
         memory_backing: Default::default(),
         dirty_log: Default::default(),
-        vnc: None,
+        // KubeVirt's autoattachGraphicsDevice, off unless asked for: the RFB server on the pod's
+        // loopback only, reached by `vireo vm vnc` through a port-forward the apiserver
+        // authorizes, so it needs no password.
+        vnc: (spec.domain.devices.autoattach_graphics_device == Some(true)).then(|| {
+            VncConfig::new(VncListen::Tcp(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                crate::launcher_link::VNC_PORT,
+            ))))
+        }),
     };
     config.validate().map_err(|e| {
         let field = match e.field() {

@@ -1,8 +1,10 @@
-//! `vireo-controller`: runs the controller, prints CRDs, or issues VM requests.
+//! `vireo-controller`: runs the controller, prints CRDs, issues VM requests, or opens a VM's
+//! console or VNC display.
 
 use anyhow::Context as _;
 use clap::Parser;
-use vireo_controller::cli::{Cli, Command};
+use vireo_controller::cli::{Cli, Command, VmCommand};
+use vireo_controller::console;
 use vireo_controller::requests::{self, Outcome};
 
 #[tokio::main]
@@ -40,19 +42,51 @@ async fn main() -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| config.default_namespace.clone());
             let client = kube::Client::try_from(config).context("building client")?;
-            let outcome = requests::request(client, &ns, &args.name, args.action)
-                .await
-                .with_context(|| format!("{:?} {ns}/{}", args.action, args.name))?;
-            match outcome {
-                Outcome::StrategyChanged(s) => println!("{}: runStrategy set to {s:?}", args.name),
-                Outcome::Queued(r) => {
-                    let acts: Vec<_> = r.iter().map(|r| format!("{:?}", r.action)).collect();
-                    println!("{}: queued {}", args.name, acts.join(", "));
+            let (name, action) = args.command.request();
+            let name = name.to_owned();
+            match (action, &args.command) {
+                (Some(action), _) => {
+                    let outcome = requests::request(client, &ns, &name, action)
+                        .await
+                        .with_context(|| format!("{action:?} {ns}/{name}"))?;
+                    print_outcome(&name, outcome);
                 }
-                Outcome::PauseRequested(true) => println!("{}: pause requested", args.name),
-                Outcome::PauseRequested(false) => println!("{}: unpause requested", args.name),
+                (None, VmCommand::Vnc(v)) => {
+                    let serve = console::vnc(client, &ns, &name, v.listen, |addr| {
+                        println!("vnc: {ns}/{name}'s display at {addr} (any VNC viewer, several at once; Ctrl-C ends)");
+                        let _ = std::io::Write::flush(&mut std::io::stdout());
+                    });
+                    tokio::select! {
+                        r = serve => r.with_context(|| format!("vnc {ns}/{name}"))?,
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                (None, _) => {
+                    let r = console::console(client, &ns, &name).await;
+                    // The runtime would wait for the thread blocked reading standard input.
+                    let code = match r.with_context(|| format!("console {ns}/{name}")) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            eprintln!("Error: {e:#}");
+                            1
+                        }
+                    };
+                    std::process::exit(code);
+                }
             }
         }
     }
     Ok(())
+}
+
+fn print_outcome(name: &str, outcome: Outcome) {
+    match outcome {
+        Outcome::StrategyChanged(s) => println!("{name}: runStrategy set to {s:?}"),
+        Outcome::Queued(r) => {
+            let acts: Vec<_> = r.iter().map(|r| format!("{:?}", r.action)).collect();
+            println!("{name}: queued {}", acts.join(", "));
+        }
+        Outcome::PauseRequested(true) => println!("{name}: pause requested"),
+        Outcome::PauseRequested(false) => println!("{name}: unpause requested"),
+    }
 }

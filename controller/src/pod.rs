@@ -3,8 +3,8 @@
 //! ```text
 //! Pod vireo-launcher-<vmi>            (ownerReference → VMI, controller)
 //!  ├─ annotation vireo.dev/launch-spec = the launch spec (vireo_spec::VmConfig) as JSON
+//!  ├─ annotations prometheus.io/{scrape,port,path}: scrape port `metrics`
 //!  ├─ volume spec  (downwardAPI) → /var/run/vireo/spec/spec.json  (the annotation above)
-//!  │                              → /var/run/vireo/spec/paused     (annotation vireo.dev/paused)
 //!  ├─ volume run   (emptyDir)    → /var/run/vireo                  (api.sock, serial.sock)
 //!  ├─ volume disk-<v> per volume → /var/run/vireo/disks/<v>/disk.img
 //!  ├─ volume kernel-boot (emptyDir, with kernelBoot.container) → /var/run/vireo/kernel-boot/
@@ -12,23 +12,28 @@
 //!  ├─ /dev/kvm, /dev/net/tun (hostPath char devices), capability NET_ADMIN
 //!  ├─ readiness probe: HTTP GET :8100/readyz every second, served by `vireo launch
 //!  │                   --ready-listen` (Ready only while the VMM reports the VM Running)
+//!  ├─ port metrics 9100: Prometheus text (`--metrics-listen`), labels from env VIREO_VMI,
+//!  │                   VIREO_NAMESPACE, VIREO_NODE (downward API)
+//!  ├─ pod loopback only (reached by port-forward, see `launcher_link`):
+//!  │     127.0.0.1:8101 → api.sock, 127.0.0.1:8102 → serial.sock (`--forward`), VNC :5900
 //!  ├─ termination message: `vireo`'s one-line ending (FallbackToLogsOnError)
 //!  └─ resources: memory = guest + VMM overhead, cpu request = 100m per vCPU (no cpu limit)
 //! ```
 //!
 //! Delivering the spec as an annotation projected by the downward API keeps pod creation to one
-//! API write (no ConfigMap to create, own and garbage-collect) and lets the launcher see later
-//! annotation changes (the pause request) without any Kubernetes credentials.
+//! API write (no ConfigMap to create, own and garbage-collect). The launcher holds no
+//! Kubernetes credentials (no service account token is mounted): the controller and `vireo vm`
+//! reach it through port-forwards the apiserver authorizes.
 //! This module is pure: it builds objects, it never talks to the apiserver.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, DownwardAPIVolumeFile,
-    DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, HTTPGetAction, HostPathVolumeSource,
-    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
-    PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSpec, Probe,
-    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    ObjectFieldSelector, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity,
+    PodSpec, Probe, ResourceRequirements, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -37,12 +42,17 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::vmi::VirtualMachineInstance;
 use crate::launch_spec::{DISKS_DIR, KERNEL_BOOT_DIR, RUN_DIR, SPEC_PATH};
-use vireo_spec::VmConfig;
+use crate::launcher_link::{API_PORT, SERIAL_PORT};
+use vireo_spec::{SerialConfig, VmConfig};
 
 /// The launcher container's readiness port (`vireo launch --ready-listen 0.0.0.0:PORT`).
 pub const READY_PORT: i32 = 8100;
 /// Name of [`READY_PORT`] in the pod spec (the readiness probe refers to it by name).
 pub const READY_PORT_NAME: &str = "ready";
+/// The launcher container's Prometheus port (`vireo launch --metrics-listen 0.0.0.0:PORT`).
+pub const METRICS_PORT: i32 = 9100;
+/// Name of [`METRICS_PORT`] in the pod spec.
+pub const METRICS_PORT_NAME: &str = "metrics";
 
 /// CPU requested per vCPU, in millicores: KubeVirt's default allocation ratio of 10 vCPUs per
 /// core (a request reserves scheduling room; nothing caps a vCPU).
@@ -58,10 +68,6 @@ pub const LABEL_ROLE: &str = "vireo.dev/role";
 pub const LABEL_MIGRATION: &str = "vireo.dev/migration";
 /// Pod annotation carrying the launch spec JSON.
 pub const ANNOTATION_SPEC: &str = "vireo.dev/launch-spec";
-/// Pod annotation carrying the desired pause state (`"true"` = paused), projected to the launcher.
-pub const ANNOTATION_PAUSED: &str = "vireo.dev/paused";
-/// Pod condition a launcher sets once the guest is actually paused.
-pub const POD_CONDITION_PAUSED: &str = "vireo.dev/Paused";
 /// Node label a launcher pod must match unless emulation is allowed.
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
@@ -159,15 +165,12 @@ pub fn launcher_pod(
     if let PodRole::MigrationTarget { migration, .. } = role {
         labels.insert(LABEL_MIGRATION.to_owned(), migration.clone());
     }
-    let mut annotations =
-        BTreeMap::from([(ANNOTATION_SPEC.to_owned(), serde_json::to_string(spec)?)]);
-    if vmi
-        .annotations()
-        .get(crate::requests::ANNOTATION_PAUSE_REQUEST)
-        .is_some_and(|v| v == "true")
-    {
-        annotations.insert(ANNOTATION_PAUSED.to_owned(), "true".to_owned());
-    }
+    let annotations = BTreeMap::from([
+        (ANNOTATION_SPEC.to_owned(), serde_json::to_string(spec)?),
+        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+        ("prometheus.io/port".to_owned(), METRICS_PORT.to_string()),
+        ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+    ]);
 
     let mut volumes = vec![
         Volume {
@@ -178,10 +181,7 @@ pub fn launcher_pod(
         Volume {
             name: "spec".into(),
             downward_api: Some(DownwardAPIVolumeSource {
-                items: Some(vec![
-                    downward_file("spec.json", ANNOTATION_SPEC),
-                    downward_file("paused", ANNOTATION_PAUSED),
-                ]),
+                items: Some(vec![downward_file("spec.json", ANNOTATION_SPEC)]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -289,11 +289,15 @@ pub fn launcher_pod(
         limits: Some(BTreeMap::from([("memory".to_owned(), mem)])),
         ..Default::default()
     };
-    let mut env = vec![EnvVar {
-        name: "VIREO_VMI".into(),
-        value: Some(vmi_name.clone()),
-        ..Default::default()
-    }];
+    let mut env = vec![
+        EnvVar {
+            name: "VIREO_VMI".into(),
+            value: Some(vmi_name.clone()),
+            ..Default::default()
+        },
+        env_from_field("VIREO_NAMESPACE", "metadata.namespace"),
+        env_from_field("VIREO_NODE", "spec.nodeName"),
+    ];
     let mut affinity = Affinity::default();
     let mut node_reqs = Vec::new();
     if let Some(nodes) = eligible {
@@ -358,20 +362,11 @@ pub fn launcher_pod(
             containers: vec![Container {
                 name: LAUNCHER_CONTAINER.into(),
                 image: Some(cfg.image.clone()),
-                command: Some(vec![
-                    "vireo".into(),
-                    "launch".into(),
-                    "--spec".into(),
-                    SPEC_PATH.into(),
-                    "--ready-listen".into(),
-                    format!("0.0.0.0:{READY_PORT}"),
+                command: Some(launcher_command(spec)),
+                ports: Some(vec![
+                    container_port(READY_PORT_NAME, READY_PORT),
+                    container_port(METRICS_PORT_NAME, METRICS_PORT),
                 ]),
-                ports: Some(vec![ContainerPort {
-                    name: Some(READY_PORT_NAME.into()),
-                    container_port: READY_PORT,
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                }]),
                 env: Some(env),
                 readiness_probe: Some(readiness_probe()),
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -392,6 +387,54 @@ pub fn launcher_pod(
         }),
         status: None,
     })
+}
+
+/// `vireo launch` with the pod's endpoints: readiness and metrics on the pod network, and the
+/// control API and serial console forwarded from the pod's loopback (see
+/// [`crate::launcher_link`]).
+fn launcher_command(spec: &VmConfig) -> Vec<String> {
+    let mut cmd = vec![
+        "vireo".to_owned(),
+        "launch".to_owned(),
+        "--spec".to_owned(),
+        SPEC_PATH.to_owned(),
+        "--ready-listen".to_owned(),
+        format!("0.0.0.0:{READY_PORT}"),
+        "--metrics-listen".to_owned(),
+        format!("0.0.0.0:{METRICS_PORT}"),
+    ];
+    if let Some(api) = &spec.api_socket {
+        cmd.push("--forward".to_owned());
+        cmd.push(format!("127.0.0.1:{API_PORT}={}", api.display()));
+    }
+    if let SerialConfig::Unix { path, .. } = &spec.serial {
+        cmd.push("--forward".to_owned());
+        cmd.push(format!("127.0.0.1:{SERIAL_PORT}={}", path.display()));
+    }
+    cmd
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+fn env_from_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// The launcher's readiness probe: an HTTP GET of `/readyz` on [`READY_PORT`], which
@@ -619,6 +662,76 @@ mod tests {
             .unwrap_or_default()
             .iter()
             .all(|v| v.name != KERNEL_BOOT_VOLUME));
+    }
+
+    /// The pod declares readiness and metrics on the pod network, forwards the control API and
+    /// console from its loopback only, mounts no token, and renders VNC only when asked.
+    #[test]
+    fn endpoints_metrics_labels_and_vnc() {
+        let mut vmi = vmi();
+        let spec = render(&vmi.spec, DiskFormat::Raw, "spec").expect("render");
+        assert!(spec.vnc.is_none(), "no display unless asked for");
+        let pod = launcher_pod(
+            &vmi,
+            &spec,
+            &LauncherConfig::default(),
+            &PodRole::Launcher,
+            &None,
+        )
+        .expect("pod");
+        let ps = pod.spec.expect("spec");
+        assert_eq!(ps.automount_service_account_token, Some(false));
+        let c = &ps.containers[0];
+        let cmd = c.command.clone().unwrap_or_default().join(" ");
+        assert!(cmd.contains("--ready-listen 0.0.0.0:8100"), "{cmd}");
+        assert!(cmd.contains("--metrics-listen 0.0.0.0:9100"), "{cmd}");
+        assert!(
+            cmd.contains("--forward 127.0.0.1:8101=/var/run/vireo/api.sock"),
+            "{cmd}"
+        );
+        assert!(
+            cmd.contains("--forward 127.0.0.1:8102=/var/run/vireo/serial.sock"),
+            "{cmd}"
+        );
+        let ports: Vec<_> = c
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
+            .collect();
+        assert_eq!(
+            ports,
+            [("ready".to_owned(), 8100), ("metrics".to_owned(), 9100)]
+        );
+        let env: Vec<_> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        assert_eq!(env, ["VIREO_VMI", "VIREO_NAMESPACE", "VIREO_NODE"]);
+        let annotations = pod.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            annotations.get("prometheus.io/port").map(String::as_str),
+            Some("9100")
+        );
+
+        vmi.spec.domain.devices.autoattach_graphics_device = Some(true);
+        let spec = render(&vmi.spec, DiskFormat::Raw, "spec").expect("render");
+        let vnc = spec.vnc.expect("a display");
+        assert_eq!(vnc.listen.to_string(), "127.0.0.1:5900");
+        assert!(vnc.password_file.is_none());
+        vmi.spec.domain.devices.autoattach_serial_console = Some(false);
+        let spec = render(&vmi.spec, DiskFormat::Raw, "spec").expect("render");
+        let pod = launcher_pod(
+            &vmi,
+            &spec,
+            &LauncherConfig::default(),
+            &PodRole::Launcher,
+            &None,
+        )
+        .expect("pod");
+        let cmd = pod.spec.expect("spec").containers[0]
+            .command
+            .clone()
+            .unwrap_or_default()
+            .join(" ");
+        assert!(!cmd.contains("serial.sock"), "no console to forward: {cmd}");
     }
 
     /// A migration target pod (kept for when live migration exists) carries the role the

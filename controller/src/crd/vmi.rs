@@ -25,7 +25,8 @@ use super::Condition;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Paused","type":"string","jsonPath":".status.conditions[?(@.type==\"Paused\")].status"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineInstanceSpec {
@@ -160,10 +161,13 @@ pub struct Devices {
     /// NICs; each `name` refers to a network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<Interface>,
-    /// Serial console (default on, exposed as a unix socket in the pod).
+    /// Serial console (default on): the pod's unix socket, the container's output (`kubectl
+    /// logs`) and `vireo vm console`. `false`: the guest has no serial port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoattach_serial_console: Option<bool>,
-    /// VNC graphics console (default off).
+    /// VNC graphics console (default off, unlike KubeVirt: the display forces the dirty bitmap
+    /// and a framebuffer on the VM). `true` serves it on the pod's loopback, port 5900, for
+    /// `vireo vm vnc`; it shows what a bzImage kernel's framebuffer console draws.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoattach_graphics_device: Option<bool>,
 }
@@ -318,6 +322,43 @@ pub struct VirtualMachineInstanceStatus {
     /// The current or last migration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration_state: Option<MigrationState>,
+    /// Guest and VMM memory as the launcher last reported it (refreshed about every 15 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryStatus>,
+}
+
+/// Memory of a running VMI, as Kubernetes quantities (KubeVirt's `guestAtBoot` and
+/// `guestCurrent`, and Vireo's resident figures).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryStatus {
+    /// Guest RAM the VM booted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_at_boot: Option<String>,
+    /// Guest RAM now (equal to `guestAtBoot`: Vireo has no memory hotplug or balloon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_current: Option<String>,
+    /// How much of the guest's RAM the host has backed with memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_resident: Option<String>,
+    /// The VMM's own resident memory: the launcher process's resident set minus the guest's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_resident: Option<String>,
+}
+
+impl MemoryStatus {
+    /// The status for what a launcher reported.
+    pub fn from_info(m: &vireo_spec::api::MemoryInfo) -> Self {
+        let q = |bytes: u64| Some(format!("{}Ki", bytes.div_ceil(1024)));
+        Self {
+            guest_at_boot: q(m.guest_bytes),
+            guest_current: q(m.guest_bytes),
+            guest_resident: q(m.guest_resident_bytes),
+            vmm_resident: q(m
+                .process_resident_bytes
+                .saturating_sub(m.guest_resident_bytes)),
+        }
+    }
 }
 
 /// A guest interface as reported.

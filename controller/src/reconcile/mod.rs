@@ -12,6 +12,7 @@
 //! it reads and may be re-run at any time.
 
 pub mod migration;
+pub mod observe;
 pub mod vm;
 pub mod vmi;
 pub mod vmruntime;
@@ -72,6 +73,8 @@ pub struct Context {
     pub client: Client,
     /// Configuration.
     pub config: ControllerConfig,
+    /// What each running launcher last reported (in memory only; see [`observe`]).
+    pub observations: observe::Observations,
 }
 
 impl Context {
@@ -313,7 +316,11 @@ pub fn on_error<K: ResourceExt>(obj: Arc<K>, err: &Error, _ctx: Arc<Context>) ->
 
 /// Runs all four controllers until one of them stops; returns why.
 pub async fn run(client: Client, config: ControllerConfig) -> Result<()> {
-    let ctx = Arc::new(Context { client, config });
+    let ctx = Arc::new(Context {
+        client,
+        config,
+        observations: Default::default(),
+    });
     let drain =
         |name: &'static str,
          s: futures::stream::BoxStream<'static, std::result::Result<(), String>>| async move {

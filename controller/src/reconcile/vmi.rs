@@ -15,9 +15,10 @@
 //! `LiveMigratable` is False for every VMI until the controller drives live migration between
 //! launcher pods (the VMM itself migrates: `vireo receive`, `vm.send-migration`).
 //!
-//! `Ready` = pod Running and pod Ready. `Paused` = the launcher reports pod condition
-//! `vireo.dev/Paused=True`; the desired state travels as VMI annotation `vm.vireo.dev/pause` →
-//! pod annotation `vireo.dev/paused` → file `/var/run/vireo/spec/paused` in the launcher.
+//! `Ready` = pod Running and pod Ready. `Paused` = the launcher's control API reports the VM
+//! paused. The controller pauses and resumes the VM itself, through the pod's port-forward to
+//! the control API ([`observe`]), whenever VMI annotation `vm.vireo.dev/pause` and the VM's
+//! state differ, and reports the state and the launcher's memory (`status.memory`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,19 +30,18 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use vireo_spec::api::ApiVmState;
 use vireo_spec::ExitStatus;
 
+use super::observe::{self, Observation};
 use super::{
     add_finalizer, apply_status, now, on_error, remove_finalizer, Context, MANAGER, VMI_FINALIZER,
 };
-use crate::crd::vmi::{InterfaceStatus, VirtualMachineInstance, VmiPhase};
+use crate::crd::vmi::{InterfaceStatus, MemoryStatus, VirtualMachineInstance, VmiPhase};
 use crate::crd::{merge_conditions, Condition};
 use crate::error::{optional, Error, Result};
 use crate::launch_spec::render;
-use crate::pod::{
-    launcher_pod, launcher_pod_name, PodRole, ANNOTATION_PAUSED, LABEL_VMI, LAUNCHER_CONTAINER,
-    POD_CONDITION_PAUSED,
-};
+use crate::pod::{launcher_pod, launcher_pod_name, PodRole, LABEL_VMI, LAUNCHER_CONTAINER};
 use crate::requests::ANNOTATION_PAUSE_REQUEST;
 use crate::validation::{summarize, validate_vmi_spec};
 
@@ -68,8 +68,6 @@ pub struct PodView {
     pub ready: bool,
     /// The scheduler's verdict, if it gave one.
     pub scheduled: Option<Condition>,
-    /// Launcher reports the guest paused.
-    pub paused: bool,
     /// Pod IP.
     pub ip: Option<String>,
     /// How the launcher container ended, once it has: its exit code and termination message.
@@ -135,7 +133,6 @@ pub fn view_pod(pod: &Pod) -> PodView {
         node: spec_node,
         ready: phase == VmiPhase::Running && cond_true("Ready"),
         scheduled,
-        paused: cond_true(POD_CONDITION_PAUSED),
         ip: status.pod_ip,
         exit,
     }
@@ -151,6 +148,9 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
     let pod_name = launcher_pod_name(&name);
 
     if vmi.meta().deletion_timestamp.is_some() {
+        if let Some(uid) = vmi.uid() {
+            ctx.observations.forget(&uid);
+        }
         return cleanup(&vmi, &vmis, &pods).await;
     }
     add_finalizer(&vmis, &vmi, VMI_FINALIZER).await?;
@@ -168,8 +168,16 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             .any(|o| Some(&o.uid) == vmi.uid().as_ref())
     });
 
+    let uid = vmi.uid().unwrap_or_default();
+    let want_paused = vmi
+        .annotations()
+        .get(ANNOTATION_PAUSE_REQUEST)
+        .is_some_and(|v| v == "true");
     let mut phase = old_phase;
     let mut view = None;
+    // What the launcher last said, and why it could not be asked (if it could not).
+    let mut seen: Option<Observation> = None;
+    let mut unreachable: Option<String> = None;
     if old_phase.is_final() {
         // Final: never recreate; keep reporting what the pod says about readiness.
         view = pod.as_ref().map(view_pod);
@@ -178,7 +186,20 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
     } else if let Some(p) = &pod {
         let v = view_pod(p);
         phase = v.phase;
-        sync_pause(&vmi, p, &pods).await?;
+        if phase == VmiPhase::Running {
+            seen = ctx.observations.get(&uid);
+            if observe::due(seen.as_ref(), want_paused, v.ready) {
+                match observe::sync(&ctx.observations, &uid, &pods, &pod_name, want_paused).await {
+                    Ok(o) => seen = Some(o),
+                    Err(e) => {
+                        tracing::warn!(vmi = %name, error = %e, "cannot reach the launcher");
+                        unreachable = Some(e.to_string());
+                    }
+                }
+            }
+        } else {
+            ctx.observations.forget(&uid);
+        }
         view = Some(v);
     } else if matches!(
         old_phase,
@@ -243,23 +264,19 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             conds.extend(exit_condition(*code, msg.as_deref()));
         }
     }
-    let pause_wanted = vmi
-        .annotations()
-        .get(ANNOTATION_PAUSE_REQUEST)
-        .is_some_and(|v| v == "true");
-    let paused = v.is_some_and(|v| v.paused) && phase == VmiPhase::Running;
-    if paused || pause_wanted {
-        let reason = match (pause_wanted, paused) {
-            (true, true) => "Paused",
-            (true, false) => "PauseRequested",
-            (false, _) => "UnpauseRequested",
+    let running = phase == VmiPhase::Running;
+    let paused = running && seen.as_ref().is_some_and(|o| o.state == ApiVmState::Paused);
+    if paused || (want_paused && running) {
+        let (reason, message) = match (want_paused, paused) {
+            (true, true) => ("Paused", "the VM is paused".to_owned()),
+            (true, false) => ("PauseRequested", "a pause was requested".to_owned()),
+            (false, _) => ("UnpauseRequested", "an unpause was requested".to_owned()),
         };
-        conds.push(Condition::new(
-            "Paused",
-            paused,
-            reason,
-            "pause state reported by the launcher",
-        ));
+        let message = match &unreachable {
+            Some(e) => format!("{message}; {e}"),
+            None => message,
+        };
+        conds.push(Condition::new("Paused", paused, reason, message));
     }
     // No VMI is live-migratable until the controller drives pod-to-pod migration: a migration
     // target launcher refuses to boot (exit status 9) rather than run a second copy of the VM on
@@ -290,37 +307,28 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
         "launcherPod": pod.as_ref().map(|_| pod_name.clone()).or_else(|| (phase == VmiPhase::Scheduling).then(|| pod_name.clone())),
         "interfaces": interfaces,
         "conditions": merge_conditions(&old.conditions, conds, &now()),
+        "memory": seen
+            .as_ref()
+            .filter(|_| running)
+            .map(|o| MemoryStatus::from_info(&o.memory))
+            .or_else(|| old.memory.clone().filter(|_| running)),
     });
     apply_status(&vmis, &vmi, MANAGER, status).await?;
+    let pause_pending = running
+        && match &seen {
+            Some(o) => (o.state == ApiVmState::Paused) != want_paused,
+            None => want_paused,
+        };
     Ok(if phase == VmiPhase::Pending {
         Action::requeue(Duration::from_secs(2))
+    } else if pause_pending {
+        // The launcher is still starting, or was unreachable: ask again shortly.
+        Action::requeue(Duration::from_millis(500))
+    } else if running {
+        Action::requeue(observe::REFRESH)
     } else {
         Action::requeue(Duration::from_secs(300))
     })
-}
-
-/// Propagates the VMI's pause request to the pod annotation the launcher reads.
-async fn sync_pause(vmi: &VirtualMachineInstance, pod: &Pod, pods: &Api<Pod>) -> Result<()> {
-    let want = vmi
-        .annotations()
-        .get(ANNOTATION_PAUSE_REQUEST)
-        .is_some_and(|v| v == "true");
-    let have = pod
-        .annotations()
-        .get(ANNOTATION_PAUSED)
-        .is_some_and(|v| v == "true");
-    if want == have {
-        return Ok(());
-    }
-    let value = if want { json!("true") } else { json!(null) };
-    let patch = json!({ "metadata": { "annotations": { ANNOTATION_PAUSED: value } } });
-    pods.patch(
-        &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
 }
 
 /// Deletes every pod of the VMI, then lets the VMI go.
