@@ -418,6 +418,17 @@ pub struct LaunchArgs {
     /// kubelet's readiness probe; needs the spec's `api_socket`.
     #[arg(long, value_name = "HOST:PORT")]
     pub ready_listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics (`GET /metrics`: vCPU time, memory, disk, NIC and console
+    /// counters, KubeVirt's names where it has them) on this TCP address; needs the spec's
+    /// `api_socket`. This listener and `--ready-listen`'s answer both paths.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Relay connections to the TCP address LISTEN to the unix socket UNIX_PATH (an absolute
+    /// path), e.g. `127.0.0.1:8101=/var/run/vireo/api.sock` (repeatable): Kubernetes
+    /// port-forwards only to TCP ports. A connection made while the socket does not exist is
+    /// closed.
+    #[arg(long = "forward", value_name = "LISTEN=UNIX_PATH")]
+    pub forwards: Vec<crate::forward::Forward>,
 }
 
 /// What `vireo run` was asked to do.

@@ -9,7 +9,10 @@
 //! - `vireo receive --listen URL` receives a VM by live migration and runs it;
 //! - `vireo remote --api-socket PATH ACTION` talks to a running vireo's control API;
 //! - `vireo probe --api-socket PATH` exits 0 iff that VM is Running (a readiness probe);
-//!   `vireo launch --ready-listen ADDR` serves the same check as `GET /readyz`;
+//!   `vireo launch --ready-listen ADDR` serves the same check as `GET /readyz`, and
+//!   `--metrics-listen ADDR` Prometheus metrics as `GET /metrics`;
+//! - `vireo launch --forward LISTEN=UNIX_PATH` relays a TCP port to a unix socket (the
+//!   control API, the serial console) for `kubectl port-forward`;
 //! - `vireo preflight` boots the built-in test guest to prove this node can run VMs.
 //!
 //! Logs go to stderr through `tracing` (filter with `VIREO_LOG`, default
@@ -19,8 +22,11 @@
 
 mod cli;
 mod exit_code;
+mod forward;
+mod http_endpoint;
 mod kube;
 mod logging;
+mod metrics;
 mod preflight;
 mod readiness;
 mod remote;
@@ -113,14 +119,31 @@ fn launch(args: &cli::LaunchArgs) -> anyhow::Result<ExitStatus> {
         }
         Ok(None) => {
             let config = run::load_spec(&args.spec)?;
-            if let Some(addr) = args.ready_listen {
+            // Both HTTP listeners answer both paths (`/readyz`, `/metrics`).
+            let listeners: Vec<_> = [
+                ("--ready-listen", "readiness probes", args.ready_listen),
+                ("--metrics-listen", "metrics scrapes", args.metrics_listen),
+            ]
+            .into_iter()
+            .filter_map(|(flag, purpose, addr)| Some((flag, purpose, addr?)))
+            .collect();
+            if let Some((flag, _, _)) = listeners.first() {
                 let Some(api_socket) = config.api_socket.clone() else {
                     anyhow::bail!(
-                        "--ready-listen needs the launch spec's api_socket (the readiness \
-                         endpoint asks the control API for the VM's state)"
+                        "{flag} needs the launch spec's api_socket (the endpoint asks the \
+                         control API for the VM's state)"
                     );
                 };
-                readiness::serve(addr, api_socket)?;
+                let routes = std::sync::Arc::new(http_endpoint::Routes {
+                    api_socket,
+                    identity: metrics::Identity::from_env(),
+                });
+                for (_, purpose, addr) in listeners {
+                    http_endpoint::serve(addr, purpose, routes.clone())?;
+                }
+            }
+            for fwd in &args.forwards {
+                forward::start(fwd)?;
             }
             run::launch_vm(config, args.shutdown_timeout)
         }

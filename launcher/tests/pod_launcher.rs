@@ -264,7 +264,7 @@ fn the_readiness_endpoint_answers_200_only_while_the_vm_runs_and_no_stuck_client
     assert_eq!(curl_get(&url).0, 200);
 
     // Other paths and non-HTTP bytes get errors, and the endpoint goes on.
-    assert_eq!(curl_get(&format!("http://127.0.0.1:{port}/metrics")).0, 404);
+    assert_eq!(curl_get(&format!("http://127.0.0.1:{port}/other")).0, 404);
     {
         use std::io::Write;
         let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
