@@ -1,6 +1,6 @@
 //! `vireo vm console NAME` and `vireo vm vnc NAME`: a VM's serial console and VNC display,
 //! reached with nothing but a kubeconfig, through port-forwards to its launcher pod
-//! ([`crate::launcher_link`]; RBAC: `get` on VMIs, `create` on `pods/portforward`).
+//! ([`crate::launcher_link`]; RBAC: `get` on VMIs, `get` and `create` on `pods/portforward`).
 //!
 //! - The console joins the terminal to the guest's first serial port, as `virtctl console`
 //!   does: raw mode on a terminal, `Ctrl-]` to leave. When standard input is not a terminal it

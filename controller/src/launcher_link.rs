@@ -1,7 +1,7 @@
 //! Reaching a running launcher through the apiserver: the pod's `portforward` subresource.
 //!
 //! ```text
-//! controller / vireo vm …  ──portforward (RBAC: create pods/portforward)──▶ launcher pod
+//! controller / vireo vm …  ──portforward (RBAC: get+create pods/portforward)──▶ launcher pod
 //!                                                         127.0.0.1:8101 ─▶ api.sock    (control API)
 //!                                                         127.0.0.1:8102 ─▶ serial.sock (console)
 //!                                                         127.0.0.1:5900    RFB server  (VNC)

@@ -64,10 +64,10 @@ async fn main() -> anyhow::Result<()> {
                 (None, _) => {
                     let r = console::console(client, &ns, &name).await;
                     // The runtime would wait for the thread blocked reading standard input.
-                    let code = match r.with_context(|| format!("console {ns}/{name}")) {
+                    let code = match r {
                         Ok(()) => 0,
                         Err(e) => {
-                            eprintln!("Error: {e:#}");
+                            eprintln!("Error: console {ns}/{name}: {e}");
                             1
                         }
                     };

@@ -168,10 +168,10 @@ async fn guest_failure_triple_fault_and_a_missing_kernel_fail_with_their_reason(
     // RerunOnFailure restarts a failing guest, not one that powers off.
     e.apply_vm("rerun-fail", "RerunOnFailure", "exit 3");
     e.apply_vm("rerun-ok", "RerunOnFailure", "exit 0");
+    // The first VMI fails and is replaced at once (no back-off yet), faster than a poll may
+    // see its Failed phase: the VM's failure count says why there is a second.
     let first = e
-        .wait_vmi("a first failing VMI", "rerun-fail", None, |v| {
-            vmi_phase(v) == VmiPhase::Failed
-        })
+        .wait_vmi("a first VMI", "rerun-fail", None, |_| true)
         .await
         .uid();
     e.wait_vmi(
@@ -180,6 +180,15 @@ async fn guest_failure_triple_fault_and_a_missing_kernel_fail_with_their_reason(
         first.as_deref(),
         |_| true,
     )
+    .await;
+    let vms = e.vms();
+    wait_until("the failure counted", || async {
+        vms.get("rerun-fail").await.ok().is_some_and(|vm| {
+            vm.status
+                .and_then(|s| s.start_failure)
+                .is_some_and(|f| f.consecutive_fail_count >= 1)
+        })
+    })
     .await;
     let ok = e
         .wait_vmi("the powered-off VMI Succeeded", "rerun-ok", None, |v| {

@@ -123,35 +123,33 @@ async fn pause_and_unpause_take_effect_within_a_second_under_twenty_vms() {
     }
 }
 
-/// The samples of a Prometheus scrape, parsed by the Python `prometheus_client` text parser:
-/// `(name, labels, value)`.
+/// The samples of a Prometheus scrape, parsed by the Python `prometheus_client` text parser
+/// (`scripts/prometheus-samples.py`): `(name, labels, value)`.
 fn parse_metrics(text: &str) -> Vec<(String, serde_json::Map<String, serde_json::Value>, f64)> {
-    let script = "import sys, json\n\
-        from prometheus_client.parser import text_string_to_metric_families as parse\n\
-        out = [[s.name, s.labels, s.value] for f in parse(sys.stdin.read()) for s in f.samples]\n\
-        print(json.dumps(out))\n";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/prometheus-samples.py"
+    );
+    let mut child = Command::new(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3 (with python3-prometheus-client: .ci/run installs it)");
+        .expect("scripts/prometheus-samples.py (/usr/bin/python3)");
     child
         .stdin
         .take()
         .expect("stdin")
         .write_all(text.as_bytes())
         .expect("write");
-    let out = child.wait_with_output().expect("python3");
+    let out = child.wait_with_output().expect("the parser");
     assert!(
         out.status.success(),
-        "the Prometheus parser refused the scrape: {}\n{text}",
+        "the Prometheus parser refused the scrape (python3-prometheus-client: .ci/run installs \
+         it): {}\n{text}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: Vec<(String, serde_json::Map<String, serde_json::Value>, f64)> =
-        serde_json::from_slice(&out.stdout).expect("parser output");
-    rows
+    serde_json::from_slice(&out.stdout).expect("parser output")
 }
 
 /// The sum of the samples named `name` (over all label sets).

@@ -13,7 +13,6 @@ mod netcommon;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -61,54 +60,34 @@ fn curl_get(url: &str) -> (u16, String, String) {
     (code.parse().unwrap_or(0), ctype.to_owned(), body.to_owned())
 }
 
-/// The Python interpreter that has `prometheus_client` (Debian's package installs it for
-/// `/usr/bin/python3`, which a pyenv `python3` first on PATH does not see).
-fn python() -> &'static str {
-    static PYTHON: OnceLock<&'static str> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        ["python3", "/usr/bin/python3"]
-            .into_iter()
-            .find(|py| {
-                Command::new(py)
-                    .args(["-c", "import prometheus_client.parser"])
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })
-            .expect(
-                "no python3 with prometheus_client: apt-get install python3-prometheus-client \
-                 (as .ci/run does)",
-            )
-    })
-}
-
 /// One parsed sample: name, labels, value.
 type Sample = (String, BTreeMap<String, String>, f64);
 
-/// Parses `text` with the Python client's classic text-format parser.
+/// Parses `text` with the Python client's classic text-format parser
+/// (`scripts/prometheus-samples.py`).
 fn parse(text: &str) -> Vec<Sample> {
     use std::io::Write;
-    let script = "import sys, json\n\
-        from prometheus_client.parser import text_string_to_metric_families as p\n\
-        json.dump([[s.name, s.labels, s.value] for f in p(sys.stdin.read()) for s in f.samples], \
-        sys.stdout)\n";
-    let mut child = Command::new(python())
-        .args(["-c", script])
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/prometheus-samples.py"
+    );
+    let mut child = Command::new(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3");
+        .expect("scripts/prometheus-samples.py (/usr/bin/python3)");
     child
         .stdin
         .take()
         .expect("stdin")
         .write_all(text.as_bytes())
-        .expect("write to python3");
-    let out = child.wait_with_output().expect("python3");
+        .expect("write to the parser");
+    let out = child.wait_with_output().expect("the parser");
     assert!(
         out.status.success(),
-        "the Prometheus parser refused the scrape: {}\n{text}",
+        "the Prometheus parser refused the scrape (python3-prometheus-client is installed by \
+         .ci/run): {}\n{text}",
         stderr(&out)
     );
     serde_json::from_slice(&out.stdout).expect("the parser's JSON")

@@ -193,7 +193,7 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                     Ok(o) => seen = Some(o),
                     Err(e) => {
                         tracing::warn!(vmi = %name, error = %e, "cannot reach the launcher");
-                        unreachable = Some(e.to_string());
+                        unreachable = Some(format!("the launcher cannot be reached: {e}"));
                     }
                 }
             }

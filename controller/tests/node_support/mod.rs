@@ -130,6 +130,23 @@ impl NodeEnv {
             .await;
         }
         if nss.get(ns).await.is_ok() {
+            // A failed run leaves VMIs whose finalizer only its (gone) controller removes.
+            let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
+            for v in vmis
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+            {
+                let patch = json!({ "metadata": { "finalizers": null } });
+                let _ = vmis
+                    .patch(
+                        &v.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await;
+            }
             let _ = nss.delete(ns, &DeleteParams::default()).await;
             wait_until("the old namespace to go", || async {
                 nss.get(ns).await.is_err()
