@@ -503,6 +503,19 @@ mod tests {
     use crate::launch_spec::render;
     use vireo_spec::DiskFormat;
 
+    /// The launcher pod of `vmi` with the default configuration, on any node.
+    fn pod_of(vmi: &VirtualMachineInstance) -> Pod {
+        let spec = render(&vmi.spec, DiskFormat::Raw, "spec").expect("render");
+        launcher_pod(
+            vmi,
+            &spec,
+            &LauncherConfig::default(),
+            &PodRole::Launcher,
+            &None,
+        )
+        .expect("pod")
+    }
+
     fn vmi() -> VirtualMachineInstance {
         let mut vmi = VirtualMachineInstance::new(
             "mv",
@@ -544,15 +557,7 @@ mod tests {
                 ..Default::default()
             }),
         });
-        let spec = render(&vmi.spec, DiskFormat::Raw, "spec").expect("render");
-        let pod = launcher_pod(
-            &vmi,
-            &spec,
-            &LauncherConfig::default(),
-            &PodRole::Launcher,
-            &None,
-        )
-        .expect("pod");
+        let pod = pod_of(&vmi);
         let ps = pod.spec.expect("spec");
         let vol = ps
             .volumes
@@ -623,15 +628,7 @@ mod tests {
             c.initrd_path = None;
             c.image_pull_policy = None;
         }
-        let spec = render(&vmi.spec, DiskFormat::Raw, "spec").expect("render");
-        let pod = launcher_pod(
-            &vmi,
-            &spec,
-            &LauncherConfig::default(),
-            &PodRole::Launcher,
-            &None,
-        )
-        .expect("pod");
+        let pod = pod_of(&vmi);
         let init = pod.spec.expect("spec").init_containers.unwrap_or_default();
         assert_eq!(init[0].image_pull_policy, None);
         assert_eq!(
@@ -646,15 +643,7 @@ mod tests {
     #[test]
     fn pod_path_kernel_adds_nothing() {
         let vmi = vmi();
-        let spec = render(&vmi.spec, DiskFormat::Raw, "spec").expect("render");
-        let pod = launcher_pod(
-            &vmi,
-            &spec,
-            &LauncherConfig::default(),
-            &PodRole::Launcher,
-            &None,
-        )
-        .expect("pod");
+        let pod = pod_of(&vmi);
         let ps = pod.spec.expect("spec");
         assert!(ps.init_containers.is_none());
         assert!(ps
@@ -717,15 +706,7 @@ mod tests {
         assert_eq!(vnc.listen.to_string(), "127.0.0.1:5900");
         assert!(vnc.password_file.is_none());
         vmi.spec.domain.devices.autoattach_serial_console = Some(false);
-        let spec = render(&vmi.spec, DiskFormat::Raw, "spec").expect("render");
-        let pod = launcher_pod(
-            &vmi,
-            &spec,
-            &LauncherConfig::default(),
-            &PodRole::Launcher,
-            &None,
-        )
-        .expect("pod");
+        let pod = pod_of(&vmi);
         let cmd = pod.spec.expect("spec").containers[0]
             .command
             .clone()

@@ -18,8 +18,6 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
@@ -71,31 +69,10 @@ pub fn start(fwd: &Forward) -> Result<SocketAddr> {
         )
     })?;
     let bound = listener.local_addr().context("forward listener address")?;
-    let target = Arc::new(fwd.target.clone());
-    let busy = Arc::new(AtomicUsize::new(0));
-    std::thread::Builder::new()
-        .name("vireo-forward".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                    continue;
-                }
-                let (target, done) = (target.clone(), busy.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("vireo-fwd-conn".into())
-                    .spawn(move || {
-                        relay(conn, &target);
-                        done.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if spawned.is_err() {
-                    tracing::warn!("cannot start a forward connection thread");
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-        })
-        .context("cannot start the forward thread")?;
+    let target = fwd.target.clone();
+    crate::tcp_service::serve(listener, MAX_CONNECTIONS, "vireo-forward", move |conn| {
+        relay(conn, &target)
+    })?;
     tracing::info!(address = %bound, target = %fwd.target.display(), "forwarding TCP to a unix socket");
     Ok(bound)
 }

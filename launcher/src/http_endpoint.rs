@@ -12,7 +12,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,30 +80,9 @@ pub fn serve(addr: SocketAddr, purpose: &'static str, routes: Arc<Routes>) -> Re
     let bound = listener
         .local_addr()
         .with_context(|| format!("{purpose} listener address"))?;
-    let busy = Arc::new(AtomicUsize::new(0));
-    std::thread::Builder::new()
-        .name("vireo-http".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                    continue;
-                }
-                let (routes, done) = (routes.clone(), busy.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("vireo-http-conn".into())
-                    .spawn(move || {
-                        answer(conn, &routes);
-                        done.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if spawned.is_err() {
-                    tracing::warn!("cannot start an HTTP connection thread");
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-        })
-        .with_context(|| format!("cannot start the {purpose} thread"))?;
+    crate::tcp_service::serve(listener, MAX_CONNECTIONS, "vireo-http", move |conn| {
+        answer(conn, &routes)
+    })?;
     tracing::info!(address = %bound, "{purpose}: GET /readyz, GET /metrics");
     Ok(bound)
 }

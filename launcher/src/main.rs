@@ -31,6 +31,7 @@ mod preflight;
 mod readiness;
 mod remote;
 mod run;
+mod tcp_service;
 mod termination;
 
 use std::process::ExitCode;

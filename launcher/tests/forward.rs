@@ -97,17 +97,6 @@ fn echoes(conn: &mut TcpStream) -> bool {
     got == b"ping\n"
 }
 
-/// `curl` of `url`: (HTTP status, body).
-fn curl_get(url: &str) -> (u16, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 #[test]
 fn serial_console_and_api_through_tcp_forwards() {
     let fx = Fixture::create();

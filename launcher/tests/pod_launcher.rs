@@ -210,17 +210,6 @@ fn reboots_in_place_end_each_boots_console_and_leak_no_threads() {
     assert!(!sock.exists(), "the serial socket outlived vireo");
 }
 
-/// `curl` (a real HTTP client) of `url`: (HTTP status, body).
-fn curl_get(url: &str) -> (u16, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 #[test]
 fn the_readiness_endpoint_answers_200_only_while_the_vm_runs_and_no_stuck_client_holds_it() {
     let fx = Fixture::create();
