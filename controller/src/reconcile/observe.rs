@@ -72,7 +72,8 @@ pub fn due(last: Option<&Observation>, want_paused: bool, pod_ready: bool) -> bo
 }
 
 /// Asks the launcher in `pod` for its VM's state, pauses or resumes it to match `want_paused`,
-/// records and returns the result. A VM that is neither Running nor Paused (being built,
+/// records and returns the result (when the last observation already shows the VM in the
+/// other state, it sends the pause or resume straight away). A VM that is neither Running nor Paused (being built,
 /// rebooting, stopping) is left alone and reported as it is.
 pub async fn sync(
     obs: &Observations,
@@ -81,6 +82,27 @@ pub async fn sync(
     pod: &str,
     want_paused: bool,
 ) -> Result<Observation> {
+    // The common case of a pause or unpause request: the VM was seen in the other state, so
+    // send the request at once (one port-forward, not two); the memory figures wait for the
+    // next refresh. If the VM moved meanwhile, the API refuses and the full path below runs.
+    if let Some(last) = obs.get(uid) {
+        let flip = match (want_paused, last.state) {
+            (true, ApiVmState::Running) | (false, ApiVmState::Paused) => Some(want_paused),
+            _ => None,
+        };
+        if let Some(paused) = flip {
+            if let Ok(state) = launcher_link::set_paused(pods, pod, paused).await {
+                tracing::info!(pod, paused, "changed the VM's pause state");
+                let o = Observation {
+                    at: Instant::now(),
+                    state,
+                    memory: last.memory,
+                };
+                obs.put(uid, o.clone());
+                return Ok(o);
+            }
+        }
+    }
     let info = launcher_link::vm_info(pods, pod).await?;
     let mut state = info.state;
     match (want_paused, state) {

@@ -112,6 +112,19 @@ pub struct NodeEnv {
 impl Drop for NodeEnv {
     fn drop(&mut self) {
         self.controller.abort();
+        // A test that failed midway leaves its launcher pods running (and its test guests
+        // spinning vCPUs that the rest of the suite needs): with the controller gone nothing
+        // recreates them, so remove them now. After a passing test there are none.
+        let _ = self.cluster.kubectl(&[
+            "-n",
+            &self.ns,
+            "delete",
+            "pods",
+            "--all",
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ]);
     }
 }
 
