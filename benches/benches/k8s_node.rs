@@ -9,10 +9,9 @@
 //!
 //! First byte: the kubelet's log file for the launcher container (what `kubectl logs` serves)
 //! is polled every millisecond from just before `kubectl apply` until it holds the guest's
-//! first line. Each VM is then paused, before the next is applied (the VMI annotation `vireo vm
-//! pause` sets; the controller
-//! pauses it through the launcher's API): the ring-3 test guest cannot halt, so its `idle` loop spins a vCPU, and 20
-//! spinning vCPUs on this 2-core host would measure CPU starvation rather than start-up (an idle
+//! first line. Each VM is then paused before the next is applied (the VMI annotation `vireo vm
+//! pause` sets; the controller pauses it through the launcher's API): the ring-3 test guest
+//! cannot halt, so its `idle` loop spins a vCPU, and 20 spinning vCPUs on this 2-core host would measure CPU starvation rather than start-up (an idle
 //! Linux guest halts). `VIREO_BENCH_SPIN=1` leaves them spinning. Memory: the `vireo launch` process's resident memory split into the guest RAM
 //! mapping and the VMM's own ([`rss_split`]), and the pod's memory cgroup usage.
 //!
