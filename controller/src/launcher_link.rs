@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
@@ -50,85 +50,48 @@ pub async fn open(pods: &Api<Pod>, pod: &str, port: u16) -> Result<(DuplexStream
     Ok((stream, forwarder))
 }
 
-/// Sends `method path` (with a JSON `body`, if any) to the control API of the launcher in
-/// `pod`, and returns the answer's status and body. Fails with [`Error::Launcher`] when the
-/// launcher cannot be reached, does not answer within [`CALL_TIMEOUT`], or answers more than
-/// [`MAX_ANSWER_BYTES`].
-pub async fn api_call(
-    pods: &Api<Pod>,
-    pod: &str,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> Result<(u16, Bytes)> {
-    tokio::time::timeout(CALL_TIMEOUT, api_call_inner(pods, pod, method, path, body))
-        .await
-        .map_err(|_| {
-            Error::Launcher(format!(
-                "pod {pod}: {method} {path}: no answer within {CALL_TIMEOUT:?}"
-            ))
-        })?
-}
-
-async fn api_call_inner(
-    pods: &Api<Pod>,
-    pod: &str,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> Result<(u16, Bytes)> {
-    let what =
+/// Sends `method path` (no body) to the control API of the launcher in `pod` and returns the
+/// body of a 2xx answer. Fails with [`Error::Launcher`] when the launcher cannot be reached,
+/// does not answer within [`CALL_TIMEOUT`], answers more than [`MAX_ANSWER_BYTES`], or answers
+/// an error (carrying the API's reason).
+pub async fn api_call(pods: &Api<Pod>, pod: &str, method: &str, path: &str) -> Result<Bytes> {
+    let fail =
         |e: &dyn std::fmt::Display| Error::Launcher(format!("pod {pod}: {method} {path}: {e}"));
-    let (stream, forwarder) = open(pods, pod, API_PORT).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let exchange = async {
+        let (stream, forwarder) = open(pods, pod, API_PORT).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| fail(&e))?;
+        let driver = tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "localhost")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| fail(&e))?;
+        let answer = sender.send_request(req).await.map_err(|e| fail(&e))?;
+        let status = answer.status();
+        let bytes = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| fail(&e))?
+            .to_bytes();
+        driver.abort();
+        forwarder.abort();
+        if !status.is_success() {
+            let reason = ApiErrorBody::reason_of(&bytes);
+            return Err(fail(&format!("{}: {reason}", status.as_u16())));
+        }
+        Ok(bytes)
+    };
+    tokio::time::timeout(CALL_TIMEOUT, exchange)
         .await
-        .map_err(|e| what(&e))?;
-    let driver = tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, "localhost");
-    if body.is_some() {
-        req = req.header(http::header::CONTENT_TYPE, "application/json");
-    }
-    let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
-        .map_err(|e| what(&e))?;
-    let answer = sender.send_request(req).await.map_err(|e| what(&e))?;
-    let status = answer.status().as_u16();
-    let bytes = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
-        .collect()
-        .await
-        .map_err(|e| what(&e))?
-        .to_bytes();
-    driver.abort();
-    forwarder.abort();
-    Ok((status, bytes))
-}
-
-/// [`api_call`] that turns a non-2xx answer into [`Error::Launcher`] carrying the API's reason.
-pub async fn api_ok(
-    pods: &Api<Pod>,
-    pod: &str,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> Result<Bytes> {
-    let (status, bytes) = api_call(pods, pod, method, path, body).await?;
-    if (200..300).contains(&status) {
-        return Ok(bytes);
-    }
-    let reason = serde_json::from_slice::<ApiErrorBody>(&bytes)
-        .map(|b| b.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_owned());
-    Err(Error::Launcher(format!(
-        "pod {pod}: {method} {path}: {status}: {reason}"
-    )))
+        .map_err(|_| fail(&format!("no answer within {CALL_TIMEOUT:?}")))?
 }
 
 /// The VM's `vm.info` (state, memory, devices) from the launcher in `pod`.
 pub async fn vm_info(pods: &Api<Pod>, pod: &str) -> Result<VmInfo> {
-    let bytes = api_ok(pods, pod, "GET", "/api/v1/vm.info", None).await?;
+    let bytes = api_call(pods, pod, "GET", "/api/v1/vm.info").await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::Launcher(format!("pod {pod}: vm.info is unreadable: {e}")))
 }
@@ -141,6 +104,6 @@ pub async fn set_paused(pods: &Api<Pod>, pod: &str, paused: bool) -> Result<ApiV
     } else {
         ("/api/v1/vm.resume", ApiVmState::Running)
     };
-    api_ok(pods, pod, "PUT", path, None).await?;
+    api_call(pods, pod, "PUT", path).await?;
     Ok(state)
 }

@@ -33,9 +33,7 @@ pub fn run(socket: &Path, action: RemoteAction) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let reason = serde_json::from_slice::<ApiErrorBody>(&body)
-        .map(|b| b.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
+    let reason = ApiErrorBody::reason_of(&body);
     bail!("{method} {path}: {status}: {reason}")
 }
 
@@ -129,9 +127,7 @@ pub fn probe(socket: &Path) -> Result<(), String> {
             )
         })?;
     if !(200..300).contains(&status) {
-        let reason = serde_json::from_slice::<ApiErrorBody>(&body)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
+        let reason = ApiErrorBody::reason_of(&body);
         return Err(format!("no VM: vm.info answered {status}: {reason}"));
     }
     let info: StateOnly = serde_json::from_slice(&body)

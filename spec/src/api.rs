@@ -101,6 +101,16 @@ pub struct ApiErrorBody {
     pub error: String,
 }
 
+impl ApiErrorBody {
+    /// The reason an error answer's `body` gives: its `error` field, or the body itself
+    /// (trimmed, lossily decoded) when it is not an [`ApiErrorBody`].
+    pub fn reason_of(body: &[u8]) -> String {
+        serde_json::from_slice::<Self>(body)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_owned())
+    }
+}
+
 /// The body of `PUT /api/v1/vm.snapshot` (Cloud Hypervisor's `VmSnapshotConfig`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
